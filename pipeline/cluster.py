@@ -1,0 +1,93 @@
+"""Dask cluster for a run: a LocalCluster of worker processes, or an existing scheduler.
+
+Workers are daemonic processes, so torch DataLoader workers are never used inside
+them; instead each worker's torch intra-op threads are set once by a plugin so
+that workers x threads does not oversubscribe the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from pipeline.errors import PipelineError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """Where blocks run. ``address`` wins over the local settings when given."""
+
+    address: str | None = None
+    workers: int = 2
+    threads_per_worker: int = 1
+    memory_limit: str = "auto"
+    torch_threads: int | None = None  #: None: cores / (workers x threads) locally, 1 on a remote cluster
+
+
+class TorchThreads(WorkerPlugin):
+    """Set torch's intra-op thread count once per worker process."""
+
+    name = "volseg-torch-threads"
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+
+    def setup(self, worker: Any) -> None:
+        import torch
+
+        torch.set_num_threads(self.threads)
+
+
+def _local_torch_threads(settings: ClusterSettings) -> int:
+    if settings.torch_threads is not None:
+        return settings.torch_threads
+    return max(1, (os.cpu_count() or 1) // (settings.workers * settings.threads_per_worker))
+
+
+@contextlib.contextmanager
+def dask_client(settings: ClusterSettings) -> Iterator[Any]:
+    """A connected ``distributed.Client`` for the duration of the block; the cluster is closed after."""
+    from distributed import Client, LocalCluster
+
+    if settings.address:
+        try:
+            client = Client(settings.address, timeout="20s")
+        except (OSError, TimeoutError) as e:
+            raise PipelineError(f"cannot reach Dask scheduler at {settings.address} ({e})") from e
+        threads = settings.torch_threads or 1
+        with client:
+            client.register_plugin(TorchThreads(threads))
+            yield client
+        return
+    if settings.workers < 1 or settings.threads_per_worker < 1:
+        raise PipelineError(f"workers and threads per worker must be >= 1, got {settings.workers}, {settings.threads_per_worker}")
+    with LocalCluster(n_workers=settings.workers, threads_per_worker=settings.threads_per_worker,
+                      memory_limit=settings.memory_limit, processes=True, dashboard_address=":0",
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        client.register_plugin(TorchThreads(_local_torch_threads(settings)))
+        yield client
+
+
+def dashboard_link(client: Any) -> str | None:
+    """The dashboard URL, when the scheduler serves one (needs bokeh)."""
+    with contextlib.suppress(Exception):
+        return str(client.dashboard_link) if client.scheduler_info().get("services", {}).get("dashboard") else None
+    return None
+
+
+def worker_peak_rss(client: Any) -> int:
+    """Sum over workers of each worker process's peak resident memory, in bytes."""
+    import resource
+
+    def peak() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    return int(sum(client.run(peak).values()))

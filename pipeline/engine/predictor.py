@@ -1,0 +1,101 @@
+"""The predictor: evaluate one block task's windows and blend them (overlap-add).
+
+Runs inside Dask workers. Returns the weighted sum of network outputs and the
+sum of weights over the task's span; dividing is left to the merger, because a
+voxel near a block border also receives windows from neighbouring tasks.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceSettings:
+    """Everything about how windows are evaluated and blended, besides the data and network."""
+
+    roi_size: tuple[int, ...]
+    overlap: tuple[float, ...]
+    mode: str = "gaussian"
+    sigma_scale: float = 0.125
+    sw_batch_size: int = 4
+    device: str | None = None  #: None: CUDA when available, else CPU
+    amp: bool | None = None  #: None: automatic mixed precision exactly when on CUDA
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """A predict task's result: blended sums over padded span ``[lo, lo + shape)``."""
+
+    lo: tuple[int, ...]
+    weighted: np.ndarray  #: (C_out, *span) sum of importance * output
+    weights: np.ndarray  #: (*span) sum of importance
+    n_windows: int
+
+
+@functools.lru_cache(maxsize=8)
+def importance_map(roi_size: tuple[int, ...], mode: str, sigma_scale: float) -> np.ndarray:
+    """MONAI's own importance map (float32), so blending matches it exactly."""
+    from monai.data.utils import compute_importance_map
+
+    return compute_importance_map(roi_size, mode=mode, sigma_scale=sigma_scale).numpy().astype(np.float32)
+
+
+def resolve_network(network: Any) -> Any:
+    """A torch module, or a handle with ``.network()`` that loads it once per process."""
+    return network.network() if hasattr(network, "network") and callable(network.network) else network
+
+
+def _device(settings: InferenceSettings) -> Any:
+    import torch
+
+    if settings.device is not None:
+        return torch.device(settings.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def predict_group(
+    region: np.ndarray,
+    lo: tuple[int, ...],
+    starts: tuple[tuple[int, ...], ...],
+    network: Any,
+    settings: InferenceSettings,
+) -> Partial:
+    """Evaluate every window whose start is in the product of ``starts`` (padded coords).
+
+    ``region`` is the preprocessed input (C, *span) for padded span starting at ``lo``,
+    with zeros where MONAI would pad.
+    """
+    import torch
+
+    device = _device(settings)
+    net = resolve_network(network).to(device)
+    amp = settings.amp if settings.amp is not None else device.type == "cuda"
+    weight = importance_map(settings.roi_size, settings.mode, settings.sigma_scale)
+    span = region.shape[1:]
+    weights = np.zeros(span, dtype=np.float32)
+    weighted: np.ndarray | None = None
+    corners = list(itertools.product(*starts))
+    source = torch.from_numpy(np.ascontiguousarray(region, dtype=np.float32))
+    for first in range(0, len(corners), settings.sw_batch_size):
+        batch = corners[first : first + settings.sw_batch_size]
+        boxes = [tuple(slice(c - o, c - o + r) for c, o, r in zip(corner, lo, settings.roi_size)) for corner in batch]
+        windows = torch.stack([source[(slice(None), *box)] for box in boxes]).to(device)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            outputs = net(windows)
+        outputs = outputs.float().cpu().numpy()
+        if weighted is None:
+            weighted = np.zeros((outputs.shape[1], *span), dtype=np.float32)
+        for box, out in zip(boxes, outputs, strict=True):
+            weighted[(slice(None), *box)] += out * weight
+            weights[box] += weight
+    assert weighted is not None  # every task owns at least one window
+    return Partial(lo=lo, weighted=weighted, weights=weights, n_windows=len(corners))

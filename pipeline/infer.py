@@ -1,0 +1,92 @@
+"""Tiled inference on the work store: Zarr image -> (Dask + MONAI) -> Zarr labels.
+
+Shared by volumes and rasters: the image is (C, *spatial) in the work store, the
+model a :class:`pipeline.models.Model`. Each output block is argmax-ed and written
+by the task that merged it, so one task writes each label chunk, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+
+from pipeline.engine.api import blend, default_chunks
+from pipeline.engine.predictor import InferenceSettings
+from pipeline.engine.windows import parse_overlap, window_grid
+from pipeline.errors import InputError
+from pipeline.io.store import create_array, write_region
+from pipeline.models import Model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    labels: zarr.Array
+    probabilities: zarr.Array | None
+    seconds: float
+    windows: int
+    blocks: int
+    chunks: tuple[int, ...]
+
+
+def label_dtype(n_labels: int) -> np.dtype:
+    return np.dtype(np.uint8 if n_labels <= 256 else np.uint16)
+
+
+def _store_block(logits: np.ndarray, store: str, region: tuple[slice, ...], dtype: str, probabilities: bool) -> int:
+    labels = np.argmax(logits, axis=0).astype(dtype)
+    write_region(store, "labels", region, labels)
+    if probabilities:
+        shifted = np.exp(logits - logits.max(axis=0, keepdims=True))
+        write_region(store, "probabilities", (slice(None), *region), (shifted / shifted.sum(axis=0)).astype(np.float16))
+    return int(labels.size)
+
+
+def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client: Any,
+                  chunks: Sequence[int] | None = None, probabilities: bool = False,
+                  progress: bool = False) -> InferenceResult:
+    """Segment ``image`` (C, *spatial) from the work store into ``group['labels']``."""
+    import dask
+    import dask.array as da
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    spatial = tuple(int(n) for n in image.shape[1:])
+    if image.shape[0] != model.card.in_channels:
+        raise InputError(f"model {model.name!r} needs {model.card.in_channels} channel(s), the input has {image.shape[0]}")
+    block = tuple(chunks) if chunks else default_chunks(model.roi_size)
+    settings = InferenceSettings(roi_size=model.roi_size, overlap=parse_overlap(model.overlap, len(spatial)),
+                                 sw_batch_size=model.card.sw_batch_size)
+    raw = da.from_zarr(image)
+    statistics = model.statistics(raw)
+    x = raw.map_blocks(model.preprocess_block, statistics, dtype=np.float32)
+    logits = blend(x, model.ref, settings, out_channels=model.card.out_channels, chunks=block, client=client)
+    dtype = label_dtype(model.card.out_channels)
+    labels = create_array(group, "labels", shape=spatial, chunks=block, dtype=dtype, channel_axis=False,
+                          attributes=dict(image.attrs))
+    probs = None
+    if probabilities:
+        probs = create_array(group, "probabilities", shape=(model.card.out_channels, *spatial),
+                             chunks=(model.card.out_channels, *block), dtype=np.float16, attributes=dict(image.attrs))
+    store = str(group.store.root)
+    tasks = []
+    for index, piece in np.ndenumerate(logits.to_delayed()):
+        region = tuple(slice(sum(c[:i]), sum(c[:i]) + c[i]) for c, i in zip(logits.chunks[1:], index[1:], strict=True))
+        tasks.append(dask.delayed(_store_block, pure=True)(piece, store, region, dtype.name, probabilities))
+    start = time.perf_counter()
+    futures = client.compute(tasks)
+    with tqdm(total=len(futures), desc="blocks", unit="block", disable=not progress, leave=False) as bar:
+        for future in as_completed(futures):
+            future.result()
+            bar.update(1)
+    seconds = time.perf_counter() - start
+    windows = window_grid(spatial, settings.roi_size, settings.overlap).n_windows
+    return InferenceResult(labels=labels, probabilities=probs, seconds=seconds, windows=windows,
+                           blocks=len(tasks), chunks=block)

@@ -1,0 +1,153 @@
+"""NIfTI edge: validate a scan, stream it into the Zarr work store, stream a mask back out.
+
+Nothing here loads a whole volume: reads go slab by slab along the last axis
+(contiguous in a NIfTI file, so a .nii.gz is decompressed once, front to back),
+and the mask writer emits the header and then one slab at a time.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from pipeline.errors import InputError, InputNotFoundError
+from pipeline.geometry import VolumeGeometry
+from pipeline.io.atomic import atomic_path
+
+logger = logging.getLogger(__name__)
+
+#: Refuse volumes with more voxels than this (a corrupt header, not a scan): 2**36 = 68.7 G voxels.
+MAX_VOXELS = 2**36
+NIFTI_INTENT_LABEL = 1002
+
+
+@dataclass(frozen=True)
+class NiftiScan:
+    """A validated NIfTI file: its array proxy and geometry (nothing read yet)."""
+
+    path: Path
+    proxy: Any  #: nibabel ArrayProxy, sliced lazily
+    geometry: VolumeGeometry
+    dtype: np.dtype
+
+
+def open_scan(path: str | Path) -> NiftiScan:
+    """Open and validate a 3D NIfTI volume without reading its voxels.
+
+    Raises
+    ------
+    InputNotFoundError, InputError
+        Missing file, not NIfTI, not 3D, empty axis, absurd size, non-numeric dtype.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputNotFoundError(f"{path}: file not found")
+    try:
+        image = nib.load(path)
+    except Exception as e:  # nibabel raises ImageFileError, EOFError, OSError, ValueError...
+        raise InputError(f"{path}: not a readable NIfTI file ({_reason(e)})") from e
+    if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
+        raise InputError(f"{path}: not a NIfTI image ({type(image).__name__})")
+    shape = tuple(int(s) for s in image.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) != 3:
+        raise InputError(f"{path}: image is {len(shape)}D (shape {tuple(image.shape)}); pass a 3D volume")
+    if min(shape) < 1:
+        raise InputError(f"{path}: image has an empty axis (shape {shape})")
+    if math.prod(shape) > MAX_VOXELS:
+        raise InputError(f"{path}: header claims {math.prod(shape):.3g} voxels (shape {shape}); refusing (corrupt header?)")
+    dtype = image.get_data_dtype()
+    if dtype.kind not in "biuf" or dtype.fields is not None:
+        raise InputError(f"{path}: voxel type {dtype} is not a scalar number")
+    _check_size(path, image, shape, dtype)
+    geometry = VolumeGeometry.from_header(image.header, shape, image.affine)
+    if not np.all(np.isfinite(geometry.affine_matrix)) or abs(np.linalg.det(geometry.affine_matrix[:3, :3])) < 1e-12:
+        raise InputError(f"{path}: affine is not invertible or not finite; cannot place the mask in space")
+    return NiftiScan(path=path, proxy=image.dataobj, geometry=geometry, dtype=np.dtype(dtype))
+
+
+def _check_size(path: Path, image: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """For uncompressed files, catch truncation before reading anything."""
+    if path.suffix == ".gz":
+        return
+    needed = int(image.header.get_data_offset()) + math.prod(shape) * dtype.itemsize
+    if path.stat().st_size < needed:
+        raise InputError(f"{path}: file is truncated ({path.stat().st_size} bytes, header needs {needed})")
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def iter_slabs(scan: NiftiScan, thickness: int) -> Iterator[tuple[slice, np.ndarray]]:
+    """Yield ``(k-slice, data)`` slabs of ``thickness`` along the last axis, in file order.
+
+    Raises InputError on truncated or corrupt data, and on NaN/inf voxels (we refuse
+    them rather than guess a fill value: a scan with NaNs is broken upstream).
+    """
+    depth = scan.geometry.shape[2]
+    for k0 in range(0, depth, thickness):
+        k = slice(k0, min(k0 + thickness, depth))
+        try:
+            slab = np.asarray(scan.proxy[..., k]).reshape(*scan.geometry.shape[:2], k.stop - k.start)
+        except Exception as e:
+            raise InputError(f"{scan.path}: cannot read voxels at k={k.start}..{k.stop - 1} ({_reason(e)}); truncated or corrupt?") from e
+        if slab.dtype.kind == "f" and not np.isfinite(slab).all():
+            bad = int((~np.isfinite(slab)).sum())
+            raise InputError(f"{scan.path}: {bad} NaN/inf voxels in slices k={k.start}..{k.stop - 1}; fix or mask the scan first")
+        yield k, slab
+
+
+def stream_to_array(scan: NiftiScan, target: Any) -> None:
+    """Copy the scan into ``target`` (a (1, i, j, k) Zarr array), one chunk-thick slab at a time."""
+    thickness = target.chunks[-1]
+    for k, slab in iter_slabs(scan, thickness):
+        target[0, :, :, k] = slab.astype(target.dtype, copy=False)
+
+
+def write_labels(labels: Any, geometry: VolumeGeometry, path: Path, *, label_names: dict[int, str] | None = None) -> None:
+    """Stream a label array (i, j, k; Zarr or NumPy) to a NIfTI file on ``geometry``'s exact grid.
+
+    The header copies the scan's spatial fields bit for bit (qform/sform and codes,
+    pixdim, units), sets the label intent, and the file appears under ``path`` only
+    once complete.
+    """
+    header = (nib.Nifti2Header if geometry.nifti_version == 2 else nib.Nifti1Header)()
+    header.set_data_dtype(labels.dtype)
+    geometry.apply_to_header(header)
+    header.set_intent(NIFTI_INTENT_LABEL)
+    header["cal_min"], header["cal_max"] = 0, max(label_names or {0: ""})
+    header["descrip"] = b"volseg label mask"
+    offset = header.single_vox_offset
+    header.set_data_offset(offset)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    thickness = labels.chunks[-1] if hasattr(labels, "chunks") and isinstance(labels.chunks[-1], int) else 16
+    with atomic_path(path) as tmp, opener(tmp, "wb") as fh:
+        header.write_to(fh)
+        fh.write(b"\x00" * (offset - header.sizeof_hdr))  # empty extension block
+        for k0 in range(0, geometry.shape[2], thickness):
+            fh.write(np.asarray(labels[:, :, k0 : k0 + thickness]).tobytes(order="F"))
+
+
+def read_reference(path: str | Path, geometry: VolumeGeometry) -> NiftiScan:
+    """Open a reference mask and check it sits on ``geometry``'s grid."""
+    from pipeline.errors import GridMismatchError
+
+    ref = open_scan(path)
+    if ref.dtype.kind == "f":
+        logger.warning("%s: reference mask is floating point; values are rounded to labels", ref.path)
+    if not ref.geometry.same_grid(geometry):
+        raise GridMismatchError(
+            f"{ref.path}: reference grid (shape {ref.geometry.shape}) differs from the scan's (shape {geometry.shape}) "
+            "in shape or affine; resample it onto the scan first")
+    return ref

@@ -1,0 +1,217 @@
+"""Load models from cards: ``load_model(name_or_path)`` -> :class:`Model`.
+
+The engine uses exactly ``.network``, ``.roi_size``, ``.overlap``, ``.labels``,
+``.preprocess`` (whole array) and ``.preprocess_block`` (one chunk, with global
+statistics), so ``argmax(sliding_window_inference(preprocess(x)))`` with MONAI is
+the reference result for any model.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.cards import ARCHITECTURES, Label, ModelCard, WindowScale, ZScore, load_card
+from pipeline.errors import CardError, ModelError
+from pipeline.hashing import sha256_file
+
+logger = logging.getLogger(__name__)
+
+#: Directory searched for cards by name; ``PIPELINE_MODELS_DIR`` overrides it.
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+DEFAULT_MODEL = "ct-organs"
+
+Statistics = dict[str, float]
+
+
+def models_dir() -> Path:
+    return Path(os.environ.get("PIPELINE_MODELS_DIR", MODELS_DIR))
+
+
+def available_models() -> dict[str, Path]:
+    """Card name -> card path for every valid card in :func:`models_dir`."""
+    found: dict[str, Path] = {}
+    for path in sorted(models_dir().glob("*.yaml")):
+        try:
+            found[load_card(path).name] = path
+        except CardError as e:
+            logger.warning("skipping invalid card: %s", e)
+    return found
+
+
+def resolve_card_path(name_or_path: str | os.PathLike[str] | None) -> Path:
+    """Turn a model name, a card path or ``None`` (the default model) into a card path."""
+    if name_or_path is None:
+        name_or_path = DEFAULT_MODEL
+    candidate = Path(name_or_path)
+    if candidate.suffix in {".yaml", ".yml"} or candidate.exists():
+        if not candidate.is_file():
+            raise CardError(f"{candidate}: model card not found")
+        return candidate.resolve()
+    cards = available_models()
+    if str(name_or_path) in cards:
+        return cards[str(name_or_path)]
+    import difflib
+
+    close = difflib.get_close_matches(str(name_or_path), cards, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise CardError(f"unknown model {str(name_or_path)!r}{hint} (available: {', '.join(cards) or 'none'})")
+
+
+def build_network(card: ModelCard) -> Any:
+    """Instantiate the card's MONAI network with random weights."""
+    module_name, class_name = ARCHITECTURES[card.architecture]
+    cls = getattr(importlib.import_module(module_name), class_name)
+    try:
+        return cls(**card.network_kwargs())
+    except (TypeError, ValueError, AssertionError) as e:
+        raise CardError(f"card {card.name!r}: cannot build {card.architecture}: {e}") from e
+
+
+def load_weights(path: Path, expected_sha256: str) -> dict[str, Any]:
+    """Load a state_dict safely: checksum first, then ``torch.load(weights_only=True)``."""
+    import torch
+
+    if not path.is_file():
+        raise ModelError(f"{path}: weights file not found")
+    actual = sha256_file(path)
+    if actual != expected_sha256:
+        raise ModelError(f"{path}: weights sha256 is {actual[:12]}..., the card expects {expected_sha256[:12]}...")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelError(f"{path}: refused to load weights ({reason})") from e
+    if not isinstance(state, dict):
+        raise ModelError(f"{path}: weights must be a state_dict, got {type(state).__name__}")
+    return state
+
+
+def intensity_statistics(card: ModelCard, array: Any) -> Statistics:
+    """Global statistics the card's preprocessing needs (empty for pointwise ones).
+
+    ``array`` may be NumPy or Dask; with Dask the statistics stream over chunks.
+    """
+    step = card.preprocess
+    if not isinstance(step, ZScore):
+        return {}
+    values = array.astype(np.float64)
+    if step.threshold is not None:
+        mask = values > step.threshold
+        count = mask.sum()
+        total = (values * mask).sum()
+        squares = ((values * values) * mask).sum()
+    else:
+        count, total, squares = values.size, values.sum(), (values * values).sum()
+    if hasattr(total, "compute"):
+        import dask
+
+        count, total, squares = dask.compute(count, total, squares)
+    count = max(float(count), 1.0)
+    mean = float(total) / count
+    std = max(float(squares) / count - mean * mean, 0.0) ** 0.5
+    return {"mean": mean, "std": std if std > 0 else 1.0}
+
+
+def apply_preprocess(card: ModelCard, block: np.ndarray, statistics: Statistics) -> np.ndarray:
+    """Normalise one chunk (C, *spatial) -> float32, given global ``statistics``."""
+    step = card.preprocess
+    data = np.asarray(block, dtype=np.float32)
+    if isinstance(step, WindowScale):
+        scale = (step.b_max - step.b_min) / (step.a_max - step.a_min)
+        out = (np.clip(data, step.a_min, step.a_max) - np.float32(step.a_min)) * np.float32(scale)
+        return (out + np.float32(step.b_min)).astype(np.float32, copy=False)
+    return ((data - np.float32(statistics["mean"])) / np.float32(statistics["std"])).astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class Model:
+    """A loaded model: card + network (eval mode, CPU) + identity."""
+
+    card: ModelCard
+    card_path: Path
+    network: Any
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def roi_size(self) -> tuple[int, ...]:
+        return self.card.roi_size
+
+    @property
+    def overlap(self) -> float:
+        return self.card.overlap
+
+    @property
+    def labels(self) -> dict[int, Label]:
+        return self.card.labels
+
+    def statistics(self, array: Any) -> Statistics:
+        return intensity_statistics(self.card, array)
+
+    def preprocess_block(self, block: np.ndarray, statistics: Statistics) -> np.ndarray:
+        return apply_preprocess(self.card, block, statistics)
+
+    def preprocess(self, array: np.ndarray) -> np.ndarray:
+        """Whole-array preprocessing: (C, *spatial) -> float32 (C, *spatial)."""
+        return apply_preprocess(self.card, array, self.statistics(array))
+
+    @property
+    def ref(self) -> ModelRef:
+        """A small picklable handle that Dask workers resolve through their own cache."""
+        return ModelRef(str(self.card_path), self.sha256)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What travels to Dask workers instead of the network: card path + weights sha256."""
+
+    card_path: str
+    sha256: str
+
+    def network(self) -> Any:
+        return _cached_model(self.card_path, self.sha256).network
+
+
+def load_model(name_or_path: str | os.PathLike[str] | None = None) -> Model:
+    """Load a model by card name (``"ct-organs"``), card path, or the default model.
+
+    Raises
+    ------
+    CardError
+        Unknown name, invalid card, unknown architecture.
+    ModelError
+        Missing weights, checksum mismatch, unsafe or incompatible weights.
+    """
+    card_path = resolve_card_path(name_or_path)
+    card = load_card(card_path)
+    network = build_network(card)
+    state = load_weights(card_path.parent / card.weights, card.sha256)
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise ModelError(f"{card_path.parent / card.weights}: weights do not fit {card.architecture} ({first})") from e
+    network.eval()
+    return Model(card=card, card_path=card_path, network=network, sha256=card.sha256)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_model(card_path: str, sha256: str) -> Model:
+    """One model per (card, weights) per process: Dask workers load it once, not per task."""
+    logger.info("loading model %s in process %d", card_path, os.getpid())
+    model = load_model(card_path)
+    if model.sha256 != sha256:
+        raise ModelError(f"{card_path}: card changed while running (sha256 {model.sha256[:12]} != {sha256[:12]})")
+    return model

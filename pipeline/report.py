@@ -1,0 +1,67 @@
+"""The per-volume report: JSON (complete) + CSV (one row per label), written atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pipeline.cards import Label
+from pipeline.io.atomic import atomic_path
+from pipeline.metrics import Scores
+
+CSV_FIELDS = ("label", "name", "voxels", "volume_ml", "reference_voxels", "reference_volume_ml", "dice", "iou")
+
+
+def code_version() -> str:
+    """Package version, plus the git commit when running from a checkout."""
+    try:
+        version = metadata.version("volseg")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return version
+    return f"{version}+g{commit}" if commit else version
+
+
+def _round(value: float | None, digits: int = 6) -> float | None:
+    return None if value is None or math.isnan(value) else round(value, digits)
+
+
+def label_rows(scores: Scores, labels: dict[int, Label], unit_volume: float, *, has_reference: bool) -> list[dict[str, Any]]:
+    """One row per label; ``unit_volume`` is ml per voxel (or area per pixel for rasters)."""
+    rows = []
+    for item in scores.labels:
+        rows.append({
+            "label": item.label,
+            "name": labels[item.label].name if item.label in labels else f"label_{item.label}",
+            "voxels": item.predicted,
+            "volume_ml": _round(item.predicted * unit_volume),
+            "reference_voxels": item.reference if has_reference else None,
+            "reference_volume_ml": _round(item.reference * unit_volume) if has_reference else None,
+            "dice": _round(item.dice) if has_reference else None,
+            "iou": _round(item.iou) if has_reference else None,
+        })
+    return rows
+
+
+def write_report(report: dict[str, Any], json_path: Path) -> Path:
+    """Write ``report`` as JSON at ``json_path`` and its label table as CSV beside it; returns the CSV path."""
+    csv_path = json_path.with_name(json_path.name.removesuffix(".json") + ".csv")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(report["labels"])
+    with atomic_path(csv_path) as tmp:
+        tmp.write_text(buffer.getvalue(), encoding="utf-8")
+    with atomic_path(json_path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return csv_path

@@ -1,0 +1,221 @@
+"""``segment_volume``: NIfTI scan -> Zarr work store -> Dask + MONAI -> NIfTI mask + report.
+
+The medical front end of the engine. It only validates, tiles, hands the work
+store to :func:`pipeline.infer.run_inference`, streams the mask out and scores it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.cluster import ClusterSettings, dashboard_link, dask_client, worker_peak_rss
+from pipeline.errors import CardError, InputError
+from pipeline.evaluate import confusion_nifti
+from pipeline.hashing import sha256_file
+from pipeline.infer import InferenceResult, run_inference
+from pipeline.io.atomic import atomic_path, check_output
+from pipeline.io.nifti import NiftiScan, open_scan, read_reference, stream_to_array, write_labels
+from pipeline.io.store import create_array, open_work_group
+from pipeline.metrics import confusion, scores
+from pipeline.models import Model, load_model
+from pipeline.report import code_version, label_rows, write_report
+
+logger = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+@dataclass(frozen=True)
+class SegmentationResult:
+    """Where the outputs went, and the report that was written."""
+
+    mask: Path
+    report_json: Path
+    report_csv: Path
+    probabilities: Path | None
+    report: dict[str, Any]
+
+    def summary(self) -> str:
+        run = self.report["run"]
+        return (f"{self.mask}: {run['seconds_total']:.1f} s, {run['mvox_per_s']:.2f} Mvox/s, "
+                f"peak RSS {run['peak_rss_mb']:.0f} MB (driver + workers), {run['windows']} windows")
+
+
+def default_output(scan: Path, suffix: str = "_seg") -> Path:
+    """``scan.nii.gz`` -> ``scan_seg.nii.gz`` beside it."""
+    name = scan.name
+    for ext in NIFTI_SUFFIXES:
+        if name.endswith(ext):
+            return scan.with_name(name[: -len(ext)] + suffix + ext)
+    return scan.with_name(name + suffix + ".nii.gz")
+
+
+def _stem(path: Path) -> str:
+    for ext in (*NIFTI_SUFFIXES, ".tif", ".tiff"):
+        if path.name.endswith(ext):
+            return path.name[: -len(ext)]
+    return path.stem
+
+
+def report_path(mask: Path) -> Path:
+    return mask.with_name(_stem(mask) + ".report.json")
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _tile_scan(scan: NiftiScan, group: Any, chunks: Sequence[int], sha256: str) -> Any:
+    attrs = {"geometry": scan.geometry.to_attrs(),
+             "source": {"path": str(scan.path), "sha256": sha256, "dtype": scan.dtype.name}}
+    image = create_array(group, "image", shape=(1, *scan.geometry.shape), chunks=(1, *chunks),
+                         dtype=scan.dtype, attributes=attrs)
+    stream_to_array(scan, image)
+    return image
+
+
+def _check_model(model: Model) -> None:
+    if model.card.spatial_dims != 3 or model.card.in_channels != 1:
+        raise CardError(f"model {model.name!r} is {model.card.spatial_dims}D with {model.card.in_channels} "
+                        "channel(s); segment-volume needs a 3D single-channel model")
+
+
+def segment_volume(
+    scan: str | os.PathLike[str],
+    *,
+    model: str | os.PathLike[str] | Model | None = None,
+    output: str | os.PathLike[str] | None = None,
+    reference: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    work_dir: str | os.PathLike[str] | None = None,
+    chunks: Sequence[int] | None = None,
+    cluster: ClusterSettings | None = None,
+    client: Any = None,
+    probabilities: bool = False,
+    progress: bool = False,
+) -> SegmentationResult:
+    """Segment a 3D NIfTI scan into a label mask on exactly its grid, with a report.
+
+    Parameters
+    ----------
+    scan : the input ``.nii`` / ``.nii.gz``; never modified.
+    model : a card name, a card path, a loaded :class:`Model`, or None for the default model.
+    output : mask path; default ``<scan>_seg.nii.gz`` beside the scan. The report goes beside it
+        as ``<mask>.report.json`` and ``.csv``; ``--probabilities`` adds ``<mask>_probabilities.zarr``.
+    reference : optional reference mask on the same grid, in the model's label values.
+    overwrite : replace existing outputs (otherwise :class:`OutputExistsError`).
+    work_dir : where the Zarr work store goes (removed after success); default a temp dir beside the output.
+    chunks : block side per axis in voxels (default: 128, at least 2 rois).
+    cluster : local cluster settings or a scheduler address; ignored when ``client`` is given.
+    client : an existing ``distributed.Client`` to reuse (flows share one across scans).
+
+    Raises
+    ------
+    InputError, CardError, ModelError, OutputExistsError, OutputError
+    """
+    started = time.perf_counter()
+    source = open_scan(scan)
+    mdl = model if isinstance(model, Model) else load_model(model)
+    _check_model(mdl)
+    mask_path = Path(output) if output else default_output(source.path)
+    json_path = report_path(mask_path)
+    probs_path = mask_path.with_name(_stem(mask_path) + "_probabilities.zarr") if probabilities else None
+    for path in filter(None, (mask_path, json_path, probs_path)):
+        check_output(path, overwrite=overwrite)
+    if mask_path.resolve() == source.path.resolve():
+        raise InputError(f"{mask_path}: output would overwrite the input scan")
+    if reference:
+        read_reference(reference, source.geometry)  # fail before the expensive part
+    sha256 = sha256_file(source.path)
+    block = tuple(chunks) if chunks else None
+    work_root = Path(work_dir) if work_dir else mask_path.parent
+    work_root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".volseg-{_stem(source.path)}-", dir=work_root))
+    try:
+        group = open_work_group(work / "work.zarr", overwrite=True)
+        with client_scope(client, cluster or ClusterSettings()) as active:
+            from pipeline.engine.api import default_chunks
+
+            image = _tile_scan(source, group, block or default_chunks(mdl.roi_size), sha256)
+            result = run_inference(image, mdl, group, client=active, chunks=block,
+                                   probabilities=probabilities, progress=progress)
+            workers_rss = worker_peak_rss(active)
+        write_labels(result.labels, source.geometry, mask_path,
+                     label_names={k: v.name for k, v in mdl.labels.items()})
+        if probs_path is not None:
+            with atomic_path(probs_path) as tmp:
+                shutil.copytree(work / "work.zarr" / "probabilities", tmp)
+        report = _build_report(source, sha256, mdl, mask_path, reference, result, started, workers_rss)
+        csv_path = write_report(report, json_path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return SegmentationResult(mask=mask_path, report_json=json_path, report_csv=csv_path,
+                              probabilities=probs_path, report=report)
+
+
+@contextlib.contextmanager
+def client_scope(client: Any, settings: ClusterSettings) -> Iterator[Any]:
+    """Use the caller's client, or start a cluster for this block only."""
+    if client is not None:
+        yield client
+        return
+    with dask_client(settings) as owned:
+        link = dashboard_link(owned)
+        if link:
+            logger.info("Dask dashboard: %s", link)
+        yield owned
+
+
+def _build_report(source: NiftiScan, sha256: str, model: Model, mask: Path, reference: Any,
+                  result: InferenceResult, started: float, workers_rss: int) -> dict[str, Any]:
+    n = model.card.out_channels
+    if reference:
+        matrix = confusion_nifti(result.labels, reference, source.geometry, n_labels=n)
+    else:
+        matrix = _label_counts(result.labels, n)
+    measured = scores(matrix)
+    seconds = time.perf_counter() - started
+    voxels = math.prod(source.geometry.shape)
+    return {
+        "model": model.name,
+        "model_sha256": model.sha256,
+        "input": {"path": str(source.path), "sha256": sha256, "shape": list(source.geometry.shape),
+                  "zooms": list(source.geometry.zooms), "dtype": source.dtype.name},
+        "output": str(mask),
+        "reference": str(reference) if reference else None,
+        "labels": label_rows(measured, model.labels, source.geometry.voxel_volume_ml, has_reference=bool(reference)),
+        "pixel_accuracy": measured.pixel_accuracy if reference else None,
+        "mean_pixel_accuracy": measured.mean_pixel_accuracy if reference else None,
+        "run": {
+            "seconds_total": round(seconds, 3),
+            "seconds_inference": round(result.seconds, 3),
+            "mvox_per_s": round(voxels / 1e6 / seconds, 4),
+            "windows": result.windows,
+            "blocks": result.blocks,
+            "chunks": list(result.chunks),
+            "peak_rss_mb": round((peak_rss_bytes() + workers_rss) / 2**20, 1),
+            "code_version": code_version(),
+        },
+    }
+
+
+def _label_counts(labels: Any, n_labels: int) -> Any:
+    """A confusion matrix with every voxel counted as reference 0: only its column sums are used."""
+    import numpy as np
+
+    total = np.zeros((n_labels, n_labels), dtype=np.int64)
+    for k0 in range(0, labels.shape[-1], labels.chunks[-1]):
+        slab = np.asarray(labels[..., k0 : k0 + labels.chunks[-1]])
+        total += confusion(np.zeros_like(slab), slab, n_labels)
+    return total
