@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.engine.api import default_chunks
 from pipeline.cluster import ClusterSettings, dashboard_link, dask_client, worker_peak_rss
 from pipeline.errors import CardError, InputError
 from pipeline.evaluate import confusion_nifti
@@ -144,10 +145,8 @@ def segment_volume(
     work = Path(tempfile.mkdtemp(prefix=f".volseg-{_stem(source.path)}-", dir=work_root))
     try:
         group = open_work_group(work / "work.zarr", overwrite=True)
+        image = _tile_scan(source, group, block or default_chunks(mdl.roi_size), sha256)
         with client_scope(client, cluster or ClusterSettings()) as active:
-            from pipeline.engine.api import default_chunks
-
-            image = _tile_scan(source, group, block or default_chunks(mdl.roi_size), sha256)
             result = run_inference(image, mdl, group, client=active, chunks=block,
                                    probabilities=probabilities, progress=progress)
             workers_rss = worker_peak_rss(active)

@@ -108,9 +108,19 @@ def iter_slabs(scan: NiftiScan, thickness: int) -> Iterator[tuple[slice, np.ndar
         yield k, slab
 
 
+#: Largest slab read at once, in bytes; thinner slabs than a chunk are used for huge planes.
+SLAB_BYTES = 256 * 2**20
+
+
+def slab_thickness(geometry: VolumeGeometry, dtype: np.dtype, chunk: int) -> int:
+    """A chunk-thick slab, or thinner when one plane x chunk would exceed :data:`SLAB_BYTES`."""
+    plane = geometry.shape[0] * geometry.shape[1] * dtype.itemsize
+    return max(1, min(chunk, SLAB_BYTES // plane))
+
+
 def stream_to_array(scan: NiftiScan, target: Any) -> None:
-    """Copy the scan into ``target`` (a (1, i, j, k) Zarr array), one chunk-thick slab at a time."""
-    thickness = target.chunks[-1]
+    """Copy the scan into ``target`` (a (1, i, j, k) Zarr array), slab by slab along k."""
+    thickness = slab_thickness(scan.geometry, scan.dtype, target.chunks[-1])
     for k, slab in iter_slabs(scan, thickness):
         target[0, :, :, k] = slab.astype(target.dtype, copy=False)
 
@@ -133,8 +143,8 @@ def write_labels(labels: Any, geometry: VolumeGeometry, path: Path, *, label_nam
     opener = gzip.open if path.name.endswith(".gz") else open
     thickness = labels.chunks[-1] if hasattr(labels, "chunks") and isinstance(labels.chunks[-1], int) else 16
     with atomic_path(path) as tmp, opener(tmp, "wb") as fh:
-        header.write_to(fh)
-        fh.write(b"\x00" * (offset - header.sizeof_hdr))  # empty extension block
+        header.write_to(fh)  # header + empty extension flag
+        fh.write(b"\x00" * (offset - fh.tell()))
         for k0 in range(0, geometry.shape[2], thickness):
             fh.write(np.asarray(labels[:, :, k0 : k0 + thickness]).tobytes(order="F"))
 

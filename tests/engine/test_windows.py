@@ -1,0 +1,65 @@
+"""The splitter reproduces MONAI's window grid and shares each window out exactly once."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from monai.data.utils import dense_patch_slices
+from monai.inferers.utils import _get_scan_interval
+
+from pipeline.engine.windows import parse_overlap, parse_roi_size, plan_blocks, window_grid
+from pipeline.errors import SettingsError
+
+RNG = np.random.default_rng(7)
+CASES = [  # (shape, roi, overlap)
+    ((50, 41, 23), (16, 16, 16), 0.25),
+    ((7, 300), (64, 64), 0.5),
+    ((1, 1, 1), (8, 8, 8), 0.0),
+    ((96, 96, 96), (96, 96, 96), 0.25),
+    ((33, 65, 17), (32, 64, 16), (0.1, 0.6, 0.9)),
+] + [
+    (tuple(int(s) for s in RNG.integers(1, 90, size=d)), tuple(int(r) for r in RNG.integers(1, 40, size=d)),
+     float(RNG.choice([0.0, 0.25, 0.5, 0.75, 0.9])))
+    for d in (2, 3, 3, 2, 3, 3) for _ in range(3)
+]
+
+
+def monai_starts(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float | tuple[float, ...]) -> set[tuple[int, ...]]:
+    padded = tuple(max(s, r) for s, r in zip(shape, roi, strict=True))
+    interval = _get_scan_interval(padded, roi, len(shape), parse_overlap(overlap, len(shape)))
+    return {tuple(sl.start for sl in sls) for sls in dense_patch_slices(padded, roi, interval)}
+
+
+@pytest.mark.parametrize(("shape", "roi", "overlap"), CASES)
+def test_grid_equals_monai(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> None:
+    grid = window_grid(shape, roi, parse_overlap(overlap, len(shape)))
+    ours = set(itertools.product(*(a.starts for a in grid.axes)))
+    assert ours == monai_starts(shape, roi, overlap)
+
+
+@pytest.mark.parametrize(("shape", "roi", "overlap"), CASES)
+@pytest.mark.parametrize("chunk", [1, 5, 24, 128])
+def test_plan_assigns_every_window_once(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float, chunk: int) -> None:
+    grid = window_grid(shape, roi, parse_overlap(overlap, len(shape)))
+    plan = plan_blocks(grid, (chunk,) * len(shape))
+    assigned = [w for key in plan.group_keys()
+                for w in itertools.product(*(a.groups[i].starts for a, i in zip(plan.axes, key, strict=True)))]
+    assert len(assigned) == len(set(assigned)) == grid.n_windows == plan.n_windows
+    # every output block has contributors and blocks tile the image exactly
+    for axis in plan.axes:
+        assert axis.blocks[0][0] == 0 and axis.blocks[-1][1] == axis.grid.size
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(axis.blocks))
+        assert all(axis.contributors(i) for i in range(len(axis.blocks)))
+
+
+def test_roi_fallback_and_validation() -> None:
+    assert parse_roi_size((0, 16, -1), (10, 20, 30)) == (10, 16, 30)
+    assert parse_roi_size(8, (10, 20)) == (8, 8)
+    with pytest.raises(SettingsError, match="roi_size must have 3 sides"):
+        parse_roi_size((8, 8), (10, 20, 30))
+    with pytest.raises(SettingsError, match="overlap must be >= 0 and < 1"):
+        parse_overlap(1.0, 3)
+    with pytest.raises(SettingsError, match="empty axis"):
+        window_grid((0, 5), (4, 4), (0.25, 0.25))
