@@ -49,6 +49,16 @@ def _store_block(logits: np.ndarray, store: str, region: tuple[slice, ...], dtyp
     return int(labels.size)
 
 
+def _load_network(ref: Any) -> str:
+    ref.network()
+    return ref.sha256
+
+
+def preload_model(client: Any, model: Model) -> None:
+    """Load the model once in every worker now (cached per process), instead of inside the first block."""
+    client.run(_load_network, model.ref)
+
+
 def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client: Any,
                   chunks: Sequence[int] | None = None, probabilities: bool = False,
                   progress: bool = False) -> InferenceResult:

@@ -24,7 +24,7 @@ from pipeline.cluster import ClusterSettings, dashboard_link, dask_client, worke
 from pipeline.errors import CardError, InputError
 from pipeline.evaluate import confusion_nifti
 from pipeline.hashing import sha256_file
-from pipeline.infer import InferenceResult, run_inference
+from pipeline.infer import InferenceResult, preload_model, run_inference
 from pipeline.io.atomic import atomic_path, check_output
 from pipeline.io.nifti import NiftiScan, open_scan, read_reference, stream_to_array, write_labels
 from pipeline.io.store import create_array, open_work_group
@@ -147,6 +147,7 @@ def segment_volume(
         group = open_work_group(work / "work.zarr", overwrite=True)
         image = _tile_scan(source, group, block or default_chunks(mdl.roi_size), sha256)
         with client_scope(client, cluster or ClusterSettings()) as active:
+            preload_model(active, mdl)
             result = run_inference(image, mdl, group, client=active, chunks=block,
                                    probabilities=probabilities, progress=progress)
             workers_rss = worker_peak_rss(active)

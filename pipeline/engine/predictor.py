@@ -17,6 +17,14 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+#: Windows this process has evaluated so far (read by benchmarks through ``client.run``).
+_windows_evaluated = [0]
+
+
+def windows_evaluated() -> int:
+    """Windows evaluated by this process since it started: a measurement, not the plan."""
+    return _windows_evaluated[0]
+
 
 @dataclass(frozen=True, slots=True)
 class InferenceSettings:
@@ -98,4 +106,5 @@ def predict_group(
             weighted[(slice(None), *box)] += out * weight
             weights[box] += weight
     assert weighted is not None  # every task owns at least one window
+    _windows_evaluated[0] += len(corners)
     return Partial(lo=lo, weighted=weighted, weights=weights, n_windows=len(corners))
