@@ -29,6 +29,10 @@ class CardError(PipelineError, ValueError):
     """A model card is malformed or names something unknown."""
 
 
+class CatalogError(PipelineError, ValueError):
+    """The data catalog (``data_catalog.yaml``) is malformed or names something unknown."""
+
+
 class ModelError(PipelineError, ValueError):
     """Model weights are missing, corrupt, unsafe or do not match the card."""
 

@@ -1,17 +1,24 @@
-"""Compare two label masks on the same grid, streaming slab by slab."""
+"""Compare label masks on one grid, streaming slab by slab along the last axis."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.errors import InputError
+from pipeline.geometry import VolumeGeometry
 from pipeline.io.atomic import check_output
 from pipeline.io.nifti import iter_slabs, open_scan, read_reference
 from pipeline.metrics import confusion, scores
 from pipeline.report import label_rows, write_report
+
+#: Slices per slab when streaming masks (uint8 masks: a 512 x 512 plane x 16 = 4 MiB).
+SLAB = 16
+
+SlabReader = Callable[[slice], np.ndarray]
 
 
 def _as_labels(path: Path, slab: np.ndarray) -> np.ndarray:
@@ -31,49 +38,46 @@ def add_confusion(total: np.ndarray, part: np.ndarray) -> np.ndarray:
     return out
 
 
-def confusion_nifti(prediction: Any, reference: str | Path, geometry: Any, *, n_labels: int | None = None) -> np.ndarray:
-    """Confusion matrix of ``prediction`` ((i, j, k) array-like) against a reference NIfTI on ``geometry``.
+def confusion_against(reference: str | Path, geometry: VolumeGeometry, predicted: SlabReader, *,
+                      n_labels: int | None = None) -> np.ndarray:
+    """Confusion matrix of a reference NIfTI (on ``geometry``'s grid) against ``predicted(k_slice)`` slabs.
 
-    With ``n_labels``, reference values >= n_labels are an error (the model cannot predict them).
+    With ``n_labels`` the matrix is that size and reference values >= n_labels are an
+    :class:`InputError`; without, it grows to the largest label seen in either mask.
     """
     ref = read_reference(reference, geometry)
     total = np.zeros((n_labels or 1,) * 2, dtype=np.int64)
-    thickness = prediction.chunks[-1] if hasattr(prediction, "chunks") and isinstance(prediction.chunks[-1], int) else 16
-    for k, slab in iter_slabs(ref, thickness):
+    for k, slab in iter_slabs(ref, SLAB):
         truth = _as_labels(ref.path, slab)
-        pred = np.asarray(prediction[:, :, k]).astype(np.int64)
+        pred = np.asarray(predicted(k)).astype(np.int64)
         if n_labels is not None and truth.size and truth.max() >= n_labels:
-            raise InputError(f"{ref.path}: reference has label {int(truth.max())}, but the model only predicts 0..{n_labels - 1}")
+            raise InputError(f"{ref.path}: reference has label {int(truth.max())} (slices k={k.start}..{k.stop - 1}), "
+                             f"but the model only predicts 0..{n_labels - 1}")
         size = n_labels or int(max(truth.max(initial=0), pred.max(initial=0))) + 1
         total = add_confusion(total, confusion(truth, pred, size))
     return total
 
 
-def evaluate_masks(prediction: str | Path, reference: str | Path) -> tuple[np.ndarray, Any]:
-    """Confusion matrix of two NIfTI label masks; returns it with the prediction's geometry."""
-    pred = open_scan(prediction)
-
-    class _Slabs:  # adapt the prediction's proxy to the (i, j, k) slicing confusion_nifti uses
-        chunks = (16, 16, 16)
-
-        def __getitem__(self, index: Any) -> np.ndarray:
-            return _as_labels(pred.path, np.asarray(pred.proxy[index]).reshape(
-                *pred.geometry.shape[:2], -1))
-
-    return confusion_nifti(_Slabs(), reference, pred.geometry), pred.geometry
+def check_reference_labels(reference: str | Path, geometry: VolumeGeometry, n_labels: int) -> None:
+    """Fail early (before inference) when a reference is off-grid or holds labels the model cannot predict."""
+    confusion_against(reference, geometry, lambda k: np.zeros((*geometry.shape[:2], k.stop - k.start), np.int64),
+                      n_labels=n_labels)
 
 
 def evaluate_report(prediction: str | Path, reference: str | Path, *, output: Path | None = None,
                     overwrite: bool = False) -> dict[str, Any]:
-    """Report (as written by ``segment_volume``, without run facts) comparing two masks."""
+    """Scores of two NIfTI label masks, in the same layout as ``segment_volume``'s report (no run facts)."""
     if output is not None:
         check_output(output, overwrite=overwrite)
-    matrix, geometry = evaluate_masks(prediction, reference)
+    pred = open_scan(prediction)
+    shape = pred.geometry.shape
+    matrix = confusion_against(reference, pred.geometry, lambda k: _as_labels(
+        pred.path, np.asarray(pred.proxy[..., k]).reshape(*shape[:2], k.stop - k.start)))
     measured = scores(matrix)
     report = {
         "prediction": str(prediction),
         "reference": str(reference),
-        "labels": label_rows(measured, {}, geometry.voxel_volume_ml, has_reference=True),
+        "labels": label_rows(measured, {}, pred.geometry.voxel_volume_ml, has_reference=True),
         "pixel_accuracy": measured.pixel_accuracy,
         "mean_pixel_accuracy": measured.mean_pixel_accuracy,
     }

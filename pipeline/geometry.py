@@ -5,16 +5,25 @@ we never reorient, so a mask lands on exactly the voxels of its scan.
 ``VolumeGeometry`` keeps the raw NIfTI header fields that define space
 (quaternion, srows, codes, pixdim, units) so a written mask has a bit-identical
 geometry, not one recomputed through float64 matrices.
+
+Rasters use rasterio's ``(band, row, col)`` order; ``RasterGeometry`` keeps the
+CRS (WKT) and the 6-term transform exactly as read, so a mask written from it
+sits on its scene's pixel grid, rotated or not, georeferenced or not.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from pipeline.errors import InputError
 
 #: NIfTI ``xyzt_units & 7`` code -> size of one unit in millimetres.
 _SPATIAL_UNIT_MM = {0: 1.0, 1: 1000.0, 2: 1.0, 3: 0.001}
@@ -112,3 +121,141 @@ class VolumeGeometry:
         srow = np.asarray(self.srow).reshape(3, 4)
         header["srow_x"], header["srow_y"], header["srow_z"] = srow[0], srow[1], srow[2]
         header["xyzt_units"] = self.xyzt_units
+
+
+#: The transform of a raster without georeference (GDAL's default): pixel coordinates.
+IDENTITY_TRANSFORM = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+def _encode_nodata(value: float | None) -> float | str | None:
+    """NaN and infinities as the strings Zarr v3 uses, so attributes stay strict JSON."""
+    if value is None or math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
+def _decode_nodata(value: float | str | None) -> float | None:
+    return None if value is None else float(value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class RasterGeometry:
+    """Where the pixels of a raster sit on the map, and what its bands hold.
+
+    Equality and hashing go through :meth:`to_attrs`, so a NaN ``nodata`` equals itself.
+    Building one checks it (sizes >= 1, 6 finite terms, invertible transform) and raises
+    :class:`~pipeline.errors.InputError` otherwise.
+
+    Attributes
+    ----------
+    height, width : rows and columns (>= 1).
+    count : bands in the file (>= 1).
+    crs : the CRS as WKT, exactly as the file's reader reports it; None when the raster has none.
+    transform : affine terms ``(a, b, c, d, e, f)`` (rasterio's ``Affine`` order) taking the
+        upper-left corner of pixel (col, row) to map coordinates: ``x = a*col + b*row + c``,
+        ``y = d*col + e*row + f``. ``b`` or ``d`` non-zero means a rotated or sheared grid.
+    nodata : the nodata value (NaN allowed), or None.
+    dtype : NumPy name of the bands' data type.
+    descriptions : one band description per band, None where unset.
+    block_size : the file's internal block as (rows, cols); a striped file has cols == width.
+    """
+
+    height: int
+    width: int
+    count: int = 1
+    crs: str | None = None
+    transform: tuple[float, ...] = IDENTITY_TRANSFORM
+    nodata: float | None = None
+    dtype: str = "uint8"
+    descriptions: tuple[str | None, ...] = ()
+    block_size: tuple[int, int] = (256, 256)
+
+    def __post_init__(self) -> None:
+        if self.height < 1 or self.width < 1 or self.count < 1:
+            raise InputError(f"height, width and count must be >= 1, got {self.height}, {self.width}, {self.count}")
+        transform = _floats(self.transform)
+        if len(transform) != 6 or not all(math.isfinite(t) for t in transform):
+            raise InputError(f"transform must be 6 finite numbers, got {self.transform}")
+        if transform[0] * transform[4] - transform[1] * transform[3] == 0:
+            raise InputError(f"transform {transform} is not invertible (zero pixel area)")
+        descriptions = tuple(self.descriptions) or (None,) * self.count
+        if len(descriptions) != self.count:
+            raise InputError(f"descriptions must have one entry per band ({self.count}), got {len(descriptions)}")
+        object.__setattr__(self, "transform", transform)
+        object.__setattr__(self, "nodata", None if self.nodata is None else float(self.nodata))
+        object.__setattr__(self, "descriptions", descriptions)
+        object.__setattr__(self, "block_size", tuple(int(b) for b in self.block_size))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, cols)."""
+        return self.height, self.width
+
+    @property
+    def pixel_area(self) -> float:
+        """Area of one pixel in map units squared (|det| of the transform; 1 for pixel coordinates)."""
+        a, b, _, d, e, _ = self.transform
+        return abs(a * e - b * d)
+
+    @property
+    def is_rotated(self) -> bool:
+        """True when the grid is rotated or sheared against the map axes."""
+        return self.transform[1] != 0 or self.transform[3] != 0
+
+    @property
+    def is_georeferenced(self) -> bool:
+        """False for a raster with neither a CRS nor a transform: its coordinates are pixels."""
+        return self.crs is not None or self.transform != IDENTITY_TRANSFORM
+
+    def same_grid(self, other: RasterGeometry, *, atol: float = 1e-6) -> bool:
+        """True when both rasters have the same size, transform (within ``atol`` pixels) and CRS.
+
+        CRS texts that differ are compared as CRSs (rasterio), so two spellings of EPSG:32616 match.
+        """
+        if self.shape != other.shape:
+            return False
+        pixel = max(abs(t) for t in self.transform[:2] + self.transform[3:5])
+        if any(abs(p - q) > atol * pixel for p, q in zip(self.transform, other.transform, strict=True)):
+            return False
+        return same_crs(self.crs, other.crs)
+
+    def to_attrs(self) -> dict[str, Any]:
+        """Plain, strict JSON for Zarr attributes (NaN nodata is written ``"NaN"``)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values.update(transform=list(self.transform), descriptions=list(self.descriptions),
+                      block_size=list(self.block_size), nodata=_encode_nodata(self.nodata))
+        return {"kind": "raster", **values}
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> RasterGeometry:
+        """Inverse of :meth:`to_attrs`."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in attrs.items() if k in fields}
+        values["nodata"] = _decode_nodata(attrs.get("nodata"))
+        return cls(**values)
+
+    def _key(self) -> str:
+        return json.dumps(self.to_attrs(), sort_keys=True)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RasterGeometry) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+
+def same_crs(a: str | None, b: str | None) -> bool:
+    """Two CRSs (WKT, PROJ or ``EPSG:n`` text, or None for none) are the same CRS."""
+    if a == b:
+        return True
+    if a is None or b is None:
+        return False
+    from rasterio.crs import CRS
+
+    return bool(CRS.from_user_input(a) == CRS.from_user_input(b))
+
+
+def block_slices(shape: Sequence[int], chunks: Sequence[int]) -> Iterator[tuple[slice, ...]]:
+    """The regular chunk grid of an array, as one tuple of slices per chunk (C order; edges clipped)."""
+    axes = [[slice(start, min(start + c, n)) for start in range(0, n, c)] for n, c in zip(shape, chunks, strict=True)]
+    return itertools.product(*axes)

@@ -22,11 +22,11 @@ from typing import Any
 from pipeline.engine.api import default_chunks
 from pipeline.cluster import ClusterSettings, dashboard_link, dask_client, worker_peak_rss
 from pipeline.errors import CardError, InputError
-from pipeline.evaluate import confusion_nifti
+from pipeline.evaluate import check_reference_labels, confusion_against
 from pipeline.hashing import sha256_file
 from pipeline.infer import InferenceResult, preload_model, run_inference
 from pipeline.io.atomic import atomic_path, check_output
-from pipeline.io.nifti import NiftiScan, open_scan, read_reference, stream_to_array, write_labels
+from pipeline.io.nifti import NiftiScan, open_scan, stream_to_array, write_labels
 from pipeline.io.store import create_array, open_work_group
 from pipeline.metrics import confusion, scores
 from pipeline.models import Model, load_model
@@ -137,7 +137,7 @@ def segment_volume(
     if mask_path.resolve() == source.path.resolve():
         raise InputError(f"{mask_path}: output would overwrite the input scan")
     if reference:
-        read_reference(reference, source.geometry)  # fail before the expensive part
+        check_reference_labels(reference, source.geometry, mdl.card.out_channels)  # fail before the expensive part
     sha256 = sha256_file(source.path)
     block = tuple(chunks) if chunks else None
     work_root = Path(work_dir) if work_dir else mask_path.parent
@@ -181,7 +181,7 @@ def _build_report(source: NiftiScan, sha256: str, model: Model, mask: Path, refe
                   result: InferenceResult, started: float, workers_rss: int) -> dict[str, Any]:
     n = model.card.out_channels
     if reference:
-        matrix = confusion_nifti(result.labels, reference, source.geometry, n_labels=n)
+        matrix = confusion_against(reference, source.geometry, lambda k: result.labels[:, :, k], n_labels=n)
     else:
         matrix = _label_counts(result.labels, n)
     measured = scores(matrix)

@@ -82,6 +82,10 @@ def make_case(name: str, d: Path, tiny_card: Path) -> tuple[list[str], str]:
     if name == "reference_grid":
         write_nifti(d / "ref.nii.gz", np.zeros((10, 10, 10), np.uint8))
         return [ct, "-m", card, "--reference", str(d / "ref.nii.gz")], "differs from the scan"
+    if name == "reference_labels":
+        ct = nib.load(d / "ct.nii.gz")
+        nib.save(nib.Nifti1Image(np.full(ct.shape, 7, np.uint8), ct.affine, ct.header), d / "ref7.nii.gz")
+        return [str(d / "ct.nii.gz"), "-m", card, "--reference", str(d / "ref7.nii.gz")], "reference has label 7"
     if name == "output_exists":
         (d / "ct_seg.nii.gz").write_bytes(b"previous result")
         return [ct, "-m", card], "output exists; pass --overwrite"
@@ -89,7 +93,7 @@ def make_case(name: str, d: Path, tiny_card: Path) -> tuple[list[str], str]:
 
 
 CASES = ["missing", "not_nifti", "truncated", "4d", "2d", "nan", "empty_axis", "absurd_dims", "dims_beyond_data", "unknown_model",
-         "bad_checksum", "reference_grid", "output_exists"]
+         "bad_checksum", "reference_grid", "reference_labels", "output_exists"]
 
 
 @pytest.mark.parametrize("name", CASES)
