@@ -88,7 +88,7 @@ def _relative_parts(value: str, what: str) -> str:
 
 
 class NamingRule(BaseModel):
-    """Where a scan's companion file (reference mask, vector labels) is: ``directory / name.format(stem=...)``."""
+    """Where a scan's reference is: ``directory / name.format(stem=...)`` (a mask; for geo also vectors)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     directory: Path | None = Field(default=None, description="default: the scan's own directory")
@@ -123,7 +123,7 @@ class Source(BaseModel):
     glob: str = "*"
     model: str = Field(min_length=1, description="model card name (models/), or a card path relative to the catalog")
     reference: NamingRule | None = None
-    vectors: NamingRule | None = Field(default=None, description="geo only: vector labels (GeoJSON) for Dice/IoU")
+    vectors: str | None = Field(default=None, description="geo only: also write polygons, as 'gpkg' or 'geojson'")
     bands: tuple[Annotated[int, Field(ge=1)], ...] | None = Field(default=None, description="geo only: 1-based")
     output: str | None = Field(default=None, description="directory under output_root; default: the source name")
 
@@ -152,6 +152,18 @@ class Source(BaseModel):
         """A card path (``*.yaml`` or containing ``/``) is anchored at the catalog; a name is looked up later."""
         if value.endswith((".yaml", ".yml")) or "/" in value:
             return str(_resolve(Path(value), info))
+        return value
+
+    @field_validator("vectors")
+    @classmethod
+    def _vector_format(cls, value: str | None) -> str | None:
+        from pipeline.io.vectors import VECTOR_FORMATS
+
+        choices = [suffix.removeprefix(".") for suffix in VECTOR_FORMATS]
+        if value is not None and value not in choices:
+            close = difflib.get_close_matches(value, choices, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown vector format {value!r}{hint} (choices: {', '.join(choices)})")
         return value
 
     @field_validator("output")

@@ -26,7 +26,7 @@ app.add_typer(models_app, name="models")
 _state = {"debug": False}
 T = TypeVar("T")
 
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model card name or path (default: ct-organs).")]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model card name or path (default: ct-organs for volumes, buildings for rasters).")]
 OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Output mask path (default: beside the input).")]
 ReferenceOpt = Annotated[Path | None, typer.Option("--reference", "-r", help="Reference mask on the same grid, for Dice/IoU.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
@@ -107,6 +107,48 @@ def segment_volume_cmd(
         scan, model=model, output=output, reference=reference, overwrite=overwrite, work_dir=work_dir,
         chunks=parse_chunks(chunk_size, 3), cluster=settings, probabilities=probabilities, progress=True))
     _print_result(result)
+
+
+def parse_bands(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        fail(f"--bands must be comma-separated band numbers, e.g. 3,2,1, got {text!r}", code=2)
+
+
+@app.command("segment-raster")
+def segment_raster_cmd(
+    scene: Annotated[Path, typer.Argument(help="Input raster: GeoTIFF, COG or VRT.")],
+    model: ModelOpt = None,
+    output: OutputOpt = None,
+    reference: ReferenceOpt = None,
+    overwrite: OverwriteOpt = False,
+    workers: WorkersOpt = 2,
+    threads: ThreadsOpt = 1,
+    memory_limit: MemoryOpt = "auto",
+    dask_address: AddressOpt = None,
+    chunk_size: ChunkOpt = None,
+    work_dir: WorkDirOpt = None,
+    bands: Annotated[str | None, typer.Option("--bands", help="1-based bands in model order, e.g. 3,2,1 (default: the card's, else all).")] = None,
+    vectors: Annotated[Path | None, typer.Option("--vectors", help="Also write polygons per class (.gpkg or .geojson).")] = None,
+) -> None:
+    """Segment a raster: writes <scene>_seg.tif (COG) and <scene>_seg.report.json/.csv.
+
+    --reference also takes vectors (.geojson, .gpkg), rasterised onto the scene's grid.
+    """
+    from pipeline.cluster import ClusterSettings
+    from pipeline.segment_raster import segment_raster
+
+    settings = ClusterSettings(address=dask_address, workers=workers, threads_per_worker=threads,
+                               memory_limit=memory_limit)
+    result = run(lambda: segment_raster(
+        scene, model=model, output=output, reference=reference, bands=parse_bands(bands), vectors=vectors,
+        overwrite=overwrite, work_dir=work_dir, chunks=parse_chunks(chunk_size, 2), cluster=settings, progress=True))
+    _print_result(result)
+    if result.vectors:
+        typer.echo(f"vectors: {result.vectors} ({result.report['features']} polygons)")
 
 
 def _print_result(result: Any) -> None:

@@ -18,7 +18,7 @@ import zarr
 
 from pipeline.engine.api import blend, default_chunks
 from pipeline.engine.predictor import InferenceSettings
-from pipeline.engine.windows import parse_overlap, window_grid
+from pipeline.engine.windows import balanced_chunks, parse_overlap, window_grid
 from pipeline.errors import InputError
 from pipeline.io.store import create_array, write_region
 from pipeline.models import Model
@@ -71,9 +71,11 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
     spatial = tuple(int(n) for n in image.shape[1:])
     if image.shape[0] != model.card.in_channels:
         raise InputError(f"model {model.name!r} needs {model.card.in_channels} channel(s), the input has {image.shape[0]}")
-    block = tuple(chunks) if chunks else default_chunks(model.roi_size)
     settings = InferenceSettings(roi_size=model.roi_size, overlap=parse_overlap(model.overlap, len(spatial)),
                                  sw_batch_size=model.card.sw_batch_size)
+    grid = window_grid(spatial, settings.roi_size, settings.overlap)
+    block = tuple(chunks) if chunks else balanced_chunks(
+        grid, default_chunks(model.roi_size), 2 * max(1, len(client.scheduler_info().get("workers", {}))))
     raw = da.from_zarr(image)
     statistics = model.statistics(raw)
     x = raw.map_blocks(model.preprocess_block, statistics, dtype=np.float32)
@@ -97,6 +99,5 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
             future.result()
             bar.update(1)
     seconds = time.perf_counter() - start
-    windows = window_grid(spatial, settings.roi_size, settings.overlap).n_windows
-    return InferenceResult(labels=labels, probabilities=probs, seconds=seconds, windows=windows,
+    return InferenceResult(labels=labels, probabilities=probs, seconds=seconds, windows=grid.n_windows,
                            blocks=len(tasks), chunks=block)

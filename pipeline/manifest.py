@@ -86,10 +86,10 @@ class Manifest(BaseModel):
     input: FileRecord
     model: str
     model_sha256: str
-    references: dict[str, str] = {}  #: companion file path -> sha256 (part of a failure's identity)
+    references: dict[str, str] = {}  #: reference path -> sha256 (part of a failure's identity)
     code_version: str
     finished_at: datetime.datetime
-    outputs: dict[str, str] = {}  #: role (mask, report_json, report_csv, probabilities) -> path
+    outputs: dict[str, str] = {}  #: role (mask, report_json, report_csv, probabilities, vectors) -> path
     reason: str | None = None  #: one line, for ``failed``
 
 
@@ -107,8 +107,8 @@ class ScanJob:
     input: FileRecord  #: as found at discovery
     work_dir: Path
     reference: Path | None = None
-    vectors: Path | None = None
     bands: tuple[int, ...] | None = None
+    vectors: Path | None = None  #: polygon output (geo), beside the mask
 
     @property
     def name(self) -> str:
@@ -218,8 +218,8 @@ def write_manifest(path: Path, manifest: Manifest) -> None:
         tmp.write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
 
 
-def _companions(job: ScanJob) -> dict[str, str]:
-    return {str(p): sha256_file(p) for p in (job.reference, job.vectors) if p is not None}
+def _references(job: ScanJob) -> dict[str, str]:
+    return {str(job.reference): sha256_file(job.reference)} if job.reference is not None else {}
 
 
 def classify(job: ScanJob, manifest: Manifest | None) -> ScanStatus | None:
@@ -232,7 +232,7 @@ def classify(job: ScanJob, manifest: Manifest | None) -> ScanStatus | None:
     if manifest.status == "done":
         complete = bool(manifest.outputs) and all(Path(p).exists() for p in manifest.outputs.values())
         return ScanStatus.UP_TO_DATE if complete else None
-    if manifest.code_version == _code_version() and manifest.references == _companions(job):
+    if manifest.code_version == _code_version() and manifest.references == _references(job):
         return ScanStatus.FAILED_BEFORE
     return None
 
@@ -252,7 +252,7 @@ def _model(catalog: Catalog, index: int, source: Source) -> tuple[str, str, str]
 
 def scans(catalog: Catalog, index: int, source: Source) -> list[Path]:
     """The source's input files, sorted: glob matches with the kind's suffix, minus hidden files,
-    files under the output or work root, and files that are another scan's reference or vectors."""
+    files under the output or work root, and files that are another scan's reference."""
     if not source.directory.is_dir():
         raise catalog.error(index, "directory", f"{source.directory} is not a directory")
     excluded = [catalog.output_root.resolve(), catalog.work_dir.resolve()]
@@ -261,24 +261,25 @@ def scans(catalog: Catalog, index: int, source: Source) -> list[Path]:
         if (path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(source.segmenter.suffixes)
                 and not any(path.resolve().is_relative_to(root) for root in excluded)):
             found.append(path)
-    companions = {rule.path_for(p, source.segmenter.stem(p.name)).resolve()
-                  for p in found for rule in (source.reference, source.vectors) if rule is not None}
-    return [p for p in found if p.resolve() not in companions]
+    if source.reference is None:
+        return found
+    references = {source.reference.path_for(p, source.segmenter.stem(p.name)).resolve() for p in found}
+    return [p for p in found if p.resolve() not in references]
 
 
 def _job(catalog: Catalog, source: Source, scan: Path, model: tuple[str, str, str],
          previous: Manifest | None, output: Path) -> ScanJob:
-    stem = source.segmenter.stem(scan.name)
-    companion = {key: rule.path_for(scan, stem) for key in ("reference", "vectors")
-                 if (rule := getattr(source, key)) is not None}
-    for key, path in list(companion.items()):
-        if not path.is_file():
-            logger.info("%s: no %s at %s; segmenting without it", scan, key, path)
-            del companion[key]
+    reference = None
+    if source.reference is not None:
+        reference = source.reference.path_for(scan, source.segmenter.stem(scan.name))
+        if not reference.is_file():
+            logger.info("%s: no reference at %s; segmenting without one", scan, reference)
+            reference = None
+    vectors = output.with_name(f"{_stem(output)}.{source.vectors}") if source.vectors else None
     return ScanJob(source=source.name, kind=source.kind, scan=scan, output=output, model=model[0],
                    model_name=model[1], model_sha256=model[2],
                    input=FileRecord.of(scan, previous.input if previous else None),
-                   work_dir=catalog.work_dir / source.name, bands=source.bands, **companion)
+                   work_dir=catalog.work_dir / source.name, reference=reference, bands=source.bands, vectors=vectors)
 
 
 def discover(catalog: Catalog, *, source: str | None = None) -> Plan:
@@ -324,7 +325,7 @@ def _done_manifest(job: ScanJob, result: Any) -> Manifest:
     report = result.report
     record = job.input.model_copy(update={"sha256": report.get("input", {}).get("sha256") or job.input.sha256})
     outputs = {"mask": result.mask, "report_json": result.report_json, "report_csv": result.report_csv,
-               "probabilities": result.probabilities}
+               "probabilities": result.probabilities, "vectors": result.vectors}
     manifest = _manifest(job, "done", outputs={k: str(v) for k, v in outputs.items() if v is not None})
     return manifest.model_copy(update={"input": record,
                                        "model_sha256": report.get("model_sha256") or job.model_sha256})
@@ -352,7 +353,7 @@ def run_scan(job: ScanJob, *, client: Any = None) -> ScanOutcome:
             result = segment(job.scan, **job.segment_kwargs(client))
         except PipelineError as e:
             write_manifest(job.manifest_path, _manifest(job, "failed", reason=ScanOutcome.failed(job, e).reason,
-                                                        references=_companions(job)))
+                                                        references=_references(job)))
             raise
         write_manifest(job.manifest_path, _done_manifest(job, result))
     return ScanOutcome.done(job, result, time.perf_counter() - started)
@@ -420,7 +421,9 @@ def lock_holder(path: Path) -> str:
 
 
 #: Columns of the per-run table: one row per scan and label (one row per scan without labels).
-TABLE_COLUMNS = ("scan", "source", "status", "label", "dice", "iou", "volume_ml", "seconds", "output", "reason")
+#: Volumes report ``volume_ml``, rasters ``area_ha`` (None when the scene's CRS has no metric unit).
+TABLE_COLUMNS = ("scan", "source", "status", "label", "dice", "iou", "volume_ml", "area_ha", "seconds", "output",
+                 "reason")
 
 
 def table_rows(outcomes: Iterable[ScanOutcome]) -> list[dict[str, Any]]:
@@ -431,7 +434,7 @@ def table_rows(outcomes: Iterable[ScanOutcome]) -> list[dict[str, Any]]:
                 "seconds": outcome.seconds, "output": outcome.output, "reason": outcome.reason}
         for label in outcome.labels or ({},):
             measured = {"label": label.get("name"), "dice": label.get("dice"), "iou": label.get("iou"),
-                        "volume_ml": label.get("volume_ml")}
+                        "volume_ml": label.get("volume_ml"), "area_ha": label.get("area_ha")}
             row = {**base, **measured}
             rows.append({key: row[key] for key in TABLE_COLUMNS})
     return rows

@@ -36,17 +36,21 @@ def _round(value: float | None, digits: int = 6) -> float | None:
     return None if value is None or math.isnan(value) else round(value, digits)
 
 
-def label_rows(scores: Scores, labels: dict[int, Label], unit_volume: float, *, has_reference: bool) -> list[dict[str, Any]]:
-    """One row per label; ``unit_volume`` is ml per voxel (or area per pixel for rasters)."""
+def label_rows(scores: Scores, labels: dict[int, Label], unit_volume: float, *, has_reference: bool,
+               count_key: str = "voxels", size_key: str = "volume_ml") -> list[dict[str, Any]]:
+    """One row per label; ``unit_volume`` is ml per voxel (or area per pixel for rasters).
+
+    ``count_key`` and ``size_key`` name the count and size columns (``pixels`` and ``area`` for rasters).
+    """
     rows = []
     for item in scores.labels:
         rows.append({
             "label": item.label,
             "name": labels[item.label].name if item.label in labels else f"label_{item.label}",
-            "voxels": item.predicted,
-            "volume_ml": _round(item.predicted * unit_volume),
-            "reference_voxels": item.reference if has_reference else None,
-            "reference_volume_ml": _round(item.reference * unit_volume) if has_reference else None,
+            count_key: item.predicted,
+            size_key: _round(item.predicted * unit_volume),
+            f"reference_{count_key}": item.reference if has_reference else None,
+            f"reference_{size_key}": _round(item.reference * unit_volume) if has_reference else None,
             "dice": _round(item.dice) if has_reference else None,
             "iou": _round(item.iou) if has_reference else None,
         })
@@ -54,10 +58,14 @@ def label_rows(scores: Scores, labels: dict[int, Label], unit_volume: float, *, 
 
 
 def write_report(report: dict[str, Any], json_path: Path) -> Path:
-    """Write ``report`` as JSON at ``json_path`` and its label table as CSV beside it; returns the CSV path."""
+    """Write ``report`` as JSON at ``json_path`` and its label table as CSV beside it; returns the CSV path.
+
+    The CSV columns are the keys of the label rows (:data:`CSV_FIELDS` for volumes).
+    """
     csv_path = json_path.with_name(json_path.name.removesuffix(".json") + ".csv")
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    fields = list(report["labels"][0]) if report["labels"] else list(CSV_FIELDS)
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(report["labels"])
     with atomic_path(csv_path) as tmp:

@@ -46,6 +46,7 @@ class SegmentationResult:
     report_csv: Path
     probabilities: Path | None
     report: dict[str, Any]
+    vectors: Path | None = None
 
     def summary(self) -> str:
         run = self.report["run"]

@@ -157,3 +157,24 @@ def plan_blocks(grid: WindowGrid, chunks: Sequence[int]) -> BlockPlan:
     if len(chunks) != len(grid.axes):
         raise SettingsError(f"chunks must have {len(grid.axes)} sides, got {tuple(chunks)}")
     return BlockPlan(tuple(plan_axis(a, c) for a, c in zip(grid.axes, chunks, strict=True)))
+
+
+def balanced_chunks(grid: WindowGrid, chunks: Sequence[int], min_tasks: int) -> tuple[int, ...]:
+    """Shrink ``chunks`` (halving the axis with the most windows per block) until the plan has at
+    least ``min_tasks`` predict tasks, or blocks are down to one window step.
+
+    Small volumes then still keep every worker busy; each window is still evaluated once.
+    """
+    sides = list(chunks)
+    steps = [a.starts[1] - a.starts[0] if len(a.starts) > 1 else a.padded_size for a in grid.axes]
+
+    def tasks() -> int:
+        return math.prod(len(plan_axis(a, c).groups) for a, c in zip(grid.axes, sides, strict=True))
+
+    while tasks() < min_tasks:
+        shrinkable = [i for i, a in enumerate(grid.axes) if sides[i] > steps[i] and len(a.starts) > 1]
+        if not shrinkable:
+            break
+        axis = max(shrinkable, key=lambda i: len(plan_axis(grid.axes[i], sides[i]).groups[0].starts))
+        sides[axis] = max(steps[axis], sides[axis] // 2)
+    return tuple(sides)

@@ -63,3 +63,19 @@ def test_roi_fallback_and_validation() -> None:
         parse_overlap(1.0, 3)
     with pytest.raises(SettingsError, match="empty axis"):
         window_grid((0, 5), (4, 4), (0.25, 0.25))
+
+
+@pytest.mark.parametrize(("shape", "roi", "min_tasks"), [
+    ((122, 101, 30), (64, 64, 32), 4), ((900, 900), (128, 128), 4), ((10, 10, 10), (16, 16, 16), 4),
+    ((300, 40, 40), (32, 32, 32), 16)])
+def test_balanced_chunks_keep_workers_busy(shape: tuple[int, ...], roi: tuple[int, ...], min_tasks: int) -> None:
+    from pipeline.engine.windows import balanced_chunks
+
+    grid = window_grid(shape, roi, (0.25,) * len(shape))
+    start = (1024,) * len(shape)
+    chunks = balanced_chunks(grid, start, min_tasks)
+    plan = plan_blocks(grid, chunks)
+    tasks = len(list(plan.group_keys()))
+    assert tasks >= min(min_tasks, grid.n_windows) or all(
+        c <= a.starts[1] - a.starts[0] for c, a in zip(chunks, grid.axes, strict=True) if len(a.starts) > 1)
+    assert plan.n_windows == grid.n_windows

@@ -29,8 +29,8 @@ def fake_segment(scan: str | Path, *, model: str, output: Path, reference: Path 
     with _lock:
         CALLS[scan.name] += 1
         attempt = CALLS[scan.name]
-    MANIFEST_SEEN[scan.name] = any(output.parent.glob("*.manifest.json")) and \
-        output.with_name(output.name.split(".")[0] + ".manifest.json").exists()
+    stem = output.name.split(".")[0]
+    MANIFEST_SEEN[scan.name] = output.with_name(stem + ".manifest.json").exists()
     if scan.name.startswith("broken"):
         raise InputError(f"{scan}: not a readable NIfTI file (fake)")
     if scan.name.startswith("crash"):
@@ -47,7 +47,6 @@ def fake_segment(scan: str | Path, *, model: str, output: Path, reference: Path 
               "labels": [{"label": i, "name": f"class{i}", "dice": 0.5 + i / 10 if reference else None,
                           "iou": 0.25 + i / 10 if reference else None, "volume_ml": 1.5 * i} for i in range(2)],
               "run": {"seconds_total": 0.01}}
-    stem = output.name.split(".")[0]
     report_json = output.with_name(stem + ".report.json")
     report_json.write_text(json.dumps(report))
     report_csv = output.with_name(stem + ".report.csv")

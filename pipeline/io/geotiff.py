@@ -1,0 +1,359 @@
+"""Raster edge: validate a scene, stream its bands into the Zarr work store, write the mask as a COG.
+
+Any raster GDAL reads from a file (GeoTIFF, COG, VRT) is accepted. Nothing here reads a whole
+scene: Dask tasks get a path and a window (datasets do not pickle), open the file themselves
+and write whole Zarr chunks, so each chunk has one writer. The mask is written chunk by chunk
+into a tiled GeoTIFF in the work directory, made a COG by rio-cogeo, and moved onto its final
+name only once complete.
+
+Nodata: a pixel is valid when any selected band is valid in GDAL's masks (nodata value,
+internal mask or alpha band), as in GDAL's dataset mask, and every selected band is finite.
+Non-finite values become 0 in the work store (a NaN would spread through every window that
+touches it). Invalid pixels are :data:`NODATA_LABEL` in the mask and count in no metric.
+
+Georeference is copied, never invented: no CRS in, no CRS out; a rotated transform is copied
+term for term; a scene placed only by GCPs or RPCs is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import zarr
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.windows import Window
+
+from pipeline.cards import Label
+from pipeline.errors import GridMismatchError, InputError, InputNotFoundError, OutputError
+from pipeline.geometry import RasterGeometry, block_slices, same_crs
+from pipeline.io.atomic import atomic_path
+from pipeline.io.store import create_array, write_region
+
+logger = logging.getLogger(__name__)
+
+#: Mask value (and declared nodata) of pixels that were nodata in the scene.
+NODATA_LABEL = 255
+#: Most bytes one tiling task reads at once.
+READ_BYTES = 64 * 2**20
+#: GDAL block cache per process (MB): reads and writes stream, so a small cache is enough.
+GDAL_CACHE_MB = 64
+#: Tile side of the mask COG.
+COG_BLOCK = 512
+MASK_SUFFIXES = (".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Raster:
+    """A validated raster file: its path and geometry (no pixel read beyond a probe)."""
+
+    path: Path
+    geometry: RasterGeometry
+
+
+def _reason(error: BaseException) -> str:
+    """GDAL's own message when rasterio wraps it ("Read failed. See previous exception")."""
+    cause = error.__cause__ or error
+    text = str(cause).strip().splitlines()
+    return text[0] if text else type(cause).__name__
+
+
+@contextlib.contextmanager
+def _dataset(path: Path) -> Iterator[Any]:
+    """Open ``path`` read-only with a small GDAL cache; GDAL failures become :class:`InputError`."""
+    with warnings.catch_warnings(), rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # we log our own, once per scene
+        try:
+            src = rasterio.open(path)
+        except RasterioError as e:
+            raise InputError(f"{path}: not a readable raster ({_reason(e)})") from e
+        with src:
+            yield src
+
+
+def open_raster(path: str | Path) -> Raster:
+    """Open and validate a raster without reading its pixels (except one probe block).
+
+    Raises
+    ------
+    InputNotFoundError, InputError
+        Missing file, not a raster GDAL can read, no bands, non-numeric bands, georeference by
+        GCPs/RPCs only, or truncated data (the last block cannot be read).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputNotFoundError(f"{path}: file not found")
+    with _dataset(path) as src:
+        geometry = _geometry(path, src)
+        _probe(path, src)
+    if not geometry.is_georeferenced:
+        logger.warning("%s: no CRS and no transform; the mask will have none either (pixel coordinates)", path)
+    elif geometry.crs is None:
+        logger.warning("%s: no CRS; the mask copies the transform and has no CRS either", path)
+    if geometry.is_rotated:
+        logger.info("%s: rotated or sheared grid; the mask copies its transform exactly", path)
+    return Raster(path=path, geometry=geometry)
+
+
+def _geometry(path: Path, src: Any) -> RasterGeometry:
+    if src.count < 1:
+        raise InputError(f"{path}: raster has no bands")
+    dtype = np.result_type(*src.dtypes)
+    if dtype.kind not in "biuf":
+        raise InputError(f"{path}: band type {dtype} is not a real number")
+    if src.transform.is_identity and (src.gcps[0] or src.rpcs):
+        raise InputError(f"{path}: placed by GCPs/RPCs only, which the mask could not carry; "
+                         "warp it onto a geotransform first (gdalwarp)")
+    try:
+        return RasterGeometry(height=src.height, width=src.width, count=src.count,
+                              crs=src.crs.to_wkt() if src.crs else None, transform=tuple(src.transform)[:6],
+                              nodata=src.nodata, dtype=dtype.name, descriptions=src.descriptions,
+                              block_size=src.block_shapes[0])
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from e
+
+
+def _probe(path: Path, src: Any) -> None:
+    """Read the last block: catches a truncated file before any work starts."""
+    rows, cols = src.block_shapes[0]
+    last = src.block_window(1, (src.height - 1) // rows, (src.width - 1) // cols)
+    try:
+        src.read(1, window=last)
+    except RasterioError as e:
+        raise InputError(f"{path}: cannot read its last block ({_reason(e)}); truncated or corrupt?") from e
+
+
+def select_bands(raster: Raster, bands: Sequence[int] | None, in_channels: int, *, model: str) -> tuple[int, ...]:
+    """The 1-based bands to feed a model taking ``in_channels``, in model order.
+
+    ``bands`` (from ``--bands`` or the card) may repeat a band; without it the raster must
+    have exactly ``in_channels`` bands, used in file order.
+    """
+    count = raster.geometry.count
+    if bands is None:
+        if count != in_channels:
+            example = ",".join(str(b) for b in range(1, in_channels + 1))
+            raise InputError(f"{raster.path}: raster has {count} bands but model {model!r} takes {in_channels}; "
+                             f"choose them with --bands, e.g. --bands {example}")
+        return tuple(range(1, count + 1))
+    chosen = tuple(int(b) for b in bands)
+    missing = [b for b in chosen if not 1 <= b <= count]
+    if missing:
+        raise InputError(f"{raster.path}: band {missing[0]} does not exist; the raster has {count} band(s), "
+                         "numbered from 1")
+    if len(chosen) != in_channels:
+        raise InputError(f"{raster.path}: model {model!r} takes {in_channels} band(s), got {len(chosen)} "
+                         f"({','.join(map(str, chosen))})")
+    return chosen
+
+
+def raster_chunks(geometry: RasterGeometry, default: Sequence[int]) -> tuple[int, ...]:
+    """``default`` block sides, rounded up to whole file tiles when the file is tiled.
+
+    Then no tiling task splits a tile. A striped file is read in whole strips anyway.
+    """
+    rows, cols = geometry.block_size
+    if cols >= geometry.width:
+        return tuple(default)
+    return tuple(-(-side // block) * block for side, block in zip(default, (rows, cols), strict=True))
+
+
+def read_windows(shape: Sequence[int], chunks: Sequence[int], bytes_per_pixel: int,
+                 max_bytes: int = READ_BYTES) -> list[tuple[slice, ...]]:
+    """Windows for tiling tasks: one chunk tall, as many whole chunks wide as fit in ``max_bytes``.
+
+    Whole chunks, so each Zarr chunk has one writer; wide, so strips are decoded about once.
+    """
+    per_chunk = chunks[0] * chunks[1] * bytes_per_pixel
+    across = max(1, max_bytes // per_chunk) * chunks[1]
+    return list(block_slices(shape, (chunks[0], across)))
+
+
+def read_bands(path: Path, bands: Sequence[int], dtype: str, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels (C, h, w) of ``bands`` in a window, non-finite ones set to 0, and their validity (h, w)."""
+    window = Window.from_slices(rows, cols)
+    with _dataset(path) as src:
+        try:
+            data = src.read(list(bands), window=window, out_dtype=dtype)
+            valid = src.read_masks(list(bands), window=window).any(axis=0)
+        except RasterioError as e:
+            raise InputError(f"{path}: cannot read rows {rows.start}..{rows.stop - 1}, cols {cols.start}.."
+                             f"{cols.stop - 1} ({_reason(e)}); truncated or corrupt?") from e
+    if data.dtype.kind == "f":
+        finite = np.isfinite(data)
+        valid &= finite.all(axis=0)
+        data[~finite] = 0
+    return data, valid
+
+
+def copy_window(path: str, bands: tuple[int, ...], dtype: str, rows: slice, cols: slice, store: str) -> int:
+    """Dask task: copy one window into ``image`` and ``valid``; returns its valid pixel count."""
+    data, valid = read_bands(Path(path), bands, dtype, rows, cols)
+    write_region(store, "image", (slice(None), rows, cols), data)
+    write_region(store, "valid", (rows, cols), valid)
+    return int(valid.sum())
+
+
+def tile_to_store(raster: Raster, bands: tuple[int, ...], group: zarr.Group, chunks: Sequence[int], *,
+                  client: Any, attributes: dict[str, Any]) -> tuple[zarr.Array, zarr.Array, int]:
+    """Copy ``bands`` into ``group['image']`` (C, y, x) and validity into ``group['valid']`` (y, x).
+
+    Runs one Dask task per read window; returns both arrays and the number of valid pixels.
+    """
+    from distributed import as_completed
+
+    geometry = raster.geometry
+    image = create_array(group, "image", shape=(len(bands), *geometry.shape), chunks=(len(bands), *chunks),
+                         dtype=geometry.dtype, attributes=attributes)
+    valid = create_array(group, "valid", shape=geometry.shape, chunks=chunks, dtype=bool, channel_axis=False,
+                         attributes=attributes)
+    store = str(group.store.root)
+    itemsize = np.dtype(geometry.dtype).itemsize
+    windows = read_windows(geometry.shape, chunks, len(bands) * (itemsize + 1))
+    futures = [client.submit(copy_window, str(raster.path), bands, geometry.dtype, rows, cols, store, pure=False)
+               for rows, cols in windows]
+    total = sum(future.result() for future in as_completed(futures))
+    logger.debug("tiled %s: %d windows, %d valid pixels", raster.path, len(windows), total)
+    return image, valid, total
+
+
+def publish(source: Path, target: Path) -> None:
+    """Move a finished file from the work directory onto ``target`` in one rename."""
+    with atomic_path(target) as tmp:
+        shutil.move(source, tmp)
+
+
+def georeference(geometry: RasterGeometry) -> dict[str, Any]:
+    """Profile keys that put an output on ``geometry``'s grid; none for a raster without georeference."""
+    from rasterio.crs import CRS
+    from rasterio.transform import Affine
+
+    keys: dict[str, Any] = {}
+    if geometry.crs is not None:
+        keys["crs"] = CRS.from_wkt(geometry.crs)
+    if geometry.is_georeferenced:
+        keys["transform"] = Affine(*geometry.transform)
+    return keys
+
+
+def colormap(labels: dict[int, Label]) -> dict[int, tuple[int, int, int, int]]:
+    """The card's label colours, and transparent nodata."""
+    colours = {value: (*label.color, 255) for value, label in labels.items()}
+    return {**colours, NODATA_LABEL: (0, 0, 0, 0)}
+
+
+def _write_tiled(labels: zarr.Array, valid: zarr.Array, geometry: RasterGeometry, path: Path,
+                 names: dict[int, Label]) -> None:
+    profile = {"driver": "GTiff", "width": geometry.width, "height": geometry.height, "count": 1, "dtype": "uint8",
+               "nodata": NODATA_LABEL, "tiled": True, "blockxsize": COG_BLOCK, "blockysize": COG_BLOCK,
+               "compress": "deflate", "BIGTIFF": "IF_SAFER", **georeference(geometry)}
+    with warnings.catch_warnings(), rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), \
+            rasterio.open(path, "w", **profile) as dst:
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        for rows, cols in block_slices(geometry.shape, labels.chunks):
+            block = np.where(valid[rows, cols], labels[rows, cols], NODATA_LABEL).astype(np.uint8)
+            dst.write(block, 1, window=Window.from_slices(rows, cols))
+        dst.write_colormap(1, colormap(names))
+        dst.set_band_description(1, "class")
+        dst.update_tags(1, **{f"CLASS_{value}": label.name for value, label in names.items()})
+
+
+def write_mask(labels: zarr.Array, valid: zarr.Array, geometry: RasterGeometry, path: Path, *,
+               names: dict[int, Label], work_dir: Path) -> None:
+    """Write (y, x) labels as a uint8 COG on ``geometry``'s exact grid, invalid pixels 255.
+
+    Tiled and DEFLATE-compressed, internal overviews by ``mode`` resampling, the card's colours as
+    a colour table, class names as band tags ``CLASS_<value>``. Assembled in ``work_dir``; ``path``
+    appears only once complete.
+
+    Raises
+    ------
+    OutputError
+        GDAL cannot write the file.
+    """
+    from rio_cogeo.cogeo import cog_translate
+    from rio_cogeo.profiles import cog_profiles
+
+    tiled, cog = work_dir / "mask_tiled.tif", work_dir / "mask_cog.tif"
+    profile = cog_profiles.get("deflate")
+    profile.update(blockxsize=COG_BLOCK, blockysize=COG_BLOCK, BIGTIFF="IF_SAFER")
+    try:
+        _write_tiled(labels, valid, geometry, tiled, names)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            cog_translate(tiled, cog, profile, overview_resampling="mode", forward_band_tags=True, in_memory=False,
+                          quiet=True, config={"GDAL_CACHEMAX": GDAL_CACHE_MB})
+    except RasterioError as e:
+        raise OutputError(f"{path}: cannot write the mask ({_reason(e)})") from e
+    publish(cog, path)
+
+
+def crs_name(crs: str | None) -> str:
+    """A short name for a CRS: ``EPSG:32616`` when it has a code, else its name; ``none`` for none."""
+    if crs is None:
+        return "none"
+    from rasterio.crs import CRS
+
+    parsed = CRS.from_wkt(crs)
+    return str(parsed.to_string()) if parsed.to_epsg() else crs.split('"')[1] if '"' in crs else crs[:40]
+
+
+def map_unit(geometry: RasterGeometry) -> str:
+    """Name of the unit of map coordinates: the CRS's (``metre``, ``degree``...), ``pixel`` or ``unknown``."""
+    if geometry.crs is None:
+        return "unknown" if geometry.is_georeferenced else "pixel"
+    from rasterio.crs import CRS
+
+    return str(CRS.from_wkt(geometry.crs).units_factor[0])
+
+
+def metres_per_unit(geometry: RasterGeometry) -> float | None:
+    """Metres in one map unit of a projected CRS; None without a CRS or for degrees."""
+    if geometry.crs is None:
+        return None
+    from rasterio.crs import CRS
+
+    parsed = CRS.from_wkt(geometry.crs)
+    return float(parsed.linear_units_factor[1]) if parsed.is_projected else None
+
+
+def open_reference(path: str | Path, geometry: RasterGeometry) -> Raster:
+    """Open a single-band reference mask that must sit on ``geometry``'s grid.
+
+    Raises
+    ------
+    GridMismatchError
+        Different size, transform or CRS.
+    """
+    ref = open_raster(path)
+    if ref.geometry.count != 1:
+        raise InputError(f"{ref.path}: reference has {ref.geometry.count} bands; pass a single-band label mask")
+    if not ref.geometry.same_grid(geometry):
+        raise GridMismatchError(f"{ref.path}: reference grid differs from the scene's ({_difference(ref.geometry, geometry)}); "
+                                "resample it onto the scene's grid first")
+    return ref
+
+
+def _difference(ref: RasterGeometry, scene: RasterGeometry) -> str:
+    if ref.shape != scene.shape:
+        return f"size {ref.width}x{ref.height} vs {scene.width}x{scene.height}"
+    if not same_crs(ref.crs, scene.crs):
+        return f"CRS {crs_name(ref.crs)} vs {crs_name(scene.crs)}"
+    return f"transform {ref.transform} vs {scene.transform}"
+
+
+def read_labels(path: Path, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+    """Reference labels (int64) in a window of band 1, and where they are valid (not the mask's nodata)."""
+    values, valid = read_bands(path, (1,), "float64", rows, cols)
+    labels = np.rint(values[0])
+    if (labels[valid] < 0).any():
+        raise InputError(f"{path}: negative values in a label mask (rows {rows.start}..{rows.stop - 1})")
+    return labels.astype(np.int64), valid

@@ -1,0 +1,271 @@
+"""``segment_raster``: GeoTIFF scene -> Zarr work store -> Dask + MONAI -> COG mask (+ vectors) + report.
+
+The geospatial front end of the engine, twin of :mod:`pipeline.segment`: validate, tile the
+selected bands into the work store, hand it to :func:`pipeline.infer.run_inference` (the same
+code as for volumes), stream the mask out as a COG on the scene's exact grid, and score it
+chunk by chunk with nodata pixels left out.
+
+Georeference is passed through, never invented: a scene without a CRS gives a mask without
+one (and a logged warning), a rotated or sheared transform is copied term for term, and a
+scene placed only by GCPs/RPCs is refused. Nodata pixels are 255 in the mask.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from pipeline.cluster import ClusterSettings, worker_peak_rss
+from pipeline.engine.api import default_chunks
+from pipeline.errors import CardError, InputError, OutputError
+from pipeline.geometry import RasterGeometry
+from pipeline.hashing import sha256_file
+from pipeline.infer import InferenceResult, preload_model, run_inference
+from pipeline.io.atomic import check_output
+from pipeline.io.geotiff import (
+    MASK_SUFFIXES,
+    NODATA_LABEL,
+    Raster,
+    crs_name,
+    metres_per_unit,
+    open_raster,
+    open_reference,
+    publish,
+    map_unit,
+    raster_chunks,
+    read_labels,
+    read_windows,
+    select_bands,
+    tile_to_store,
+    write_mask,
+)
+from pipeline.io.store import create_array, open_work_group
+from pipeline.io.vectors import check_vector_output, read_reference_vectors, write_vectors
+from pipeline.metrics import confusion, scores
+from pipeline.models import Model, load_model
+from pipeline.report import code_version, label_rows, write_report
+from pipeline.segment import SegmentationResult, client_scope, peak_rss_bytes, report_path
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RASTER_MODEL = "buildings"
+#: Suffixes read as reference vectors; anything else is read as a reference mask raster.
+VECTOR_SUFFIXES = (".geojson", ".json", ".gpkg", ".shp", ".fgb")
+
+#: Bytes per pixel budgeted when streaming label windows (int64 copies, float64 reads, masks).
+LABEL_READ_BYTES = 32
+
+#: ``(rows, cols) -> (labels, valid)`` of a reference, window by window.
+Truth = Callable[[slice, slice], tuple[np.ndarray, np.ndarray]]
+
+
+def default_raster_output(scene: Path) -> Path:
+    """``scene.tif`` (or ``.vrt``...) -> ``scene_seg.tif`` beside it."""
+    return scene.with_name(f"{scene.stem}_seg.tif")
+
+
+def _check_model(model: Model) -> None:
+    if model.card.spatial_dims != 2:
+        raise CardError(f"model {model.name!r} is {model.card.spatial_dims}D; segment-raster needs a 2D model")
+    if model.card.out_channels > NODATA_LABEL:
+        raise CardError(f"model {model.name!r} has {model.card.out_channels} labels; a raster mask holds at most "
+                        f"{NODATA_LABEL} ({NODATA_LABEL} marks nodata)")
+
+
+def _check_outputs(scene: Path, mask: Path, vectors: Path | None, overwrite: bool) -> None:
+    if mask.suffix.lower() not in MASK_SUFFIXES:
+        raise OutputError(f"{mask}: the mask is a Cloud-Optimized GeoTIFF; name it .tif or .tiff")
+    if vectors is not None:
+        check_vector_output(vectors)
+    for path in filter(None, (mask, report_path(mask), vectors)):
+        check_output(path, overwrite=overwrite)
+        if path.resolve() == scene.resolve():
+            raise InputError(f"{path}: output would overwrite the input scene")
+
+
+def open_truth(reference: str | os.PathLike[str], geometry: RasterGeometry, model: Model) -> Truth:
+    """A window reader for a reference mask raster or reference vectors, checked before any work.
+
+    Raises
+    ------
+    GridMismatchError
+        A mask on another grid (size, transform, CRS), or vectors with a CRS for a scene without one.
+    InputError
+        Unreadable, or labels the model cannot predict.
+    """
+    if Path(reference).suffix.lower() in VECTOR_SUFFIXES:
+        shapes = read_reference_vectors(reference, geometry, model.labels)
+        return functools.partial(shapes.rasterize, geometry=geometry)
+    ref = open_reference(reference, geometry)
+    n_labels = model.card.out_channels
+    for rows, cols in read_windows(geometry.shape, (512, 512), LABEL_READ_BYTES):
+        values, valid = read_labels(ref.path, rows, cols)
+        if valid.any() and values[valid].max() >= n_labels:
+            raise InputError(f"{ref.path}: reference has label {int(values[valid].max())} (rows {rows.start}.."
+                             f"{rows.stop - 1}), but the model only predicts 0..{n_labels - 1}")
+    return functools.partial(read_labels, ref.path)
+
+
+def segment_raster(
+    scene: str | os.PathLike[str],
+    *,
+    model: str | os.PathLike[str] | Model | None = None,
+    output: str | os.PathLike[str] | None = None,
+    reference: str | os.PathLike[str] | None = None,
+    bands: Sequence[int] | None = None,
+    vectors: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    work_dir: str | os.PathLike[str] | None = None,
+    chunks: Sequence[int] | None = None,
+    cluster: ClusterSettings | None = None,
+    client: Any = None,
+    progress: bool = False,
+) -> SegmentationResult:
+    """Segment a raster scene into a class mask on exactly its pixel grid, with a report.
+
+    Parameters
+    ----------
+    scene : a raster GDAL reads (GeoTIFF, COG, VRT); never modified.
+    model : a card name, a card path, a loaded 2D :class:`Model`, or None for ``buildings``.
+    output : mask path (.tif); default ``<scene>_seg.tif`` beside the scene. The report goes beside
+        it as ``<mask>.report.json`` and ``.csv``.
+    reference : a label mask on the scene's grid, or reference vectors (``.geojson``, ``.gpkg``...),
+        for per-class Dice/IoU.
+    bands : 1-based bands in model order; default the card's ``bands``, else every band.
+    vectors : also write polygons per non-background class (``.gpkg`` or ``.geojson``).
+    overwrite : replace existing outputs (otherwise :class:`OutputExistsError`).
+    work_dir : where the Zarr work store goes (removed afterwards); default beside the output.
+    chunks : block (rows, cols) in pixels; default 1024 (at least 2 rois), rounded to the file's tiles.
+    cluster, client : as for :func:`pipeline.segment.segment_volume`.
+
+    Raises
+    ------
+    InputError, GridMismatchError, CardError, ModelError, OutputExistsError, OutputError
+    """
+    started = time.perf_counter()
+    raster = open_raster(scene)
+    mdl = model if isinstance(model, Model) else load_model(model or DEFAULT_RASTER_MODEL)
+    _check_model(mdl)
+    selected = select_bands(raster, bands if bands is not None else mdl.card.bands, mdl.card.in_channels,
+                            model=mdl.name)
+    mask_path = Path(output) if output else default_raster_output(raster.path)
+    vectors_path = Path(vectors) if vectors else None
+    _check_outputs(raster.path, mask_path, vectors_path, overwrite)
+    truth = open_truth(reference, raster.geometry, mdl) if reference else None  # fail before the expensive part
+    sha256 = sha256_file(raster.path)
+    block = tuple(chunks) if chunks else raster_chunks(raster.geometry, default_chunks(mdl.roi_size))
+    work_root = Path(work_dir) if work_dir else mask_path.parent
+    work_root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".volseg-{raster.path.stem}-", dir=work_root))
+    try:
+        group = open_work_group(work / "work.zarr", overwrite=True)
+        attrs = {"geometry": raster.geometry.to_attrs(),
+                 "source": {"path": str(raster.path), "sha256": sha256, "bands": list(selected)}}
+        with client_scope(client, cluster or ClusterSettings()) as active:
+            image, valid, n_valid = tile_to_store(raster, selected, group, block, client=active, attributes=attrs)
+            result = _infer(image, n_valid, mdl, group, active, block, progress)
+            features = _polygonize(group, raster.geometry, block, vectors_path, work, mdl, active)
+            workers_rss = worker_peak_rss(active)
+        write_mask(result.labels, valid, raster.geometry, mask_path, names=mdl.labels, work_dir=work)
+        if vectors_path is not None:
+            publish(work / f"vectors{vectors_path.suffix.lower()}", vectors_path)
+        matrix = _confusion(result.labels, valid, mdl.card.out_channels, truth)
+        facts = {"bands": list(selected), "valid_pixels": n_valid, "features": features, "started": started,
+                 "workers_rss": workers_rss}
+        report = _build_report(raster, sha256, mdl, mask_path, vectors_path, reference, matrix, result, facts)
+        csv_path = write_report(report, report_path(mask_path))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return SegmentationResult(mask=mask_path, report_json=report_path(mask_path), report_csv=csv_path,
+                              probabilities=None, report=report, vectors=vectors_path)
+
+
+def _infer(image: zarr.Array, n_valid: int, model: Model, group: zarr.Group, client: Any, block: tuple[int, ...],
+           progress: bool) -> InferenceResult:
+    """Run the engine, or skip it when the scene has no valid pixel (the mask is then all nodata)."""
+    if n_valid == 0:
+        logger.warning("%s: every pixel is nodata; writing an all-nodata mask without running the model",
+                       image.attrs["source"]["path"])
+        labels = create_array(group, "labels", shape=image.shape[1:], chunks=block, dtype=np.uint8, channel_axis=False)
+        return InferenceResult(labels=labels, probabilities=None, seconds=0.0, windows=0, blocks=0, chunks=block)
+    preload_model(client, model)
+    return run_inference(image, model, group, client=client, chunks=block, progress=progress)
+
+
+def _polygonize(group: zarr.Group, geometry: RasterGeometry, block: tuple[int, ...], vectors: Path | None,
+                work: Path, model: Model, client: Any) -> int | None:
+    if vectors is None:
+        return None
+    target = work / f"vectors{vectors.suffix.lower()}"
+    return write_vectors(str(group.store.root), geometry, block, target, names=model.labels, client=client)
+
+
+def _confusion(labels: zarr.Array, valid: zarr.Array, n_labels: int, truth: Truth | None) -> np.ndarray:
+    """(reference, prediction) counts over valid pixels, chunk by chunk; reference 0 everywhere without one."""
+    total = np.zeros((n_labels, n_labels), dtype=np.int64)
+    for rows, cols in read_windows(labels.shape, labels.chunks, LABEL_READ_BYTES):
+        predicted = np.asarray(labels[rows, cols])
+        keep = np.asarray(valid[rows, cols])
+        reference = np.zeros(predicted.shape, dtype=np.int64)
+        if truth is not None:
+            reference, ref_valid = truth(rows, cols)
+            keep &= ref_valid
+        total += confusion(reference, predicted, n_labels, valid=keep)
+    return total
+
+
+def _label_table(matrix: np.ndarray, model: Model, geometry: RasterGeometry, has_reference: bool) -> tuple[Any, list[dict[str, Any]]]:
+    measured = scores(matrix)
+    rows = label_rows(measured, model.labels, geometry.pixel_area, has_reference=has_reference,
+                      count_key="pixels", size_key="area")
+    metres = metres_per_unit(geometry)
+    for row in rows:
+        row["area_ha"] = round(row["area"] * metres**2 / 1e4, 6) if metres else None
+    return measured, rows
+
+
+def _build_report(raster: Raster, sha256: str, model: Model, mask: Path, vectors: Path | None, reference: Any,
+                  matrix: np.ndarray, result: InferenceResult, facts: dict[str, Any]) -> dict[str, Any]:
+    geometry = raster.geometry
+    measured, rows = _label_table(matrix, model, geometry, bool(reference))
+    seconds = time.perf_counter() - facts["started"]
+    pixels = math.prod(geometry.shape)
+    return {
+        "model": model.name,
+        "model_sha256": model.sha256,
+        "input": {"path": str(raster.path), "sha256": sha256, "height": geometry.height, "width": geometry.width,
+                  "count": geometry.count, "bands": facts["bands"], "dtype": geometry.dtype,
+                  "crs": crs_name(geometry.crs), "transform": list(geometry.transform),
+                  "nodata": geometry.to_attrs()["nodata"],
+                  "valid_pixels": facts["valid_pixels"], "nodata_pixels": pixels - facts["valid_pixels"]},
+        "output": str(mask),
+        "vectors": str(vectors) if vectors else None,
+        "features": facts["features"],
+        "reference": str(reference) if reference else None,
+        "pixel_area": geometry.pixel_area,
+        "area_unit": f"{map_unit(geometry)}^2",
+        "labels": rows,
+        "pixel_accuracy": measured.pixel_accuracy if reference else None,
+        "mean_pixel_accuracy": measured.mean_pixel_accuracy if reference else None,
+        "run": {
+            "seconds_total": round(seconds, 3),
+            "seconds_inference": round(result.seconds, 3),
+            "mvox_per_s": round(pixels / 1e6 / seconds, 4),
+            "windows": result.windows,
+            "blocks": result.blocks,
+            "chunks": list(result.chunks),
+            "peak_rss_mb": round((peak_rss_bytes() + facts["workers_rss"]) / 2**20, 1),
+            "code_version": code_version(),
+        },
+    }

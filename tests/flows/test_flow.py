@@ -1,0 +1,92 @@
+"""The flow under one Prefect test harness, with the fake segmenter and no Dask cluster."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows import segment_new_scans as flow_module
+from tests.flows import fakes
+from tests.flows.conftest import scan_files, write_catalog
+
+pytestmark = pytest.mark.usefixtures("prefect_harness", "fake_segmenter", "no_cluster")
+
+
+@pytest.fixture
+def no_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake segmenter needs no Dask: hand the tasks ``client=None`` instead of starting a cluster."""
+
+    @contextlib.contextmanager
+    def none(settings: Any) -> Iterator[None]:
+        yield None
+
+    monkeypatch.setattr(flow_module, "dask_client", none)
+    monkeypatch.setattr(flow_module, "segment_scan", flow_module.segment_scan.with_options(retry_delay_seconds=0))
+
+
+def artifacts(flow_run_id: Any) -> dict[str, Any]:
+    """The run's artifacts by key, through the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {a.key: a for a in found}
+
+
+def table(flow_run_id: Any) -> list[dict[str, Any]]:
+    data = artifacts(flow_run_id)["segment-new-scans"].data
+    return json.loads(data) if isinstance(data, str) else data
+
+
+def test_bad_input_fails_alone_and_a_second_run_processes_nothing(ct_catalog: Path) -> None:
+    state = flow_module.segment_new_scans(catalog=str(ct_catalog), return_state=True)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert [Path(p).name for p in summary["done"]] == ["a.nii.gz", "b.nii.gz"]
+    assert [Path(p).name for p in summary["failed"]] == ["broken.nii.gz"]
+    rows = table(state.state_details.flow_run_id)
+    by_scan = {(Path(r["scan"]).name, r["label"]): r for r in rows}
+    assert by_scan[("a.nii.gz", "class1")]["dice"] == 0.6 and by_scan[("b.nii.gz", "class1")]["dice"] is None
+    broken = by_scan[("broken.nii.gz", None)]
+    assert broken["status"] == "failed" and broken["reason"].endswith("not a readable NIfTI file (fake)")
+    markdown = artifacts(state.state_details.flow_run_id)["segment-new-scans-reports"].data
+    assert "2 done, 1 failed" in markdown and "a_seg.report.json](file://" in markdown
+
+    again = flow_module.segment_new_scans(catalog=str(ct_catalog), return_state=True)
+    assert again.is_completed()
+    assert {r["status"] for r in table(again.state_details.flow_run_id)} == {"failed-before"}
+    assert fakes.CALLS == {"a.nii.gz": 1, "b.nii.gz": 1, "broken.nii.gz": 1}
+
+
+def test_transient_errors_are_retried_and_input_errors_are_not(tmp_path: Path, tiny_card: Path) -> None:
+    scan_files(tmp_path / "scans", "flaky.nii.gz", "broken.nii.gz")
+    path = write_catalog(tmp_path, [{"name": "ct", "kind": "medical", "directory": "scans", "model": str(tiny_card)}])
+    state = flow_module.segment_new_scans(catalog=str(path), return_state=True)
+    assert state.is_completed(), state.message
+    assert fakes.CALLS == {"flaky.nii.gz": 2, "broken.nii.gz": 1}
+    assert [Path(p).name for p in state.result()["done"]] == ["flaky.nii.gz"]
+
+
+def test_a_pipeline_failure_fails_the_run_after_the_other_scans(tmp_path: Path, tiny_card: Path) -> None:
+    scan_files(tmp_path / "scans", "crash.nii.gz", "fine.nii.gz")
+    path = write_catalog(tmp_path, [{"name": "ct", "kind": "medical", "directory": "scans", "model": str(tiny_card)}])
+    state = flow_module.segment_new_scans(catalog=str(path), return_state=True)
+    assert state.is_failed()
+    assert "1 scan(s) failed in the pipeline" in (state.message or "") and "RuntimeError: fake bug" in state.message
+    assert (tmp_path / "out" / "ct" / "fine_seg.manifest.json").exists()
+    assert fakes.CALLS == {"crash.nii.gz": 1, "fine.nii.gz": 1}
+    [row] = [r for r in table(state.state_details.flow_run_id) if r["status"] == "failed"]
+    assert row["reason"] == "RuntimeError: fake bug"
+
+
+def test_source_parameter_limits_the_run(ct_catalog: Path) -> None:
+    state = flow_module.segment_new_scans(catalog=str(ct_catalog), source="ct", return_state=True)
+    assert state.is_completed()
+    bad = flow_module.segment_new_scans(catalog=str(ct_catalog), source="mri", return_state=True)
+    assert bad.is_failed() and "no source named 'mri'" in (bad.message or "")
