@@ -24,7 +24,16 @@ from pathlib import Path, PurePath
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.cluster import ClusterSettings
 from pipeline.errors import CatalogError, OutputError
@@ -50,7 +59,8 @@ class Segmenter:
             if e.name != self.module:
                 raise
             raise CatalogError(f"{self.module} is not available, so {self.function} cannot run") from e
-        return getattr(module, self.function)
+        function: Callable[..., Any] = getattr(module, self.function)
+        return function
 
     def stem(self, name: str) -> str:
         """``scan.nii.gz`` -> ``scan``: the file name without its (double) suffix."""

@@ -112,6 +112,7 @@ class ScanJob:
 
     @property
     def name(self) -> str:
+        """``source/scan file name``: the task run's name in the UI."""
         return f"{self.source}/{self.scan.name}"
 
     @property
@@ -161,7 +162,7 @@ class ScanOutcome:
         """A failure; anything but a PipelineError also names its type (it is a pipeline problem)."""
         user_error = isinstance(error, PipelineError)
         text = (str(error).strip().splitlines() or [""])[0] if error is not None else ""
-        reason = text if user_error else f"{type(error).__name__}: {text}".rstrip(": ")
+        reason = text if user_error or error is None else f"{type(error).__name__}: {text}".rstrip(": ")
         return cls(source=job.source, scan=str(job.scan), status=ScanStatus.FAILED, reason=reason or "failed",
                    user_error=user_error)
 
@@ -343,7 +344,8 @@ def run_scan(job: ScanJob, *, client: Any = None) -> ScanOutcome:
     job.work_dir.mkdir(parents=True, exist_ok=True)
     with output_lock(job.lock_path) as held:
         if not held:
-            return ScanOutcome.skipped(job, ScanStatus.BUSY, f"another run is writing it ({lock_holder(job.lock_path)})")
+            holder = lock_holder(job.lock_path)
+            return ScanOutcome.skipped(job, ScanStatus.BUSY, f"another run is writing it ({holder})")
         if classify(job, read_manifest(job.manifest_path)) is ScanStatus.UP_TO_DATE:
             return ScanOutcome.skipped(job, ScanStatus.UP_TO_DATE, "finished by another run")
         job.manifest_path.unlink(missing_ok=True)
@@ -449,7 +451,8 @@ def markdown_summary(outcomes: Iterable[ScanOutcome], plan: Plan) -> str:
              f"{counts[ScanStatus.BUSY]} busy, {plan.up_to_date + counts[ScanStatus.UP_TO_DATE]} up to date", ""]
     for o in outcomes:
         if o.status is ScanStatus.DONE:
-            links = ", ".join(f"[{Path(p).name}]({Path(p).resolve().as_uri()})" for p in (o.report_json, o.report_csv) if p)
+            reports = [Path(p) for p in (o.report_json, o.report_csv) if p]
+            links = ", ".join(f"[{p.name}]({p.resolve().as_uri()})" for p in reports)
             lines.append(f"- `{o.scan}`: **done** in {o.seconds:.1f} s -> `{o.output}`; report: {links}")
         else:
             lines.append(f"- `{o.scan}`: **{o.status}**: {o.reason}")

@@ -35,14 +35,13 @@ def scan_files(directory: Path, *names: str) -> list[Path]:
 
 
 @pytest.fixture
-def fake_segmenter(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def fake_segmenter(monkeypatch: pytest.MonkeyPatch) -> None:
     """Route the ``medical`` kind to :func:`tests.flows.fakes.fake_segment`, with fresh call counts."""
     original = catalog_module.SEGMENTERS["medical"]
     fake = Segmenter("tests.flows.fakes", "fake_segment", original.suffixes, original.output_suffix)
     monkeypatch.setitem(catalog_module.SEGMENTERS, "medical", fake)
     fakes.CALLS.clear()
     fakes.MANIFEST_SEEN.clear()
-    yield
 
 
 @pytest.fixture

@@ -42,7 +42,8 @@ def fake_segment(scan: str | Path, *, model: str, output: Path, reference: Path 
     if output.exists() and not overwrite:
         raise AssertionError("flows must pass overwrite=True under the lock")
     output.write_bytes(b"mask of " + scan.read_bytes()[:16])
-    report = {"model": Path(model).stem, "model_sha256": None, "input": {"path": str(scan), "sha256": sha256_file(scan)},
+    report = {"model": Path(model).stem, "model_sha256": None,
+              "input": {"path": str(scan), "sha256": sha256_file(scan)},
               "reference": str(reference) if reference else None,
               "labels": [{"label": i, "name": f"class{i}", "dice": 0.5 + i / 10 if reference else None,
                           "iou": 0.25 + i / 10 if reference else None, "volume_ml": 1.5 * i} for i in range(2)],

@@ -26,16 +26,20 @@ def test_valid_catalog_resolves_paths_against_its_file(tmp_path: Path, monkeypat
     monkeypatch.chdir(ROOT)  # not the catalog's directory: must not matter
     catalog = load_catalog(path)
     ct, geo = catalog.sources
-    assert catalog.output_root == tmp_path / "out" and catalog.work_dir == tmp_path / "work"
-    assert ct.directory == tmp_path / "scans" and ct.reference is not None
+    assert catalog.output_root == tmp_path / "out"
+    assert catalog.work_dir == tmp_path / "work"
+    assert ct.directory == tmp_path / "scans"
+    assert ct.reference is not None
     assert ct.reference.path_for(ct.directory / "x.nii.gz", "x") == tmp_path / "refs" / "x_ref.nii.gz"
-    assert geo.directory == Path("/data/tiles") and geo.model == str(tmp_path / "m" / "card.yaml")
+    assert geo.directory == Path("/data/tiles")
+    assert geo.model == str(tmp_path / "m" / "card.yaml")
     assert ct.model == "tiny"  # a card name is looked up in models/ at discovery
     assert catalog.output_for(geo, Path("/data/tiles/2024/t1.tif")) == tmp_path / "out/geo/tiles/2024/t1_seg.tif"
     assert catalog.output_for(ct, tmp_path / "scans/s.nii.gz") == tmp_path / "out/ct/s_seg.nii.gz"
     settings = catalog.cluster.settings()
     assert (settings.workers, settings.address) == (1, None)
-    assert catalog.schedule is not None and catalog.schedule.cron == "0 2 * * *"
+    assert catalog.schedule is not None
+    assert catalog.schedule.cron == "0 2 * * *"
 
 
 def test_repository_catalog_is_valid_and_finds_the_sample_data(tmp_path: Path,
@@ -51,8 +55,10 @@ def test_repository_catalog_is_valid_and_finds_the_sample_data(tmp_path: Path,
     found = {job.scan.relative_to(ROOT).as_posix(): job for job in plan.pending}
     assert set(found) == {"data/medical/example_ct_sm.nii.gz", "data/geo/sample_geotiff.tif"}
     ct, geo = found["data/medical/example_ct_sm.nii.gz"], found["data/geo/sample_geotiff.tif"]
-    assert ct.output == ROOT / "out/ct/example_ct_sm_seg.nii.gz" and ct.reference is None
-    assert geo.reference == ROOT / "data/geo/geotiff_labels.geojson" and geo.bands == (1,)
+    assert ct.output == ROOT / "out/ct/example_ct_sm_seg.nii.gz"
+    assert ct.reference == ROOT / "data/medical/example_ct_sm_ct-organs_ref.nii.gz"
+    assert geo.reference == ROOT / "data/geo/geotiff_labels.geojson"
+    assert geo.bands == (1,)
     assert geo.output == ROOT / "out/buildings/sample_geotiff_seg.tif"
     assert geo.vectors == ROOT / "out/buildings/sample_geotiff_seg.gpkg"
 
@@ -69,7 +75,8 @@ def _mutate(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 BAD = [
-    ("sources.0.kind", "medcal", r"sources\.0\.kind: unknown kind 'medcal'; did you mean 'medical'\? \(choices: medical, geo\)"),
+    ("sources.0.kind", "medcal",
+     r"sources\.0\.kind: unknown kind 'medcal'; did you mean 'medical'\? \(choices: medical, geo\)"),
     ("sources.0.colour", "red", r"sources\.0\.colour: Extra inputs are not permitted"),
     ("sources.0.name", "CT scans", r"sources\.0\.name: String should match pattern"),
     ("sources.0.model", KeyError, r"sources\.0\.model: Field required"),
@@ -97,8 +104,10 @@ def test_bad_key_gives_one_line_naming_file_and_key(tmp_path: Path, key: str, va
     with pytest.raises(CatalogError, match=message) as caught:
         load_catalog(path)
     text = str(caught.value)
-    assert text.startswith(f"{path}: ") and "\n" not in text
-    assert isinstance(caught.value, PipelineError) and isinstance(caught.value, ValueError)
+    assert text.startswith(f"{path}: ")
+    assert "\n" not in text
+    assert isinstance(caught.value, PipelineError)
+    assert isinstance(caught.value, ValueError)
 
 
 def test_duplicate_source_names_and_outputs_are_refused(tmp_path: Path) -> None:

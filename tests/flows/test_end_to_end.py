@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ import numpy as np
 import pytest
 
 from pipeline.hashing import sha256_file
-from tests.factories import make_card
+from tests.factories import make_card, write_nifti
 from tests.flows.conftest import write_catalog
 
 pytestmark = pytest.mark.slow
@@ -51,6 +52,7 @@ class Scenario:
     second_table: list[dict[str, Any]]
     markdown: str
     manifests_after_first: dict[str, bytes]
+    logs: list[str]  #: the first run's log messages, as the UI shows them
 
 
 def free_port() -> int:
@@ -66,6 +68,14 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM its process group, then SIGKILL; then kill any descendant that started its own session
+    (Prefect runs each flow run in a new session, and a flow run owns its Dask workers)."""
+    import psutil
+
+    try:
+        descendants = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
     for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
         if process.poll() is not None:
             break
@@ -75,6 +85,9 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=wait)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)  # children left in the group
+    for child in descendants:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
 
 
 def wait_for(what: str, check: Any, timeout: float, *, alive: subprocess.Popen[bytes], log: Path) -> Any:
@@ -102,12 +115,9 @@ def make_inputs(root: Path, data_dir: Path) -> Path:
     shutil.copy(data_dir / "medical" / "example_ct_sm.nii.gz", ct_dir / "ct.nii.gz")
     shutil.copy(data_dir / "medical" / "example_mr_sm.nii.gz", ct_dir / "mr.nii.gz")
     (ct_dir / "broken.nii.gz").write_text("this is not a NIfTI file\n")
-    ct = nib.load(ct_dir / "ct.nii.gz")
+    ct: Any = nib.load(ct_dir / "ct.nii.gz")
     labels = np.digitize(np.asanyarray(ct.dataobj), [-300, 150]).astype(np.uint8)  # air/fat, soft tissue, bone
-    reference = nib.Nifti1Image(labels, ct.affine, ct.header)
-    reference.set_data_dtype(np.uint8)
-    reference.header.set_slope_inter(1, 0)
-    nib.save(reference, refs / "ct_ref.nii.gz")
+    write_nifti(refs / "ct_ref.nii.gz", labels, ct.affine)  # the CT's grid, the model's 3 label values
     make_card(models, name="tiny-ct", n_labels=3, roi_size=(32, 32, 16))
     sources: list[dict[str, Any]] = [
         {"name": "ct", "kind": "medical", "directory": "scans/ct", "glob": "*.nii.gz", "model": "models/tiny-ct.yaml",
@@ -117,7 +127,7 @@ def make_inputs(root: Path, data_dir: Path) -> Path:
         geo_dir.mkdir(parents=True)
         shutil.copy(data_dir / "geo" / "sample_geotiff.tif", geo_dir / "scene.tif")
         shutil.copy(data_dir / "geo" / "geotiff_labels.geojson", geo_dir / "scene_labels.geojson")
-        make_card(models, name="tiny-geo", spatial_dims=2, n_labels=2, roi_size=(64, 64), bands=[1],
+        make_card(models, name="tiny-geo", spatial_dims=2, n_labels=2, roi_size=(128, 128), bands=[1],
                   preprocess={"kind": "window", "a_min": 0, "a_max": 1250})
         sources.append({"name": "buildings", "kind": "geo", "directory": "scans/geo", "glob": "*.tif",
                         "model": "models/tiny-geo.yaml", "bands": [1], "vectors": "geojson",
@@ -126,20 +136,21 @@ def make_inputs(root: Path, data_dir: Path) -> Path:
                          schedule={"cron": "30 3 * * *", "timezone": "Europe/Berlin"})
 
 
-def trigger(env: dict[str, str]) -> str:
+def trigger(env: dict[str, str]) -> uuid.UUID:
     """``prefect deployment run`` as a user would type it; returns the flow run id."""
     prefect = str(Path(sys.executable).with_name("prefect"))
     done = subprocess.run([prefect, "deployment", "run", DEPLOYMENT], env=env, capture_output=True, text=True,
                           timeout=120, check=True)
     match = re.search(r"UUID: ([0-9a-f-]{36})", done.stdout)
     assert match, done.stdout + done.stderr
-    return match.group(1)
+    return uuid.UUID(match.group(1))
 
 
 def read_table(client: Any, flow_run_id: Any) -> tuple[list[dict[str, Any]], str]:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    in_run = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+    found = client.read_artifacts(artifact_filter=in_run)
     by_key = {a.key: a.data for a in found}
     table = by_key["segment-new-scans"]
     return (json.loads(table) if isinstance(table, str) else table), by_key["segment-new-scans-reports"]
@@ -148,6 +159,7 @@ def read_table(client: Any, flow_run_id: Any) -> tuple[list[dict[str, Any]], str
 @pytest.fixture(scope="module")
 def served_runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[Scenario]:
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     root = tmp_path_factory.mktemp("e2e")
@@ -156,8 +168,7 @@ def served_runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Ite
     api_url = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update({"PREFECT_HOME": str(root / "prefect-home"), "PREFECT_API_URL": api_url,
-                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_UI_ENABLED": "false",
-                "PREFECT_LOGGING_LEVEL": "WARNING"})
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_UI_ENABLED": "false"})
     processes: list[subprocess.Popen[bytes]] = []
     try:
         server_log, serve_log = root / "server.log", root / "serve.log"
@@ -174,7 +185,7 @@ def served_runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Ite
             assert deployment.schedules[0].schedule.timezone == "Europe/Berlin"
             assert deployment.parameters == {"catalog": str(catalog)}
 
-            def finished(run_id: str) -> Any:
+            def finished(run_id: uuid.UUID) -> Any:
                 run = client.read_flow_run(run_id)
                 return run if run.state is not None and run.state.is_final() else None
 
@@ -185,8 +196,10 @@ def served_runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Ite
             second = wait_for("the second flow run", lambda: finished(second_id), 180, alive=serve, log=serve_log)
             first_table, markdown = read_table(client, first.id)
             second_table, _ = read_table(client, second.id)
+            logs = [log.message for log in client.read_logs(log_filter=LogFilter(
+                flow_run_id=LogFilterFlowRunId(any_=[first.id])))]
         yield Scenario(root=root, api_url=api_url, env=env, first=first, second=second, first_table=first_table,
-                       second_table=second_table, markdown=markdown, manifests_after_first=manifests)
+                       second_table=second_table, markdown=markdown, manifests_after_first=manifests, logs=logs)
     finally:
         for process in reversed(processes):
             stop(process)
@@ -197,29 +210,37 @@ def test_first_run_segments_new_scans_on_their_grid(served_runs: Scenario) -> No
     assert s.first.state.is_completed(), f"{s.first.state.message}\n{(s.root / 'serve.log').read_text()[-3000:]}"
     out = s.root / "out" / "ct"
     for name in ("ct", "mr"):
-        scan, mask = nib.load(s.root / "scans" / "ct" / f"{name}.nii.gz"), nib.load(out / f"{name}_seg.nii.gz")
-        assert mask.shape == scan.shape and np.allclose(mask.affine, scan.affine, atol=1e-5)
+        scan: Any = nib.load(s.root / "scans" / "ct" / f"{name}.nii.gz")
+        mask: Any = nib.load(out / f"{name}_seg.nii.gz")
+        assert mask.shape == scan.shape
+        assert np.allclose(mask.affine, scan.affine, atol=1e-5)
         manifest = json.loads((out / f"{name}_seg.manifest.json").read_text())
-        assert manifest["status"] == "done" and manifest["model"] == "tiny-ct"
+        assert manifest["status"] == "done"
+        assert manifest["model"] == "tiny-ct"
         assert manifest["input"]["sha256"] == sha256_file(s.root / "scans" / "ct" / f"{name}.nii.gz")
         assert manifest["model_sha256"] == sha256_file(s.root / "models" / "tiny-ct.pt")
         assert all(Path(p).exists() for p in manifest["outputs"].values())
     broken = json.loads((out / "broken_seg.manifest.json").read_text())
-    assert broken["status"] == "failed" and "not a readable NIfTI file" in broken["reason"]
+    assert broken["status"] == "failed"
+    assert "not a readable NIfTI file" in broken["reason"]
     assert not (out / "broken_seg.nii.gz").exists()
-    assert not list((s.root / "out").rglob("*.partial")) and not list((s.root / "out").rglob(".*.lock"))
+    assert not list((s.root / "out").rglob("*.partial"))
+    assert not list((s.root / "out").rglob(".*.lock"))
+    assert any(m.startswith("segmenting ") and m.endswith("ct_seg.nii.gz") for m in s.logs)  # library logs reach the UI
 
 
 def test_table_artifact_matches_the_reports(served_runs: Scenario) -> None:
     rows = served_runs.first_table
     status = {Path(r["scan"]).name: r["status"] for r in rows}
-    assert status["ct.nii.gz"] == status["mr.nii.gz"] == "done" and status["broken.nii.gz"] == "failed"
+    assert status["ct.nii.gz"] == status["mr.nii.gz"] == "done"
+    assert status["broken.nii.gz"] == "failed"
     [broken] = [r for r in rows if Path(r["scan"]).name == "broken.nii.gz"]
     assert "not a readable NIfTI file" in broken["reason"]
     report = json.loads((served_runs.root / "out" / "ct" / "ct_seg.report.json").read_text())
     ct_rows = {r["label"]: r for r in rows if Path(r["scan"]).name == "ct.nii.gz"}
     assert {name: row["dice"] for name, row in ct_rows.items()} == {r["name"]: r["dice"] for r in report["labels"]}
-    assert {name: row["volume_ml"] for name, row in ct_rows.items()} == {r["name"]: r["volume_ml"] for r in report["labels"]}
+    volumes = {r["name"]: r["volume_ml"] for r in report["labels"]}
+    assert {name: row["volume_ml"] for name, row in ct_rows.items()} == volumes
     assert all(row["dice"] is not None and row["seconds"] > 0 for row in ct_rows.values())
     assert all(r["dice"] is None for r in rows if Path(r["scan"]).name == "mr.nii.gz")  # no reference
     assert "ct_seg.report.json](file://" in served_runs.markdown
@@ -241,10 +262,13 @@ def test_geotiff_source(served_runs: Scenario) -> None:
     out = s.root / "out" / "buildings"
     with rasterio.open(s.root / "scans" / "geo" / "scene.tif") as scene, rasterio.open(out / "scene_seg.tif") as mask:
         assert (mask.height, mask.width) == (scene.height, scene.width)
-        assert mask.transform == scene.transform and mask.crs == scene.crs
+        assert mask.transform == scene.transform
+        assert mask.crs == scene.crs
     manifest = json.loads((out / "scene_seg.manifest.json").read_text())
-    assert manifest["status"] == "done" and manifest["model"] == "tiny-geo"
-    assert manifest["outputs"]["vectors"] == str(out / "scene_seg.geojson") and (out / "scene_seg.geojson").exists()
+    assert manifest["status"] == "done"
+    assert manifest["model"] == "tiny-geo"
+    assert manifest["outputs"]["vectors"] == str(out / "scene_seg.geojson")
+    assert (out / "scene_seg.geojson").exists()
     report = json.loads(Path(manifest["outputs"]["report_json"]).read_text())
     assert report["reference"] == str(s.root / "scans" / "geo" / "scene_labels.geojson")
     rows = {r["label"]: r for r in s.first_table if Path(r["scan"]).name == "scene.tif"}

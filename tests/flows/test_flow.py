@@ -35,28 +35,39 @@ def artifacts(flow_run_id: Any) -> dict[str, Any]:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
-    return {a.key: a for a in found}
+        in_run = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        found = client.read_artifacts(artifact_filter=in_run)
+    return {str(a.key): a for a in found}
 
 
 def table(flow_run_id: Any) -> list[dict[str, Any]]:
     data = artifacts(flow_run_id)["segment-new-scans"].data
-    return json.loads(data) if isinstance(data, str) else data
+    rows: list[dict[str, Any]] = json.loads(data) if isinstance(data, str) else data
+    return rows
+
+
+def summary_of(state: Any) -> dict[str, Any]:
+    """The flow's return value: its summary dict."""
+    summary: dict[str, Any] = state.result()
+    return summary
 
 
 def test_bad_input_fails_alone_and_a_second_run_processes_nothing(ct_catalog: Path) -> None:
     state = flow_module.segment_new_scans(catalog=str(ct_catalog), return_state=True)
     assert state.is_completed(), state.message
-    summary = state.result()
+    summary = summary_of(state)
     assert [Path(p).name for p in summary["done"]] == ["a.nii.gz", "b.nii.gz"]
     assert [Path(p).name for p in summary["failed"]] == ["broken.nii.gz"]
     rows = table(state.state_details.flow_run_id)
     by_scan = {(Path(r["scan"]).name, r["label"]): r for r in rows}
-    assert by_scan[("a.nii.gz", "class1")]["dice"] == 0.6 and by_scan[("b.nii.gz", "class1")]["dice"] is None
+    assert by_scan[("a.nii.gz", "class1")]["dice"] == 0.6
+    assert by_scan[("b.nii.gz", "class1")]["dice"] is None
     broken = by_scan[("broken.nii.gz", None)]
-    assert broken["status"] == "failed" and broken["reason"].endswith("not a readable NIfTI file (fake)")
+    assert broken["status"] == "failed"
+    assert broken["reason"].endswith("not a readable NIfTI file (fake)")
     markdown = artifacts(state.state_details.flow_run_id)["segment-new-scans-reports"].data
-    assert "2 done, 1 failed" in markdown and "a_seg.report.json](file://" in markdown
+    assert "2 done, 1 failed" in markdown
+    assert "a_seg.report.json](file://" in markdown
 
     again = flow_module.segment_new_scans(catalog=str(ct_catalog), return_state=True)
     assert again.is_completed()
@@ -70,7 +81,7 @@ def test_transient_errors_are_retried_and_input_errors_are_not(tmp_path: Path, t
     state = flow_module.segment_new_scans(catalog=str(path), return_state=True)
     assert state.is_completed(), state.message
     assert fakes.CALLS == {"flaky.nii.gz": 2, "broken.nii.gz": 1}
-    assert [Path(p).name for p in state.result()["done"]] == ["flaky.nii.gz"]
+    assert [Path(p).name for p in summary_of(state)["done"]] == ["flaky.nii.gz"]
 
 
 def test_a_pipeline_failure_fails_the_run_after_the_other_scans(tmp_path: Path, tiny_card: Path) -> None:
@@ -78,7 +89,8 @@ def test_a_pipeline_failure_fails_the_run_after_the_other_scans(tmp_path: Path, 
     path = write_catalog(tmp_path, [{"name": "ct", "kind": "medical", "directory": "scans", "model": str(tiny_card)}])
     state = flow_module.segment_new_scans(catalog=str(path), return_state=True)
     assert state.is_failed()
-    assert "1 scan(s) failed in the pipeline" in (state.message or "") and "RuntimeError: fake bug" in state.message
+    assert "1 scan(s) failed in the pipeline" in (state.message or "")
+    assert "RuntimeError: fake bug" in (state.message or "")
     assert (tmp_path / "out" / "ct" / "fine_seg.manifest.json").exists()
     assert fakes.CALLS == {"crash.nii.gz": 1, "fine.nii.gz": 1}
     [row] = [r for r in table(state.state_details.flow_run_id) if r["status"] == "failed"]
@@ -89,4 +101,5 @@ def test_source_parameter_limits_the_run(ct_catalog: Path) -> None:
     state = flow_module.segment_new_scans(catalog=str(ct_catalog), source="ct", return_state=True)
     assert state.is_completed()
     bad = flow_module.segment_new_scans(catalog=str(ct_catalog), source="mri", return_state=True)
-    assert bad.is_failed() and "no source named 'mri'" in (bad.message or "")
+    assert bad.is_failed()
+    assert "no source named 'mri'" in (bad.message or "")

@@ -49,19 +49,26 @@ def test_new_scans_are_found_with_their_references(ct_catalog: Path, tiny_card: 
     jobs = {job.scan.name: job for job in plan.pending}
     assert sorted(jobs) == ["a.nii.gz", "b.nii.gz", "broken.nii.gz"]  # refs/ is not a source directory
     a = jobs["a.nii.gz"]
-    assert a.reference == ct_catalog.parent / "refs" / "a_ref.nii.gz" and jobs["b.nii.gz"].reference is None
+    assert a.reference == ct_catalog.parent / "refs" / "a_ref.nii.gz"
+    assert jobs["b.nii.gz"].reference is None
     assert a.output == ct_catalog.parent / "out" / "ct" / "a_seg.nii.gz"
-    assert a.manifest_path.name == "a_seg.manifest.json" and a.lock_path.name == ".a_seg.lock"
-    assert a.model == str(tiny_card) and a.model_name == "tiny" and len(a.model_sha256) == 64
-    assert plan.up_to_date == 0 and not plan.failed_before
+    assert a.manifest_path.name == "a_seg.manifest.json"
+    assert a.lock_path.name == ".a_seg.lock"
+    assert a.model == str(tiny_card)
+    assert a.model_name == "tiny"
+    assert len(a.model_sha256) == 64
+    assert plan.up_to_date == 0
+    assert not plan.failed_before
 
 
 def test_a_second_run_processes_nothing(ct_catalog: Path) -> None:
     assert run_all(ct_catalog) == {"a.nii.gz": "done", "b.nii.gz": "done", "broken.nii.gz": "failed"}
     plan = discover(load_catalog(ct_catalog))
-    assert plan.pending == [] and plan.up_to_date == 2
+    assert plan.pending == []
+    assert plan.up_to_date == 2
     [known] = plan.failed_before
-    assert known.status is ScanStatus.FAILED_BEFORE and "not a readable NIfTI file (fake)" in (known.reason or "")
+    assert known.status is ScanStatus.FAILED_BEFORE
+    assert "not a readable NIfTI file (fake)" in (known.reason or "")
     assert "[not retried: unchanged since" in (known.reason or "")
     assert fakes.CALLS == {"a.nii.gz": 1, "b.nii.gz": 1, "broken.nii.gz": 1}
 
@@ -70,15 +77,22 @@ def test_done_manifest_records_input_model_code_and_outputs(ct_catalog: Path) ->
     run_all(ct_catalog)
     out = ct_catalog.parent / "out" / "ct"
     manifest = read_manifest(out / "a_seg.manifest.json")
-    assert manifest is not None and manifest.status == "done" and manifest.reason is None
+    assert manifest is not None
+    assert manifest.status == "done"
+    assert manifest.reason is None
     scan = ct_catalog.parent / "scans" / "a.nii.gz"
     assert manifest.input == FileRecord.of(scan)
-    assert manifest.model == "tiny" and manifest.code_version and manifest.finished_at.tzinfo is not None
+    assert manifest.model == "tiny"
+    assert manifest.code_version
+    assert manifest.finished_at.tzinfo is not None
     assert manifest.outputs == {"mask": str(out / "a_seg.nii.gz"), "report_json": str(out / "a_seg.report.json"),
                                 "report_csv": str(out / "a_seg.report.csv")}
     failed = read_manifest(out / "broken_seg.manifest.json")
-    assert failed is not None and failed.status == "failed" and failed.outputs == {}
-    assert failed.reason is not None and failed.reason.endswith("not a readable NIfTI file (fake)")
+    assert failed is not None
+    assert failed.status == "failed"
+    assert failed.outputs == {}
+    assert failed.reason is not None
+    assert failed.reason.endswith("not a readable NIfTI file (fake)")
     assert fakes.MANIFEST_SEEN == {"a.nii.gz": False, "b.nii.gz": False, "broken.nii.gz": False}
 
 
@@ -131,7 +145,8 @@ def test_references_in_the_scan_directory_are_not_scans(tmp_path: Path, tiny_car
     path = write_catalog(tmp_path, [{"name": "ct", "kind": "medical", "directory": "scans", "model": str(tiny_card),
                                      "reference": {"name": "{stem}_ref.nii.gz"}}])
     [job] = discover(load_catalog(path)).pending
-    assert job.scan.name == "a.nii.gz" and job.reference == tmp_path / "scans" / "a_ref.nii.gz"
+    assert job.scan.name == "a.nii.gz"
+    assert job.reference == tmp_path / "scans" / "a_ref.nii.gz"
 
 
 def test_unexpected_failure_leaves_no_manifest_and_is_retried(tmp_path: Path, tiny_card: Path) -> None:
@@ -140,7 +155,8 @@ def test_unexpected_failure_leaves_no_manifest_and_is_retried(tmp_path: Path, ti
     [job] = discover(load_catalog(path)).pending
     with pytest.raises(RuntimeError, match="fake bug"):
         run_scan(job)
-    assert not job.manifest_path.exists() and not job.lock_path.exists()
+    assert not job.manifest_path.exists()
+    assert not job.lock_path.exists()
     assert len(discover(load_catalog(path)).pending) == 1
 
 
@@ -175,7 +191,8 @@ def test_two_threads_on_one_scan_segment_it_once(tmp_path: Path, tiny_card: Path
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(statuses) == ["busy", "done"] and fakes.CALLS["slow.nii.gz"] == 1
+    assert sorted(statuses) == ["busy", "done"]
+    assert fakes.CALLS["slow.nii.gz"] == 1
     assert run_scan(jobs[1]).status is ScanStatus.UP_TO_DATE  # a late run re-checks under the lock
     assert fakes.CALLS["slow.nii.gz"] == 1
 
@@ -194,7 +211,8 @@ def test_lock_excludes_another_process_and_is_freed_when_it_dies(tmp_path: Path)
     lock = tmp_path / ".x_seg.lock"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdout=subprocess.PIPE, text=True)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
         assert f"pid {holder.pid} on " in lock.read_text()
         with output_lock(lock) as held:
             assert not held
@@ -236,15 +254,21 @@ def test_lock_survives_the_holder_removing_its_file(tmp_path: Path) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(results) == 400 and any(results) and max(overlaps) == 1
+    assert len(results) == 400
+    assert any(results)
+    assert max(overlaps) == 1
 
 
 def test_only_infrastructure_errors_are_transient() -> None:
     from pipeline.errors import OutputError
 
-    assert is_transient(ConnectionResetError("peer")) and is_transient(TimeoutError()) and is_transient(OSError(5, "EIO"))
-    assert not is_transient(InputError("bad scan")) and not is_transient(OutputError("outside root"))
-    assert not is_transient(RuntimeError("bug")) and not is_transient(None)
+    assert is_transient(ConnectionResetError("peer"))
+    assert is_transient(TimeoutError())
+    assert is_transient(OSError(5, "EIO"))
+    assert not is_transient(InputError("bad scan"))
+    assert not is_transient(OutputError("outside root"))
+    assert not is_transient(RuntimeError("bug"))
+    assert not is_transient(None)
 
 
 def test_table_rows_have_one_row_per_scan_and_label(ct_catalog: Path) -> None:
@@ -252,4 +276,21 @@ def test_table_rows_have_one_row_per_scan_and_label(ct_catalog: Path) -> None:
     outcome = run_scan(jobs["a.nii.gz"])
     rows = table_rows([outcome])
     assert [(r["label"], r["dice"], r["volume_ml"]) for r in rows] == [("class0", 0.5, 0.0), ("class1", 0.6, 1.5)]
-    assert {r["status"] for r in rows} == {"done"} and rows[0]["output"].endswith("a_seg.nii.gz")
+    assert {r["status"] for r in rows} == {"done"}
+    assert rows[0]["output"].endswith("a_seg.nii.gz")
+
+
+def test_geo_jobs_pass_bands_and_write_vectors_inside_the_output_root(tmp_path: Path) -> None:
+    card = make_card(tmp_path, name="tiny-geo", spatial_dims=2, n_labels=2, roi_size=(64, 64), bands=[1])
+    scan_files(tmp_path / "tiles", "t1.tif", "t1_ref.tif")
+    path = write_catalog(tmp_path, [{"name": "geo", "kind": "geo", "directory": "tiles", "model": str(card),
+                                     "bands": [1], "vectors": "gpkg", "reference": {"name": "{stem}_ref.tif"}}])
+    [job] = discover(load_catalog(path)).pending
+    kwargs = job.segment_kwargs(client=None)
+    out = tmp_path / "out" / "geo"
+    assert kwargs["output"] == out / "t1_seg.tif"
+    assert kwargs["vectors"] == out / "t1_seg.gpkg"
+    assert kwargs["bands"] == (1,)
+    assert kwargs["reference"] == tmp_path / "tiles" / "t1_ref.tif"
+    assert kwargs["overwrite"] is True
+    assert kwargs["work_dir"] == tmp_path / "work" / "geo"
