@@ -72,13 +72,18 @@ def parse_chunks(text: str | None, ndim: int) -> tuple[int, ...] | None:
 
 @app.callback()
 def main(
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging (-vv for debug).")] = 0,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging (-v: debug, -vv: Dask too).")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
 ) -> None:
-    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose + 1, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("distributed").setLevel(max(level, logging.WARNING))
+    import os
+
+    ours = logging.ERROR if quiet else (logging.INFO if verbose == 0 else logging.DEBUG)
+    others = logging.ERROR if quiet else (logging.INFO if verbose >= 2 else logging.WARNING)
+    # distributed configures its loggers from Dask config when first imported: set it before that
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", logging.getLevelName(others).lower())
+    logging.basicConfig(level=others, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("pipeline").setLevel(ours)
     _state["debug"] = debug
 
 

@@ -230,7 +230,7 @@ class RasterGeometry:
     def from_attrs(cls, attrs: dict[str, Any]) -> RasterGeometry:
         """Inverse of :meth:`to_attrs`."""
         fields = {f.name for f in dataclasses.fields(cls)}
-        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in attrs.items() if k in fields}
+        values: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in attrs.items() if k in fields}
         values["nodata"] = _decode_nodata(attrs.get("nodata"))
         return cls(**values)
 

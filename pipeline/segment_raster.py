@@ -38,11 +38,11 @@ from pipeline.io.geotiff import (
     NODATA_LABEL,
     Raster,
     crs_name,
+    map_unit,
     metres_per_unit,
     open_raster,
     open_reference,
     publish,
-    map_unit,
     raster_chunks,
     read_labels,
     read_windows,
@@ -52,7 +52,7 @@ from pipeline.io.geotiff import (
 )
 from pipeline.io.store import create_array, open_work_group
 from pipeline.io.vectors import check_vector_output, read_reference_vectors, write_vectors
-from pipeline.metrics import confusion, scores
+from pipeline.metrics import Scores, confusion, scores
 from pipeline.models import Model, load_model
 from pipeline.report import code_version, label_rows, write_report
 from pipeline.segment import SegmentationResult, client_scope, peak_rss_bytes, report_path
@@ -159,6 +159,7 @@ def segment_raster(
     _check_model(mdl)
     selected = select_bands(raster, bands if bands is not None else mdl.card.bands, mdl.card.in_channels,
                             model=mdl.name)
+    logger.debug("%s: model %s on bands %s", raster.path, mdl.name, ",".join(map(str, selected)))
     mask_path = Path(output) if output else default_raster_output(raster.path)
     vectors_path = Path(vectors) if vectors else None
     _check_outputs(raster.path, mask_path, vectors_path, overwrite)
@@ -172,15 +173,17 @@ def segment_raster(
         group = open_work_group(work / "work.zarr", overwrite=True)
         attrs = {"geometry": raster.geometry.to_attrs(),
                  "source": {"path": str(raster.path), "sha256": sha256, "bands": list(selected)}}
+        polygons = work / f"vectors{vectors_path.suffix.lower()}" if vectors_path else None
         with client_scope(client, cluster or ClusterSettings()) as active:
             image, valid, n_valid = tile_to_store(raster, selected, group, block, client=active, attributes=attrs)
-            result = _infer(image, n_valid, mdl, group, active, block, progress)
-            features = _polygonize(group, raster.geometry, block, vectors_path, work, mdl, active)
+            result = _infer(raster, image, n_valid, mdl, group, active, block, progress)
+            features = write_vectors(str(group.store.root), raster.geometry, block, polygons, names=mdl.labels,
+                                     client=active) if polygons else None
             workers_rss = worker_peak_rss(active)
-        write_mask(result.labels, valid, raster.geometry, mask_path, names=mdl.labels, work_dir=work)
-        if vectors_path is not None:
-            publish(work / f"vectors{vectors_path.suffix.lower()}", vectors_path)
         matrix = _confusion(result.labels, valid, mdl.card.out_channels, truth)
+        write_mask(result.labels, valid, raster.geometry, mask_path, names=mdl.labels, work_dir=work)
+        if polygons and vectors_path:
+            publish(polygons, vectors_path)
         facts = {"bands": list(selected), "valid_pixels": n_valid, "features": features, "started": started,
                  "workers_rss": workers_rss}
         report = _build_report(raster, sha256, mdl, mask_path, vectors_path, reference, matrix, result, facts)
@@ -191,24 +194,15 @@ def segment_raster(
                               probabilities=None, report=report, vectors=vectors_path)
 
 
-def _infer(image: zarr.Array, n_valid: int, model: Model, group: zarr.Group, client: Any, block: tuple[int, ...],
-           progress: bool) -> InferenceResult:
+def _infer(raster: Raster, image: zarr.Array, n_valid: int, model: Model, group: zarr.Group, client: Any,
+           block: tuple[int, ...], progress: bool) -> InferenceResult:
     """Run the engine, or skip it when the scene has no valid pixel (the mask is then all nodata)."""
     if n_valid == 0:
-        logger.warning("%s: every pixel is nodata; writing an all-nodata mask without running the model",
-                       image.attrs["source"]["path"])
+        logger.warning("%s: every pixel is nodata; writing an all-nodata mask without running the model", raster.path)
         labels = create_array(group, "labels", shape=image.shape[1:], chunks=block, dtype=np.uint8, channel_axis=False)
         return InferenceResult(labels=labels, probabilities=None, seconds=0.0, windows=0, blocks=0, chunks=block)
     preload_model(client, model)
     return run_inference(image, model, group, client=client, chunks=block, progress=progress)
-
-
-def _polygonize(group: zarr.Group, geometry: RasterGeometry, block: tuple[int, ...], vectors: Path | None,
-                work: Path, model: Model, client: Any) -> int | None:
-    if vectors is None:
-        return None
-    target = work / f"vectors{vectors.suffix.lower()}"
-    return write_vectors(str(group.store.root), geometry, block, target, names=model.labels, client=client)
 
 
 def _confusion(labels: zarr.Array, valid: zarr.Array, n_labels: int, truth: Truth | None) -> np.ndarray:
@@ -225,7 +219,8 @@ def _confusion(labels: zarr.Array, valid: zarr.Array, n_labels: int, truth: Trut
     return total
 
 
-def _label_table(matrix: np.ndarray, model: Model, geometry: RasterGeometry, has_reference: bool) -> tuple[Any, list[dict[str, Any]]]:
+def _label_table(matrix: np.ndarray, model: Model, geometry: RasterGeometry,
+                 has_reference: bool) -> tuple[Scores, list[dict[str, Any]]]:
     measured = scores(matrix)
     rows = label_rows(measured, model.labels, geometry.pixel_area, has_reference=has_reference,
                       count_key="pixels", size_key="area")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import warnings
 from collections.abc import Iterator, Sequence
@@ -79,7 +80,7 @@ def _dataset(path: Path) -> Iterator[Any]:
             yield src
 
 
-def open_raster(path: str | Path) -> Raster:
+def open_raster(path: str | os.PathLike[str]) -> Raster:
     """Open and validate a raster without reading its pixels (except one probe block).
 
     Raises
@@ -217,7 +218,7 @@ def tile_to_store(raster: Raster, bands: tuple[int, ...], group: zarr.Group, chu
                          attributes=attributes)
     store = str(group.store.root)
     itemsize = np.dtype(geometry.dtype).itemsize
-    windows = read_windows(geometry.shape, chunks, len(bands) * (itemsize + 1))
+    windows = read_windows(geometry.shape, chunks, len(bands) * (itemsize + 1) + 2)  # pixels, masks, validity
     futures = [client.submit(copy_window, str(raster.path), bands, geometry.dtype, rows, cols, store, pure=False)
                for rows, cols in windows]
     total = sum(future.result() for future in as_completed(futures))
@@ -238,7 +239,7 @@ def georeference(geometry: RasterGeometry) -> dict[str, Any]:
 
     keys: dict[str, Any] = {}
     if geometry.crs is not None:
-        keys["crs"] = CRS.from_wkt(geometry.crs)
+        keys["crs"] = CRS.from_user_input(geometry.crs)
     if geometry.is_georeferenced:
         keys["transform"] = Affine(*geometry.transform)
     return keys
@@ -250,14 +251,21 @@ def colormap(labels: dict[int, Label]) -> dict[int, tuple[int, int, int, int]]:
     return {**colours, NODATA_LABEL: (0, 0, 0, 0)}
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence what writing a mask makes GDAL and rio-cogeo say about things we handle on purpose."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # no georeference in, none out: logged at open
+        warnings.filterwarnings("ignore", message="Use `@` matmul", category=PendingDeprecationWarning)  # rio-cogeo
+        yield
+
+
 def _write_tiled(labels: zarr.Array, valid: zarr.Array, geometry: RasterGeometry, path: Path,
                  names: dict[int, Label]) -> None:
     profile = {"driver": "GTiff", "width": geometry.width, "height": geometry.height, "count": 1, "dtype": "uint8",
                "nodata": NODATA_LABEL, "tiled": True, "blockxsize": COG_BLOCK, "blockysize": COG_BLOCK,
                "compress": "deflate", "BIGTIFF": "IF_SAFER", **georeference(geometry)}
-    with warnings.catch_warnings(), rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), \
-            rasterio.open(path, "w", **profile) as dst:
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+    with _quiet(), rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(path, "w", **profile) as dst:
         for rows, cols in block_slices(geometry.shape, labels.chunks):
             block = np.where(valid[rows, cols], labels[rows, cols], NODATA_LABEL).astype(np.uint8)
             dst.write(block, 1, window=Window.from_slices(rows, cols))
@@ -287,12 +295,13 @@ def write_mask(labels: zarr.Array, valid: zarr.Array, geometry: RasterGeometry, 
     profile.update(blockxsize=COG_BLOCK, blockysize=COG_BLOCK, BIGTIFF="IF_SAFER")
     try:
         _write_tiled(labels, valid, geometry, tiled, names)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with _quiet():
             cog_translate(tiled, cog, profile, overview_resampling="mode", forward_band_tags=True, in_memory=False,
                           quiet=True, config={"GDAL_CACHEMAX": GDAL_CACHE_MB})
     except RasterioError as e:
         raise OutputError(f"{path}: cannot write the mask ({_reason(e)})") from e
+    finally:
+        tiled.unlink(missing_ok=True)
     publish(cog, path)
 
 
@@ -302,8 +311,9 @@ def crs_name(crs: str | None) -> str:
         return "none"
     from rasterio.crs import CRS
 
-    parsed = CRS.from_wkt(crs)
-    return str(parsed.to_string()) if parsed.to_epsg() else crs.split('"')[1] if '"' in crs else crs[:40]
+    if CRS.from_user_input(crs).to_epsg():
+        return str(CRS.from_user_input(crs).to_string())
+    return crs.split('"')[1] if '"' in crs else crs[:40]  # a WKT's first quoted string is its name
 
 
 def map_unit(geometry: RasterGeometry) -> str:
@@ -312,7 +322,7 @@ def map_unit(geometry: RasterGeometry) -> str:
         return "unknown" if geometry.is_georeferenced else "pixel"
     from rasterio.crs import CRS
 
-    return str(CRS.from_wkt(geometry.crs).units_factor[0])
+    return str(CRS.from_user_input(geometry.crs).units_factor[0])
 
 
 def metres_per_unit(geometry: RasterGeometry) -> float | None:
@@ -321,11 +331,11 @@ def metres_per_unit(geometry: RasterGeometry) -> float | None:
         return None
     from rasterio.crs import CRS
 
-    parsed = CRS.from_wkt(geometry.crs)
+    parsed = CRS.from_user_input(geometry.crs)
     return float(parsed.linear_units_factor[1]) if parsed.is_projected else None
 
 
-def open_reference(path: str | Path, geometry: RasterGeometry) -> Raster:
+def open_reference(path: str | os.PathLike[str], geometry: RasterGeometry) -> Raster:
     """Open a single-band reference mask that must sit on ``geometry``'s grid.
 
     Raises
@@ -337,7 +347,8 @@ def open_reference(path: str | Path, geometry: RasterGeometry) -> Raster:
     if ref.geometry.count != 1:
         raise InputError(f"{ref.path}: reference has {ref.geometry.count} bands; pass a single-band label mask")
     if not ref.geometry.same_grid(geometry):
-        raise GridMismatchError(f"{ref.path}: reference grid differs from the scene's ({_difference(ref.geometry, geometry)}); "
+        difference = _difference(ref.geometry, geometry)
+        raise GridMismatchError(f"{ref.path}: reference grid differs from the scene's ({difference}); "
                                 "resample it onto the scene's grid first")
     return ref
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -47,7 +48,8 @@ def _to_map(geometries: Any, transform: Sequence[float]) -> Any:
     return shapely.transform(geometries, lambda xy: xy @ np.array([[a, d], [b, e]]) + np.array([c, f]))
 
 
-def polygonize_window(store: str, rows: slice, cols: slice, geometry: RasterGeometry) -> tuple[list[Piece], list[Piece]]:
+def polygonize_window(store: str, rows: slice, cols: slice,
+                      geometry: RasterGeometry) -> tuple[list[Piece], list[Piece]]:
     """Dask task: polygons of the non-background, valid pixels in one chunk.
 
     Returns (finished polygons in map coordinates, pieces touching an internal chunk border
@@ -56,9 +58,9 @@ def polygonize_window(store: str, rows: slice, cols: slice, geometry: RasterGeom
     from rasterio.features import shapes
     from rasterio.transform import Affine
 
-    root = zarr.open_group(zarr.storage.LocalStore(store), mode="r")
-    labels = np.asarray(root["labels"][rows, cols])
-    keep = np.asarray(root["valid"][rows, cols]) & (labels != 0)
+    labels = np.asarray(zarr.open_array(zarr.storage.LocalStore(store), path="labels", mode="r")[rows, cols])
+    valid = np.asarray(zarr.open_array(zarr.storage.LocalStore(store), path="valid", mode="r")[rows, cols])
+    keep = valid & (labels != 0)
     inner = (cols.start if cols.start > 0 else None, rows.start if rows.start > 0 else None,
              cols.stop if cols.stop < geometry.width else None, rows.stop if rows.stop < geometry.height else None)
     done: list[Piece] = []
@@ -158,7 +160,7 @@ def _geojson_writer(path: Path, crs: str | None, names: dict[int, Label]) -> Ite
 def _crs_member(crs: str) -> dict[str, Any] | None:
     from rasterio.crs import CRS
 
-    authority = CRS.from_wkt(crs).to_authority()
+    authority = CRS.from_user_input(crs).to_authority()
     if authority is None:
         logger.warning("GeoJSON cannot name this CRS (no authority code); the file has no CRS: write .gpkg instead")
         return None
@@ -196,7 +198,7 @@ class ReferenceShapes:
         corners = shapely.multipoints([(cols.start, rows.start), (cols.stop, rows.start), (cols.start, rows.stop),
                                        (cols.stop, rows.stop)])
         hits = np.sort(self.tree.query(shapely.envelope(_to_map(corners, geometry.transform))))
-        transform = Affine(*geometry.transform) * Affine.translation(cols.start, rows.start)
+        transform = Affine(*geometry.transform) @ Affine.translation(cols.start, rows.start)
         burnt = np.zeros(shape, dtype=np.int64)
         if hits.size:
             pairs = zip(self.geometries[hits], self.values[hits].tolist(), strict=True)
@@ -204,7 +206,8 @@ class ReferenceShapes:
         return burnt, np.ones(shape, dtype=bool)
 
 
-def read_reference_vectors(path: str | Path, geometry: RasterGeometry, labels: dict[int, Label]) -> ReferenceShapes:
+def read_reference_vectors(path: str | os.PathLike[str], geometry: RasterGeometry,
+                           labels: dict[int, Label]) -> ReferenceShapes:
     """Read reference polygons, give each a label, and bring them into the scene's CRS.
 
     Raises
@@ -222,7 +225,8 @@ def read_reference_vectors(path: str | Path, geometry: RasterGeometry, labels: d
     try:
         meta, _, wkb, fields = pyogrio.raw.read(path)
     except (RuntimeError, ValueError, OSError) as e:
-        raise InputError(f"{path}: not readable vectors ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(f"{path}: not readable vectors ({reason})") from e
     geometries = shapely.from_wkb(wkb)
     keep = ~shapely.is_missing(geometries) & ~shapely.is_empty(geometries)
     columns = {str(name): values[keep] for name, values in zip(meta["fields"], fields, strict=True)}
@@ -248,7 +252,8 @@ def _reference_labels(path: Path, columns: dict[str, np.ndarray], count: int, la
                          f"for a model with {len(labels)} labels")
     bad = values[(values < 0) | (values >= len(labels))]
     if bad.size:
-        raise InputError(f"{path}: reference has label {int(bad[0])}, but the model only predicts 0..{len(labels) - 1}")
+        raise InputError(f"{path}: reference has label {int(bad[0])}, "
+                         f"but the model only predicts 0..{len(labels) - 1}")
     return values
 
 
@@ -265,5 +270,5 @@ def _reproject(path: Path, geometries: np.ndarray, crs: str | None, geometry: Ra
     from rasterio.warp import transform_geom
 
     logger.info("%s: reprojecting %d reference features from %s to the scene's CRS", path, geometries.size, crs)
-    moved = transform_geom(crs, CRS.from_wkt(geometry.crs), [shapely.geometry.mapping(g) for g in geometries])
+    moved = transform_geom(crs, CRS.from_user_input(geometry.crs), [shapely.geometry.mapping(g) for g in geometries])
     return np.array([shapely.geometry.shape(g) for g in moved], dtype=object)
