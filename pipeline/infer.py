@@ -16,14 +16,18 @@ from typing import Any
 import numpy as np
 import zarr
 
-from pipeline.engine.api import blend, default_chunks
-from pipeline.engine.predictor import InferenceSettings
+from pipeline.engine.api import default_chunks, merge_tasks
+from pipeline.engine.merger import merge_block
+from pipeline.engine.predictor import InferenceSettings, Partial
 from pipeline.engine.windows import balanced_chunks, parse_overlap, window_grid
 from pipeline.errors import InputError
 from pipeline.io.store import create_array, write_region
 from pipeline.models import Model
 
 logger = logging.getLogger(__name__)
+
+#: With default blocks, aim for at least this many predict tasks per worker (load balance).
+TASKS_PER_WORKER = 4
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,10 @@ def label_dtype(n_labels: int) -> np.dtype:
     return np.dtype(np.uint8 if n_labels <= 256 else np.uint16)
 
 
-def _store_block(logits: np.ndarray, store: str, region: tuple[slice, ...], dtype: str, probabilities: bool) -> int:
+def _merge_and_store(partials: list[Partial], lo: tuple[int, ...], hi: tuple[int, ...], store: str,
+                     region: tuple[slice, ...], dtype: str, probabilities: bool) -> int:
+    """Merge one block, argmax it and write its label chunk, in one task: logits never leave the worker."""
+    logits = merge_block(partials, lo, hi)
     labels = np.argmax(logits, axis=0).astype(dtype)
     write_region(store, "labels", region, labels)
     if probabilities:
@@ -75,11 +82,10 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
                                  sw_batch_size=model.card.sw_batch_size)
     grid = window_grid(spatial, settings.roi_size, settings.overlap)
     block = tuple(chunks) if chunks else balanced_chunks(
-        grid, default_chunks(model.roi_size), 2 * max(1, len(client.scheduler_info().get("workers", {}))))
+        grid, default_chunks(model.roi_size), TASKS_PER_WORKER * max(1, len(client.scheduler_info().get("workers", {}))))
     raw = da.from_zarr(image)
     statistics = model.statistics(raw)
     x = raw.map_blocks(model.preprocess_block, statistics, dtype=np.float32)
-    logits = blend(x, model.ref, settings, out_channels=model.card.out_channels, chunks=block, client=client)
     dtype = label_dtype(model.card.out_channels)
     labels = create_array(group, "labels", shape=spatial, chunks=block, dtype=dtype, channel_axis=False,
                           attributes=dict(image.attrs))
@@ -88,10 +94,8 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
         probs = create_array(group, "probabilities", shape=(model.card.out_channels, *spatial),
                              chunks=(model.card.out_channels, *block), dtype=np.float16, attributes=dict(image.attrs))
     store = str(group.store.root)
-    tasks = []
-    for index, piece in np.ndenumerate(logits.to_delayed()):
-        region = tuple(slice(sum(c[:i]), sum(c[:i]) + c[i]) for c, i in zip(logits.chunks[1:], index[1:], strict=True))
-        tasks.append(dask.delayed(_store_block, pure=True)(piece, store, region, dtype.name, probabilities))
+    tasks = [dask.delayed(_merge_and_store, pure=True)(t.partials, t.lo, t.hi, store, t.region, dtype.name, probabilities)
+             for t in merge_tasks(x, model.ref, settings, chunks=block, client=client)]
     start = time.perf_counter()
     futures = client.compute(tasks)
     with tqdm(total=len(futures), desc="blocks", unit="block", disable=not progress, leave=False) as bar:

@@ -9,15 +9,17 @@ with each of MONAI's windows evaluated exactly once.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from pipeline.engine.merger import merge_block
 from pipeline.engine.predictor import InferenceSettings, predict_group
-from pipeline.engine.windows import BlockPlan, parse_overlap, parse_roi_size, plan_blocks, window_grid
+from pipeline.engine.windows import parse_overlap, parse_roi_size, plan_blocks, window_grid
 from pipeline.errors import SettingsError
 
 logger = logging.getLogger(__name__)
@@ -59,20 +61,28 @@ def _predict(region: np.ndarray, padding: list[tuple[int, int]], lo: tuple[int, 
     return predict_group(region, lo, starts, network, settings)
 
 
-def blend(x: Any, network: Any, settings: InferenceSettings, *, out_channels: int,
-          chunks: Sequence[int] | None = None, client: Any = None) -> Any:
-    """Build the lazy (C_out, *spatial) float32 Dask array of blended network outputs.
+@dataclass(frozen=True)
+class MergeTask:
+    """One output block: where it goes and the predict tasks (Dask delayed ``Partial``s) that touch it."""
+
+    region: tuple[slice, ...]  #: output region, image coordinates
+    lo: tuple[int, ...]  #: the same span in padded coordinates
+    hi: tuple[int, ...]
+    partials: list[Any]
+
+
+def merge_tasks(x: Any, network: Any, settings: InferenceSettings, *, chunks: Sequence[int] | None = None,
+                client: Any = None) -> list[MergeTask]:
+    """Plan the graph: one predict task per window group, and for each output block the partials it sums.
 
     ``network`` is a torch module or a handle whose ``.network()`` loads one per worker
     (:class:`pipeline.models.ModelRef`). With a distributed ``client``, a torch module is
     scattered to the workers once instead of travelling with every task.
     """
     import dask
-    import dask.array as da
 
     x = _as_dask(x)
-    spatial = tuple(int(n) for n in x.shape[1:])
-    grid = window_grid(spatial, settings.roi_size, settings.overlap)
+    grid = window_grid(tuple(int(n) for n in x.shape[1:]), settings.roi_size, settings.overlap)
     plan = plan_blocks(grid, chunks or default_chunks(settings.roi_size))
     if client is not None and not hasattr(network, "network"):
         network = client.scatter(network, broadcast=True, hash=False)
@@ -86,25 +96,32 @@ def blend(x: Any, network: Any, settings: InferenceSettings, *, out_channels: in
         partials[key] = dask.delayed(_predict, pure=True)(
             region, padding, lo, tuple(g.starts for g in groups), net, settings)
     logger.debug("plan: %d predict tasks, %d windows", len(partials), plan.n_windows)
-    return da.block(_merge_layer(plan, partials, pads, out_channels))
-
-
-def _merge_layer(plan: BlockPlan, partials: dict[tuple[int, ...], Any], pads: tuple[int, ...],
-                 out_channels: int) -> list[Any]:
-    import dask
-    import dask.array as da
-    import itertools
-
-    blocks = np.empty([len(a.blocks) for a in plan.axes], dtype=object)
+    tasks = []
     for key in plan.block_keys():
         spans = [a.blocks[i] for a, i in zip(plan.axes, key, strict=True)]
-        lo = tuple(s[0] + p for s, p in zip(spans, pads, strict=True))
-        hi = tuple(s[1] + p for s, p in zip(spans, pads, strict=True))
         sources = itertools.product(*(a.contributors(i) for a, i in zip(plan.axes, key, strict=True)))
-        merged = dask.delayed(merge_block, pure=True)([partials[s] for s in sources], lo, hi)
-        shape = (out_channels, *(h - l for l, h in zip(lo, hi, strict=True)))
-        blocks[key] = da.from_delayed(merged, shape=shape, dtype=np.float32)
-    return blocks.tolist()
+        tasks.append(MergeTask(region=tuple(slice(lo, hi) for lo, hi in spans),
+                               lo=tuple(s[0] + p for s, p in zip(spans, pads, strict=True)),
+                               hi=tuple(s[1] + p for s, p in zip(spans, pads, strict=True)),
+                               partials=[partials[s] for s in sources]))
+    return tasks
+
+
+def blend(x: Any, network: Any, settings: InferenceSettings, *, out_channels: int,
+          chunks: Sequence[int] | None = None, client: Any = None) -> Any:
+    """The lazy (C_out, *spatial) float32 Dask array of blended network outputs (see :func:`merge_tasks`)."""
+    import dask
+    import dask.array as da
+
+    tasks = merge_tasks(x, network, settings, chunks=chunks, client=client)
+    counts = [sorted({t.region[axis].start for t in tasks}) for axis in range(len(tasks[0].region))]
+    blocks = np.empty([len(c) for c in counts], dtype=object)
+    for task in tasks:
+        index = tuple(c.index(r.start) for c, r in zip(counts, task.region, strict=True))
+        merged = dask.delayed(merge_block, pure=True)(task.partials, task.lo, task.hi)
+        shape = (out_channels, *(r.stop - r.start for r in task.region))
+        blocks[index] = da.from_delayed(merged, shape=shape, dtype=np.float32)
+    return da.block(blocks.tolist())
 
 
 def count_windows(shape: Sequence[int], roi_size: int | Sequence[int], overlap: float | Sequence[float] = 0.25) -> int:

@@ -142,7 +142,7 @@ def write_labels(labels: Any, geometry: VolumeGeometry, path: Path, *, label_nam
     header.set_data_offset(offset)
     opener = gzip.open if path.name.endswith(".gz") else open
     thickness = labels.chunks[-1] if hasattr(labels, "chunks") and isinstance(labels.chunks[-1], int) else 16
-    with atomic_path(path) as tmp, opener(tmp, "wb") as fh:
+    with atomic_path(path) as tmp, opener(tmp, "wb", **({"compresslevel": 1} if opener is gzip.open else {})) as fh:
         header.write_to(fh)  # header + empty extension flag
         fh.write(b"\x00" * (offset - fh.tell()))
         for k0 in range(0, geometry.shape[2], thickness):
