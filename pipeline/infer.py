@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import zarr
 
-from pipeline.engine.api import default_chunks, merge_tasks
+from pipeline.engine.api import MergeTask, default_chunks, merge_tasks
 from pipeline.engine.merger import merge_block
 from pipeline.engine.predictor import InferenceSettings, Partial
 from pipeline.engine.windows import balanced_chunks, parse_overlap, window_grid
@@ -66,13 +66,57 @@ def preload_model(client: Any, model: Model) -> None:
     client.run(_load_network, model.ref)
 
 
+def stream_merges(client: Any, plan: list[MergeTask], store: str, dtype: str, probabilities: bool, *,
+                  in_flight: int) -> Iterator[None]:
+    """Run merge-and-store tasks in raster order, at most ``in_flight`` at a time; yield as each finishes.
+
+    Predict tasks start only when a merge that needs them is submitted, and each partial's future
+    is dropped once the last merge using it is done: memory holds a moving front of partials, not
+    the whole volume's, and no partial is ever computed twice.
+    """
+    from distributed import as_completed
+
+    users: dict[str, int] = {}
+    for task in plan:
+        for part in task.partials:
+            users[part.key] = users.get(part.key, 0) + 1
+    live: dict[str, Any] = {}
+    needs: dict[str, list[str]] = {}  # merge future key -> the partial keys it consumed
+    pending = iter(plan)
+    running = as_completed()
+
+    def submit_next() -> bool:
+        task = next(pending, None)
+        if task is None:
+            return False
+        inputs = []
+        for part in task.partials:
+            if part.key not in live:
+                live[part.key] = client.compute(part)
+            inputs.append(live[part.key])
+        future = client.submit(_merge_and_store, inputs, task.lo, task.hi, store, task.region, dtype,
+                               probabilities, pure=False)
+        needs[future.key] = [part.key for part in task.partials]
+        running.add(future)
+        return True
+
+    for _ in range(in_flight):
+        submit_next()
+    for future in running:
+        future.result()
+        for key in needs.pop(future.key):
+            users[key] -= 1
+            if users[key] == 0:
+                del live[key]
+        submit_next()
+        yield
+
+
 def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client: Any,
                   chunks: Sequence[int] | None = None, probabilities: bool = False,
                   progress: bool = False) -> InferenceResult:
     """Segment ``image`` (C, *spatial) from the work store into ``group['labels']``."""
-    import dask
     import dask.array as da
-    from distributed import as_completed
     from tqdm import tqdm
 
     spatial = tuple(int(n) for n in image.shape[1:])
@@ -81,8 +125,8 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
     settings = InferenceSettings(roi_size=model.roi_size, overlap=parse_overlap(model.overlap, len(spatial)),
                                  sw_batch_size=model.card.sw_batch_size)
     grid = window_grid(spatial, settings.roi_size, settings.overlap)
-    block = tuple(chunks) if chunks else balanced_chunks(
-        grid, default_chunks(model.roi_size), TASKS_PER_WORKER * max(1, len(client.scheduler_info().get("workers", {}))))
+    workers = max(1, len(client.scheduler_info().get("workers", {})))
+    block = tuple(chunks) if chunks else balanced_chunks(grid, default_chunks(model.roi_size), TASKS_PER_WORKER * workers)
     raw = da.from_zarr(image)
     statistics = model.statistics(raw)
     x = raw.map_blocks(model.preprocess_block, statistics, dtype=np.float32)
@@ -94,14 +138,11 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
         probs = create_array(group, "probabilities", shape=(model.card.out_channels, *spatial),
                              chunks=(model.card.out_channels, *block), dtype=np.float16, attributes=dict(image.attrs))
     store = str(group.store.root)
-    tasks = [dask.delayed(_merge_and_store, pure=True)(t.partials, t.lo, t.hi, store, t.region, dtype.name, probabilities)
-             for t in merge_tasks(x, model.ref, settings, chunks=block, client=client)]
+    plan = merge_tasks(x, model.ref, settings, chunks=block, client=client)
     start = time.perf_counter()
-    futures = client.compute(tasks)
-    with tqdm(total=len(futures), desc="blocks", unit="block", disable=not progress, leave=False) as bar:
-        for future in as_completed(futures):
-            future.result()
+    with tqdm(total=len(plan), desc="blocks", unit="block", disable=not progress, leave=False) as bar:
+        for _ in stream_merges(client, plan, store, dtype.name, probabilities, in_flight=2 * workers + 2):
             bar.update(1)
     seconds = time.perf_counter() - start
     return InferenceResult(labels=labels, probabilities=probs, seconds=seconds, windows=grid.n_windows,
-                           blocks=len(tasks), chunks=block)
+                           blocks=len(plan), chunks=block)

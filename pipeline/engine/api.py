@@ -89,12 +89,15 @@ def merge_tasks(x: Any, network: Any, settings: InferenceSettings, *, chunks: Se
     net = dask.delayed(network, pure=True, traverse=False) if not hasattr(network, "key") else network
     pads = tuple(a.pad_before for a in grid.axes)
     partials = {}
-    for key in plan.group_keys():
+    # Priorities keep memory to a moving front: predicts run in raster order, and a merge (which
+    # frees the partials it consumed) runs as soon as its inputs exist, ahead of further predicts.
+    for rank, key in enumerate(plan.group_keys()):
         groups = [a.groups[i] for a, i in zip(plan.axes, key, strict=True)]
         lo, hi = tuple(g.lo for g in groups), tuple(g.hi for g in groups)
         region, padding = _padded_region(x, lo, hi, pads)
-        partials[key] = dask.delayed(_predict, pure=True)(
-            region, padding, lo, tuple(g.starts for g in groups), net, settings)
+        with dask.annotate(priority=-rank):
+            partials[key] = dask.delayed(_predict, pure=True)(
+                region, padding, lo, tuple(g.starts for g in groups), net, settings)
     logger.debug("plan: %d predict tasks, %d windows", len(partials), plan.n_windows)
     tasks = []
     for key in plan.block_keys():
