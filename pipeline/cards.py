@@ -8,13 +8,13 @@ so a malformed card fails with one line naming the file and the key.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.choices import check_choice
 from pipeline.errors import CardError
 
 #: Registry of networks a card may name: card name -> (module, class). Imported lazily.
@@ -101,11 +101,7 @@ class ModelCard(BaseModel):
     @field_validator("architecture")
     @classmethod
     def _known_architecture(cls, value: str) -> str:
-        if value not in ARCHITECTURES:
-            close = difflib.get_close_matches(value, ARCHITECTURES, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown architecture {value!r}{hint} (choices: {', '.join(ARCHITECTURES)})")
-        return value
+        return check_choice("architecture", value, ARCHITECTURES)
 
     @field_validator("labels")
     @classmethod

@@ -13,6 +13,7 @@ Nothing here reads a scan or a model: :mod:`pipeline.manifest` decides what to r
 from __future__ import annotations
 
 import difflib
+
 import importlib
 import logging
 import re
@@ -36,6 +37,7 @@ from pydantic import (
 )
 
 from pipeline.cluster import ClusterSettings
+from pipeline.choices import check_choice
 from pipeline.errors import CatalogError, OutputError
 
 logger = logging.getLogger(__name__)
@@ -140,11 +142,7 @@ class Source(BaseModel):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, value: str) -> str:
-        if value not in SEGMENTERS:
-            close = difflib.get_close_matches(value, SEGMENTERS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown kind {value!r}{hint} (choices: {', '.join(SEGMENTERS)})")
-        return value
+        return check_choice("kind", value, SEGMENTERS)
 
     @field_validator("directory")
     @classmethod
@@ -170,11 +168,7 @@ class Source(BaseModel):
         from pipeline.io.vectors import VECTOR_FORMATS
 
         choices = [suffix.removeprefix(".") for suffix in VECTOR_FORMATS]
-        if value is not None and value not in choices:
-            close = difflib.get_close_matches(value, choices, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown vector format {value!r}{hint} (choices: {', '.join(choices)})")
-        return value
+        return None if value is None else check_choice("vector format", value, choices)
 
     @field_validator("output")
     @classmethod

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.cards import ARCHITECTURES, Label, ModelCard, WindowScale, ZScore, load_card
+from pipeline.choices import unknown_choice
 from pipeline.errors import CardError, ModelError
 from pipeline.hashing import sha256_file
 
@@ -59,11 +60,7 @@ def resolve_card_path(name_or_path: str | os.PathLike[str] | None) -> Path:
     cards = available_models()
     if str(name_or_path) in cards:
         return cards[str(name_or_path)]
-    import difflib
-
-    close = difflib.get_close_matches(str(name_or_path), cards, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise CardError(f"unknown model {str(name_or_path)!r}{hint} (available: {', '.join(cards) or 'none'})")
+    raise CardError(unknown_choice("model", str(name_or_path), cards, listing="available"))
 
 
 def build_network(card: ModelCard) -> Any:
