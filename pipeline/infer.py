@@ -116,6 +116,7 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
                   chunks: Sequence[int] | None = None, probabilities: bool = False,
                   progress: bool = False) -> InferenceResult:
     """Segment ``image`` (C, *spatial) from the work store into ``group['labels']``."""
+    import dask
     import dask.array as da
     from tqdm import tqdm
 
@@ -128,7 +129,8 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
     workers = max(1, len(client.scheduler_info().get("workers", {})))
     block = tuple(chunks) if chunks else balanced_chunks(grid, default_chunks(model.roi_size), TASKS_PER_WORKER * workers)
     raw = da.from_zarr(image)
-    statistics = model.statistics(raw)
+    with dask.config.set(scheduler=client):  # this run's cluster, not whichever client is the default
+        statistics = model.statistics(raw)
     x = raw.map_blocks(model.preprocess_block, statistics, dtype=np.float32)
     dtype = label_dtype(model.card.out_channels)
     labels = create_array(group, "labels", shape=spatial, chunks=block, dtype=dtype, channel_axis=False,

@@ -176,7 +176,7 @@ def segment_raster(
         polygons = work / f"vectors{vectors_path.suffix.lower()}" if vectors_path else None
         with client_scope(client, cluster or ClusterSettings()) as active:
             image, valid, n_valid = tile_to_store(raster, selected, group, block, client=active, attributes=attrs)
-            result = _infer(raster, image, n_valid, mdl, group, active, block, progress)
+            result = _infer(raster, image, n_valid, mdl, group, active, block, tuple(chunks) if chunks else None, progress)
             features = write_vectors(str(group.store.root), raster.geometry, block, polygons, names=mdl.labels,
                                      client=active) if polygons else None
             workers_rss = worker_peak_rss(active)
@@ -195,14 +195,18 @@ def segment_raster(
 
 
 def _infer(raster: Raster, image: zarr.Array, n_valid: int, model: Model, group: zarr.Group, client: Any,
-           block: tuple[int, ...], progress: bool) -> InferenceResult:
-    """Run the engine, or skip it when the scene has no valid pixel (the mask is then all nodata)."""
+           block: tuple[int, ...], chunks: tuple[int, ...] | None, progress: bool) -> InferenceResult:
+    """Run the engine, or skip it when the scene has no valid pixel (the mask is then all nodata).
+
+    ``block`` is the tiling chunk (file-aligned); ``chunks`` the user's inference blocks, if any
+    (otherwise the engine balances blocks over the workers).
+    """
     if n_valid == 0:
         logger.warning("%s: every pixel is nodata; writing an all-nodata mask without running the model", raster.path)
         labels = create_array(group, "labels", shape=image.shape[1:], chunks=block, dtype=np.uint8, channel_axis=False)
         return InferenceResult(labels=labels, probabilities=None, seconds=0.0, windows=0, blocks=0, chunks=block)
     preload_model(client, model)
-    return run_inference(image, model, group, client=client, chunks=block, progress=progress)
+    return run_inference(image, model, group, client=client, chunks=chunks, progress=progress)
 
 
 def _confusion(labels: zarr.Array, valid: zarr.Array, n_labels: int, truth: Truth | None) -> np.ndarray:

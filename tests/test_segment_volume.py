@@ -115,3 +115,19 @@ def test_cli_end_to_end(tmp_path: Path, data_dir: Path, tiny_card: Path) -> None
     report = json.loads(evaluated.stdout)
     assert report["pixel_accuracy"] == 1.0
     assert all(row["dice"] in (1.0, None) for row in report["labels"])
+
+
+@pytest.mark.slow
+def test_zscore_statistics_are_global(tmp_path: Path, cards_dir: Path, client2: Any) -> None:
+    """A z-score card: mean/std come from one pass over the whole volume, not per chunk."""
+    from tests.factories import make_card
+
+    card = make_card(cards_dir, name="tiny-mr", roi_size=(16, 16, 16), preprocess={"kind": "zscore", "threshold": 10})
+    rng = np.random.default_rng(5)
+    data = np.zeros((45, 38, 21), np.int16)
+    data[5:40, 4:30, 3:18] = rng.normal(300, 80, size=(35, 26, 15)).astype(np.int16)
+    scan = write_nifti(tmp_path / "mr.nii.gz", data, oblique_affine())
+    out = tmp_path / "mr_seg.nii.gz"
+    segment_volume(scan, model=card, output=out, client=client2, chunks=(16, 16, 8))
+    mask = np.asanyarray(nib.load(out).dataobj)
+    assert (mask == monai_reference(scan, card).argmax(0)).mean() >= 0.9999

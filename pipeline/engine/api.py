@@ -25,7 +25,7 @@ from pipeline.errors import SettingsError
 logger = logging.getLogger(__name__)
 
 #: Default output block side per spatial axis (voxels), by number of spatial dims.
-DEFAULT_CHUNK = {2: 1024, 3: 128}
+DEFAULT_CHUNK = {2: 512, 3: 128}
 
 
 def default_chunks(roi_size: Sequence[int]) -> tuple[int, ...]:
@@ -176,7 +176,8 @@ def sliding_window(
     mode : ``"gaussian"`` or ``"constant"`` blending.
     sw_batch_size : windows per forward pass.
     chunks : output block side(s) in voxels; default :data:`DEFAULT_CHUNK` (at least 2 rois).
-    client : a ``distributed.Client``; the network is scattered to its workers once.
+    client : a ``distributed.Client``; the network is scattered to its workers once, so compute the
+        result on that client (``client.compute(result)``), not on another default scheduler.
 
     Returns
     -------

@@ -115,6 +115,7 @@ def test_equals_monai_on_distributed_workers(client_name: str, request: pytest.F
     x = (np.clip(ct, -1000, 1000)[None] + 1000) / 2000
     net = unet(3, seed=1, in_channels=1)
     ref = monai(x, net, (48, 48, 16), 0.25)
-    ours = sliding_window(x, net, (48, 48, 16), 0.25, chunks=(64, 50, 16), client=client).compute()
+    # compute on the client the network was scattered to (two clusters live in this session)
+    ours = client.compute(sliding_window(x, net, (48, 48, 16), 0.25, chunks=(64, 50, 16), client=client)).result()
     assert np.abs(softmax(ours) - softmax(ref)).max() < 1e-4
     assert (ours.argmax(0) == ref.argmax(0)).mean() >= 0.9999
