@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 #: With default blocks, aim for at least this many predict tasks per worker (load balance).
 TASKS_PER_WORKER = 4
+#: Merges submitted ahead per worker: more keeps workers busier, fewer holds fewer partials in memory.
+MERGES_IN_FLIGHT_PER_WORKER = 2
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,8 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
     plan = merge_tasks(x, model.ref, settings, chunks=block, client=client)
     start = time.perf_counter()
     with tqdm(total=len(plan), desc="blocks", unit="block", disable=not progress, leave=False) as bar:
-        for _ in stream_merges(client, plan, store, dtype.name, probabilities, in_flight=2 * workers + 2):
+        for _ in stream_merges(client, plan, store, dtype.name, probabilities,
+                               in_flight=MERGES_IN_FLIGHT_PER_WORKER * workers + 2):
             bar.update(1)
     seconds = time.perf_counter() - start
     return InferenceResult(labels=labels, probabilities=probs, seconds=seconds, windows=grid.n_windows,

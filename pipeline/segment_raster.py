@@ -146,7 +146,8 @@ def segment_raster(
     vectors : also write polygons per non-background class (``.gpkg`` or ``.geojson``).
     overwrite : replace existing outputs (otherwise :class:`OutputExistsError`).
     work_dir : where the Zarr work store goes (removed afterwards); default beside the output.
-    chunks : block (rows, cols) in pixels; default 1024 (at least 2 rois), rounded to the file's tiles.
+    chunks : inference block (rows, cols) in pixels; default: 768 (at least 2 rois), balanced over the
+        workers. The Zarr tiling of the scene is rounded to the file's own tiles either way.
     cluster, client : as for :func:`pipeline.segment.segment_volume`.
 
     Raises

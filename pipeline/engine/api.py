@@ -24,8 +24,10 @@ from pipeline.errors import SettingsError
 
 logger = logging.getLogger(__name__)
 
-#: Default output block side per spatial axis (voxels), by number of spatial dims.
-DEFAULT_CHUNK = {2: 512, 3: 128}
+#: Default output block side per spatial axis (voxels), by number of spatial dims. Measured on a
+#: 3600^2 scene (roi 128, 2 workers): 512 -> 11.0 s / 1748 MB, 768 -> 8.4 s / 1759 MB,
+#: 1024 -> 7.7 s / 1801 MB peak RSS; smaller blocks add task overhead, larger ones hold more memory.
+DEFAULT_CHUNK = {2: 768, 3: 128}
 
 
 def default_chunks(roi_size: Sequence[int]) -> tuple[int, ...]:
