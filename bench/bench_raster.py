@@ -11,10 +11,7 @@ Scenes: the shipped SpaceNet tile (900 x 900) and the same tile repeated 4 x 4 (
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +19,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, best_of, child, monai_in_memory, peak_rss_mb, run_ours, table, write_results  # noqa: E402
+from common import ROOT, main, monai_in_memory, peak_rss_mb  # noqa: E402
 
 SAMPLE = ROOT / "data" / "geo" / "sample_geotiff.tif"
 
@@ -59,41 +56,14 @@ def run_monai(scene: Path, model_name: str, out: Path) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - start, "windows": windows, "peak_rss_mb": peak_rss_mb()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="buildings")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2, help="best of N per measurement")
-    parser.add_argument("--section", default="raster-cpu")
-    parser.add_argument("--child", choices=["monai", "ours"])
-    parser.add_argument("--source", type=Path)
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    if args.child == "monai":
-        print(json.dumps(run_monai(args.source, args.model, args.out)))
-        return
-    if args.child == "ours":
-        from pipeline.segment_raster import segment_raster
-
-        print(json.dumps(run_ours(segment_raster, args.source, args.model, args.out, args.workers)))
-        return
+def size_of(scene: Path) -> int:
     import rasterio
 
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, scene in make_scenes(Path(tmp)).items():
-            best = {kind: best_of(args.repeats, lambda kind=kind: child(
-                Path(__file__), kind, scene, args.model, args.workers, ".tif")) for kind in ("monai", "ours")}
-            with rasterio.open(scene) as src:
-                size = src.width * src.height
-            rows.append({"name": name, "size": size, **best})
-            print(name, json.dumps(best), flush=True)
-    body = table(rows, unit="px", model=args.model, workers=args.workers)
-    print(body)
-    write_results(args.section, f"### 2D rasters\n\nRun: `python bench/bench_raster.py --model {args.model} "
-                                f"--workers {args.workers} --repeats {args.repeats}` on {time.strftime('%Y-%m-%d')}."
-                                f"\n\n{body}")
+    with rasterio.open(scene) as src:
+        return src.width * src.height
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, script=Path(__file__), default_model="buildings", section="raster-cpu", unit="px", suffix=".tif",
+         heading="2D rasters", make_inputs=lambda tmp, args: make_scenes(tmp), size_of=size_of,
+         run_monai=run_monai, segment="pipeline.segment_raster:segment_raster")

@@ -11,10 +11,7 @@ Volumes: the shipped sample CT, and the same CT tiled 2x2x2 (8x the voxels), 4x4
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +19,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, best_of, child, monai_in_memory, peak_rss_mb, run_ours, table, write_results  # noqa: E402
+from common import ROOT, main, monai_in_memory, peak_rss_mb  # noqa: E402
 
 SAMPLE = ROOT / "data" / "medical" / "example_ct_sm.nii.gz"
 
@@ -53,40 +50,15 @@ def run_monai(scan: Path, model_name: str, out: Path) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - start, "windows": windows, "peak_rss_mb": peak_rss_mb()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="ct-organs")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2, help="best of N per measurement")
-    parser.add_argument("--section", default="volume-cpu")
-    parser.add_argument("--largest", type=int, default=2, help="largest tiling factor per axis (2: 8x, 4: 64x)")
-    parser.add_argument("--child", choices=["monai", "ours"])
-    parser.add_argument("--source", type=Path)
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    if args.child == "monai":
-        print(json.dumps(run_monai(args.source, args.model, args.out)))
-        return
-    if args.child == "ours":
-        from pipeline.segment import segment_volume
+def size_of(scan: Path) -> int:
+    import nibabel as nib
 
-        print(json.dumps(run_ours(segment_volume, args.source, args.model, args.out, args.workers)))
-        return
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, scan in make_volumes(Path(tmp), args.largest).items():
-            import nibabel as nib
-
-            best = {kind: best_of(args.repeats, lambda kind=kind: child(
-                Path(__file__), kind, scan, args.model, args.workers, ".nii.gz")) for kind in ("monai", "ours")}
-            rows.append({"name": name, "size": int(np.prod(nib.load(scan).shape)), **best})
-            print(name, json.dumps(best), flush=True)
-    body = table(rows, unit="vox", model=args.model, workers=args.workers)
-    print(body)
-    write_results(args.section, f"### 3D volumes\n\nRun: `python bench/bench_volume.py --model {args.model} "
-                                f"--workers {args.workers} --repeats {args.repeats} --largest {args.largest}` on {time.strftime('%Y-%m-%d')}."
-                                f"\n\n{body}")
+    return int(np.prod(nib.load(scan).shape))
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, script=Path(__file__), default_model="ct-organs", section="volume-cpu", unit="vox",
+         suffix=".nii.gz", heading="3D volumes", make_inputs=lambda tmp, args: make_volumes(tmp, args.largest),
+         size_of=size_of, run_monai=run_monai, segment="pipeline.segment:segment_volume",
+         add_arguments=lambda parser: parser.add_argument(
+             "--largest", type=int, default=2, help="largest tiling factor per axis (2: 8x, 4: 64x)"))

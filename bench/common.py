@@ -116,3 +116,46 @@ def write_results(section: str, body: str) -> None:
     else:
         text = text.rstrip() + f"\n\n{block}\n"
     path.write_text(text)
+
+
+def main(doc: str, *, script: Path, default_model: str, section: str, unit: str, suffix: str, heading: str,
+         make_inputs: Callable[[Path, Any], dict[str, Path]], size_of: Callable[[Path], int],
+         run_monai: Callable[[Path, str, Path], dict[str, Any]], segment: str,
+         add_arguments: Callable[[Any], None] | None = None) -> None:
+    """The command line shared by the benchmarks: parent (loop, table, RESULTS.md) or one child measurement.
+
+    ``segment`` names our front end as ``module:function``, imported only in the child that uses it.
+    """
+    import argparse
+    import importlib
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=default_model)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="best of N per measurement")
+    parser.add_argument("--section", default=section)
+    parser.add_argument("--child", choices=["monai", "ours"])
+    parser.add_argument("--source", type=Path)
+    parser.add_argument("--out", type=Path)
+    if add_arguments:
+        add_arguments(parser)
+    args = parser.parse_args()
+    if args.child == "monai":
+        print(json.dumps(run_monai(args.source, args.model, args.out)))
+        return
+    if args.child == "ours":
+        module, function = segment.split(":")
+        front_end = getattr(importlib.import_module(module), function)
+        print(json.dumps(run_ours(front_end, args.source, args.model, args.out, args.workers)))
+        return
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, source in make_inputs(Path(tmp), args).items():
+            best = {kind: best_of(args.repeats, lambda kind=kind: child(
+                script, kind, source, args.model, args.workers, suffix)) for kind in ("monai", "ours")}
+            rows.append({"name": name, "size": size_of(source), **best})
+            print(name, json.dumps(best), flush=True)
+    body = table(rows, unit=unit, model=args.model, workers=args.workers)
+    print(body)
+    command = " ".join(["python", f"bench/{script.name}", *sys.argv[1:]])
+    write_results(args.section, f"### {heading}\n\nRun: `{command}` on {time.strftime('%Y-%m-%d')}.\n\n{body}")

@@ -61,3 +61,20 @@ def oblique_affine(zooms: tuple[float, float, float] = (0.8, 1.1, 2.5), lps: boo
         affine[:3, :3] = np.diag([-1, -1, 1]) @ affine[:3, :3]
     affine[:3, 3] = (-120.5, 33.25, 71.0)
     return affine
+
+
+def run_and_check_clean_failure(runner: Any, app: Any, args: list[str], directory: Path, message: str) -> None:
+    """Run the CLI on a bad input: exit 1, one ``error:`` line containing ``message``, no traceback,
+    every file in ``directory`` byte-identical afterwards, no new file, no leftover work directory."""
+    from pipeline.hashing import sha256_file
+
+    before = {p.name: sha256_file(p) for p in directory.iterdir() if p.is_file()}
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.output
+    after = {p.name: sha256_file(p) for p in directory.iterdir() if p.is_file()}
+    assert after == before  # inputs untouched, no partial output
+    assert not [p for p in directory.iterdir() if p.name.startswith(".")]  # no work dirs left

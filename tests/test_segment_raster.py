@@ -25,10 +25,9 @@ from typer.testing import CliRunner
 
 from pipeline import load_model
 from pipeline.cli import app
-from pipeline.hashing import sha256_file
 from pipeline.metrics import confusion, scores
 from pipeline.segment_raster import segment_raster
-from tests.factories import make_card
+from tests.factories import make_card, run_and_check_clean_failure
 from tests.io.test_geotiff import crop, raw_geometry, tile_sample, truncated, write_raster, zero_bands
 
 runner = CliRunner()
@@ -264,17 +263,7 @@ def case_dir(tmp_path: Path, data_dir: Path) -> Path:
 @pytest.mark.parametrize("name", CASES)
 def test_bad_input_fails_cleanly(name: str, case_dir: Path, rgb_card: Path, tiny_card: Path) -> None:
     args, message = make_case(name, case_dir, {"rgb": rgb_card, "tiny": tiny_card})
-    before = {p.name: sha256_file(p) for p in case_dir.iterdir() if p.is_file()}
-    result = runner.invoke(app, ["segment-raster", *args, "--workers", "1"])
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    assert message in lines[0]
-    assert "Traceback" not in result.output
-    after = {p.name: sha256_file(p) for p in case_dir.iterdir() if p.is_file()}
-    assert after == before  # inputs untouched, no partial output
-    assert not [p for p in case_dir.iterdir() if p.name.startswith(".")]  # no work dirs left
+    run_and_check_clean_failure(runner, app, ["segment-raster", *args, "--workers", "1"], case_dir, message)
 
 
 def test_bands_usage_error(case_dir: Path, rgb_card: Path) -> None:

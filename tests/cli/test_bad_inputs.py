@@ -13,8 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.hashing import sha256_file
-from tests.factories import write_nifti
+from tests.factories import run_and_check_clean_failure, write_nifti
 
 runner = CliRunner()
 
@@ -99,16 +98,7 @@ CASES = ["missing", "not_nifti", "truncated", "4d", "2d", "nan", "empty_axis", "
 @pytest.mark.parametrize("name", CASES)
 def test_bad_input_fails_cleanly(name: str, case_dir: Path, tiny_card: Path) -> None:
     args, message = make_case(name, case_dir, tiny_card)
-    before = {p.name: sha256_file(p) for p in case_dir.iterdir() if p.is_file()}
-    result = runner.invoke(app, ["segment-volume", *args, "--workers", "1"])
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert message in lines[0]
-    assert "Traceback" not in result.output
-    after = {p.name: sha256_file(p) for p in case_dir.iterdir() if p.is_file()}
-    assert after == before  # inputs untouched, no partial output
-    assert not [p for p in case_dir.iterdir() if p.name.startswith(".")]  # no work dirs left
+    run_and_check_clean_failure(runner, app, ["segment-volume", *args, "--workers", "1"], case_dir, message)
 
 
 def test_chunk_size_usage_error(case_dir: Path, tiny_card: Path) -> None:
