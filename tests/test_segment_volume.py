@@ -131,3 +131,25 @@ def test_zscore_statistics_are_global(tmp_path: Path, cards_dir: Path, client2: 
     segment_volume(scan, model=card, output=out, client=client2, chunks=(16, 16, 8))
     mask = np.asanyarray(nib.load(out).dataobj)
     assert (mask == monai_reference(scan, card).argmax(0)).mean() >= 0.9999
+
+
+@pytest.mark.slow
+def test_cli_on_an_existing_cluster(tmp_path: Path, data_dir: Path, tiny_card: Path, client2: Any) -> None:
+    """`--dask-address`: the run uses a scheduler it did not start, and leaves it running."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    out = tmp_path / "ct_seg.nii.gz"
+    before = len(client2.scheduler_info()["workers"])
+    result = CliRunner().invoke(app, ["segment-volume", str(data_dir / "medical" / "example_ct_sm.nii.gz"),
+                                      "-m", str(tiny_card), "-o", str(out),
+                                      "--dask-address", client2.scheduler.address])
+    assert result.exit_code == 0, result.output
+    assert nib.load(out).shape == (122, 101, 30)
+    assert len(client2.scheduler_info()["workers"]) == before  # the cluster is still there, untouched
+    bad = CliRunner().invoke(app, ["segment-volume", str(data_dir / "medical" / "example_ct_sm.nii.gz"),
+                                   "-m", str(tiny_card), "-o", str(tmp_path / "x.nii.gz"),
+                                   "--dask-address", "tcp://127.0.0.1:9"])
+    assert bad.exit_code == 1 and "cannot reach Dask scheduler" in bad.stderr
+    assert not (tmp_path / "x.nii.gz").exists()
