@@ -12,22 +12,21 @@ import math
 import os
 import resource
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.engine.api import default_chunks
 from pipeline.cluster import ClusterSettings, dashboard_link, dask_client, worker_peak_rss
+from pipeline.engine.api import default_chunks
 from pipeline.errors import CardError, InputError
 from pipeline.evaluate import check_reference_labels, confusion_against
 from pipeline.hashing import sha256_file
 from pipeline.infer import InferenceResult, preload_model, run_inference
 from pipeline.io.atomic import atomic_path, check_output
 from pipeline.io.nifti import NiftiScan, open_scan, stream_to_array, write_labels
-from pipeline.io.store import create_array, open_work_group
+from pipeline.io.store import create_array, work_store
 from pipeline.metrics import scores
 from pipeline.models import Model, load_model
 from pipeline.report import code_version, label_rows, write_report
@@ -141,11 +140,7 @@ def segment_volume(
         check_reference_labels(reference, source.geometry, mdl.card.out_channels)  # fail before the expensive part
     sha256 = sha256_file(source.path)
     block = tuple(chunks) if chunks else None
-    work_root = Path(work_dir) if work_dir else mask_path.parent
-    work_root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".volseg-{_stem(source.path)}-", dir=work_root))
-    try:
-        group = open_work_group(work / "work.zarr", overwrite=True)
+    with work_store(Path(work_dir) if work_dir else mask_path.parent, _stem(source.path)) as (work, group):
         image = _tile_scan(source, group, block or default_chunks(mdl.roi_size), sha256)
         with client_scope(client, cluster or ClusterSettings()) as active:
             preload_model(active, mdl)
@@ -159,8 +154,6 @@ def segment_volume(
                 shutil.copytree(work / "work.zarr" / "probabilities", tmp)
         report = _build_report(source, sha256, mdl, mask_path, reference, result, started, workers_rss)
         csv_path = write_report(report, json_path)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return SegmentationResult(mask=mask_path, report_json=json_path, report_csv=csv_path,
                               probabilities=probs_path, report=report)
 
@@ -178,6 +171,21 @@ def client_scope(client: Any, settings: ClusterSettings) -> Iterator[Any]:
         yield owned
 
 
+def run_facts(result: InferenceResult, *, started: float, elements: int, workers_rss: int) -> dict[str, Any]:
+    """The report's ``run`` section: timing, throughput (voxels or pixels), windows, blocks, peak RSS, code."""
+    seconds = time.perf_counter() - started
+    return {
+        "seconds_total": round(seconds, 3),
+        "seconds_inference": round(result.seconds, 3),
+        "mvox_per_s": round(elements / 1e6 / seconds, 4),
+        "windows": result.windows,
+        "blocks": result.blocks,
+        "chunks": list(result.chunks),
+        "peak_rss_mb": round((peak_rss_bytes() + workers_rss) / 2**20, 1),
+        "code_version": code_version(),
+    }
+
+
 def _build_report(source: NiftiScan, sha256: str, model: Model, mask: Path, reference: Any,
                   result: InferenceResult, started: float, workers_rss: int) -> dict[str, Any]:
     n = model.card.out_channels
@@ -186,8 +194,6 @@ def _build_report(source: NiftiScan, sha256: str, model: Model, mask: Path, refe
     else:
         matrix = _label_counts(result.labels, n)
     measured = scores(matrix)
-    seconds = time.perf_counter() - started
-    voxels = math.prod(source.geometry.shape)
     return {
         "model": model.name,
         "model_sha256": model.sha256,
@@ -198,16 +204,7 @@ def _build_report(source: NiftiScan, sha256: str, model: Model, mask: Path, refe
         "labels": label_rows(measured, model.labels, source.geometry.voxel_volume_ml, has_reference=bool(reference)),
         "pixel_accuracy": measured.pixel_accuracy if reference else None,
         "mean_pixel_accuracy": measured.mean_pixel_accuracy if reference else None,
-        "run": {
-            "seconds_total": round(seconds, 3),
-            "seconds_inference": round(result.seconds, 3),
-            "mvox_per_s": round(voxels / 1e6 / seconds, 4),
-            "windows": result.windows,
-            "blocks": result.blocks,
-            "chunks": list(result.chunks),
-            "peak_rss_mb": round((peak_rss_bytes() + workers_rss) / 2**20, 1),
-            "code_version": code_version(),
-        },
+        "run": run_facts(result, started=started, elements=math.prod(source.geometry.shape), workers_rss=workers_rss),
     }
 
 

@@ -16,8 +16,6 @@ import functools
 import logging
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -50,12 +48,12 @@ from pipeline.io.geotiff import (
     tile_to_store,
     write_mask,
 )
-from pipeline.io.store import create_array, open_work_group
+from pipeline.io.store import create_array, work_store
 from pipeline.io.vectors import check_vector_output, read_reference_vectors, write_vectors
 from pipeline.metrics import Scores, confusion, scores
 from pipeline.models import Model, load_model
-from pipeline.report import code_version, label_rows, write_report
-from pipeline.segment import SegmentationResult, client_scope, peak_rss_bytes, report_path
+from pipeline.report import label_rows, write_report
+from pipeline.segment import SegmentationResult, client_scope, report_path, run_facts
 
 logger = logging.getLogger(__name__)
 
@@ -167,11 +165,7 @@ def segment_raster(
     truth = open_truth(reference, raster.geometry, mdl) if reference else None  # fail before the expensive part
     sha256 = sha256_file(raster.path)
     block = tuple(chunks) if chunks else raster_chunks(raster.geometry, default_chunks(mdl.roi_size))
-    work_root = Path(work_dir) if work_dir else mask_path.parent
-    work_root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".volseg-{raster.path.stem}-", dir=work_root))
-    try:
-        group = open_work_group(work / "work.zarr", overwrite=True)
+    with work_store(Path(work_dir) if work_dir else mask_path.parent, raster.path.stem) as (work, group):
         attrs = {"geometry": raster.geometry.to_attrs(),
                  "source": {"path": str(raster.path), "sha256": sha256, "bands": list(selected)}}
         polygons = work / f"vectors{vectors_path.suffix.lower()}" if vectors_path else None
@@ -189,8 +183,6 @@ def segment_raster(
                  "workers_rss": workers_rss}
         report = _build_report(raster, sha256, mdl, mask_path, vectors_path, reference, matrix, result, facts)
         csv_path = write_report(report, report_path(mask_path))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return SegmentationResult(mask=mask_path, report_json=report_path(mask_path), report_csv=csv_path,
                               probabilities=None, report=report, vectors=vectors_path)
 
@@ -239,7 +231,6 @@ def _build_report(raster: Raster, sha256: str, model: Model, mask: Path, vectors
                   matrix: np.ndarray, result: InferenceResult, facts: dict[str, Any]) -> dict[str, Any]:
     geometry = raster.geometry
     measured, rows = _label_table(matrix, model, geometry, bool(reference))
-    seconds = time.perf_counter() - facts["started"]
     pixels = math.prod(geometry.shape)
     return {
         "model": model.name,
@@ -258,14 +249,5 @@ def _build_report(raster: Raster, sha256: str, model: Model, mask: Path, vectors
         "labels": rows,
         "pixel_accuracy": measured.pixel_accuracy if reference else None,
         "mean_pixel_accuracy": measured.mean_pixel_accuracy if reference else None,
-        "run": {
-            "seconds_total": round(seconds, 3),
-            "seconds_inference": round(result.seconds, 3),
-            "mvox_per_s": round(pixels / 1e6 / seconds, 4),
-            "windows": result.windows,
-            "blocks": result.blocks,
-            "chunks": list(result.chunks),
-            "peak_rss_mb": round((peak_rss_bytes() + facts["workers_rss"]) / 2**20, 1),
-            "code_version": code_version(),
-        },
+        "run": run_facts(result, started=facts["started"], elements=pixels, workers_rss=facts["workers_rss"]),
     }

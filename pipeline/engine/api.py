@@ -91,15 +91,12 @@ def merge_tasks(x: Any, network: Any, settings: InferenceSettings, *, chunks: Se
     net = dask.delayed(network, pure=True, traverse=False) if not hasattr(network, "key") else network
     pads = tuple(a.pad_before for a in grid.axes)
     partials = {}
-    # Priorities keep memory to a moving front: predicts run in raster order, and a merge (which
-    # frees the partials it consumed) runs as soon as its inputs exist, ahead of further predicts.
-    for rank, key in enumerate(plan.group_keys()):
+    for key in plan.group_keys():
         groups = [a.groups[i] for a, i in zip(plan.axes, key, strict=True)]
         lo, hi = tuple(g.lo for g in groups), tuple(g.hi for g in groups)
         region, padding = _padded_region(x, lo, hi, pads)
-        with dask.annotate(priority=-rank):
-            partials[key] = dask.delayed(_predict, pure=True)(
-                region, padding, lo, tuple(g.starts for g in groups), net, settings)
+        partials[key] = dask.delayed(_predict, pure=True)(
+            region, padding, lo, tuple(g.starts for g in groups), net, settings)
     logger.debug("plan: %d predict tasks, %d windows", len(partials), plan.n_windows)
     tasks = []
     for key in plan.block_keys():
@@ -119,10 +116,10 @@ def blend(x: Any, network: Any, settings: InferenceSettings, *, out_channels: in
     import dask.array as da
 
     tasks = merge_tasks(x, network, settings, chunks=chunks, client=client)
-    counts = [sorted({t.region[axis].start for t in tasks}) for axis in range(len(tasks[0].region))]
-    blocks = np.empty([len(c) for c in counts], dtype=object)
+    starts = [sorted({t.region[axis].start for t in tasks}) for axis in range(len(tasks[0].region))]
+    blocks = np.empty([len(s) for s in starts], dtype=object)
     for task in tasks:
-        index = tuple(c.index(r.start) for c, r in zip(counts, task.region, strict=True))
+        index = tuple(s.index(r.start) for s, r in zip(starts, task.region, strict=True))
         merged = dask.delayed(merge_block, pure=True)(task.partials, task.lo, task.hi)
         shape = (out_channels, *(r.stop - r.start for r in task.region))
         blocks[index] = da.from_delayed(merged, shape=shape, dtype=np.float32)

@@ -8,7 +8,10 @@ engine's block grid, so one Dask task owns each chunk.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,18 @@ SPATIAL_NAMES = {2: ("y", "x"), 3: ("i", "j", "k")}
 def open_work_group(path: Path, *, overwrite: bool = False) -> zarr.Group:
     """Open (or create) the work store group at ``path``."""
     return zarr.open_group(zarr.storage.LocalStore(path), mode="w" if overwrite else "a", zarr_format=3)
+
+
+@contextlib.contextmanager
+def work_store(root: Path, stem: str) -> Iterator[tuple[Path, zarr.Group]]:
+    """A fresh hidden work directory under ``root`` with its ``work.zarr`` group; removed on exit,
+    success or failure, so no run leaves a work store behind."""
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".volseg-{stem}-", dir=root))
+    try:
+        yield work, open_work_group(work / "work.zarr", overwrite=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def create_array(group: zarr.Group, name: str, *, shape: Sequence[int], chunks: Sequence[int],
