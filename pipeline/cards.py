@@ -28,6 +28,9 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "DynUNet": ("monai.networks.nets", "DynUNet"),
 }
 
+#: Networks that are not built from a class but imported whole (see :mod:`pipeline.bundles`).
+IMPORTED = ("torchscript", "bundle")
+
 RGB = Annotated[tuple[int, int, int], Field(description="colour as 0-255 RGB")]
 
 
@@ -75,6 +78,118 @@ class ZScore(BaseModel):
 Preprocess = Annotated[WindowScale | ZScore, Field(discriminator="kind")]
 
 
+class Cleanup(BaseModel):
+    """Binary clean-up shared by the mask methods: local morphology, then global component steps.
+
+    ``opening``/``closing`` are ball (disk in 2D) radii in voxels; ``min_size`` drops objects of fewer
+    voxels (face-connected); ``largest_component`` keeps the biggest object; ``fill_holes`` fills
+    background not connected to the edge, in the whole
+    ``volume`` or slice by ``slices`` (each plane across the last axis: axial for RAS CT).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    opening: int = Field(default=0, ge=0, le=16)
+    closing: int = Field(default=0, ge=0, le=16)
+    min_size: int = Field(default=0, ge=0)
+    largest_component: bool = False
+    fill_holes: Literal["none", "volume", "slices"] = "none"
+
+
+class ThresholdParams(Cleanup):
+    """Foreground where ``lower < value <= upper`` (either bound may be left out)."""
+
+    lower: float | None = None
+    upper: float | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> ThresholdParams:
+        if self.lower is None and self.upper is None:
+            raise ValueError("threshold needs lower, upper or both")
+        if self.lower is not None and self.upper is not None and not self.upper > self.lower:
+            raise ValueError(f"upper must be > lower, got lower={self.lower}, upper={self.upper}")
+        return self
+
+
+class OtsuParams(Cleanup):
+    """Otsu's threshold from a ``bins``-bin histogram of the whole input; foreground ``above`` or ``below`` it."""
+
+    bins: int = Field(default=256, ge=2, le=65536)
+    foreground: Literal["above", "below"] = "above"
+
+
+class KMeansParams(BaseModel):
+    """k intensity clusters; centres fitted on a seeded sample of ``sample`` voxels, labels sorted by centre."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    k: int = Field(ge=2, le=16)
+    sample: int = Field(default=200_000, ge=100)
+    seed: int = 0
+    iterations: int = Field(default=50, ge=1)
+
+
+class RegionGrowParams(Cleanup):
+    """Grow from seed voxels (``value > high``) through connected voxels with ``value > low``
+    (hysteresis thresholding), optionally capped at ``ceiling``."""
+
+    low: float
+    high: float
+    ceiling: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RegionGrowParams:
+        if not self.high >= self.low:
+            raise ValueError(f"high must be >= low, got low={self.low}, high={self.high}")
+        return self
+
+
+class EdgesParams(Cleanup):
+    """Sobel edges of the Gaussian-smoothed input (``sigma`` voxels) above ``edge_above``, plus what they enclose
+    (``fill_holes``: ``volume`` or ``slices``)."""
+
+    sigma: float = Field(default=1.0, ge=0.0, le=8.0)
+    edge_above: float = Field(gt=0)
+    fill_holes: Literal["none", "volume", "slices"] = "slices"
+
+
+class WatershedParams(Cleanup):
+    """Marker watershed on the Sobel gradient: background markers ``value < background_below``,
+    foreground markers ``value > foreground_above``, flooded within blocks padded by ``halo`` voxels."""
+
+    background_below: float
+    foreground_above: float
+    sigma: float = Field(default=1.0, ge=0.0, le=8.0)
+    halo: int = Field(default=16, ge=0, le=256)
+
+
+#: Classical methods a card may name -> the model of their ``params``.
+CLASSICAL_METHODS: dict[str, type[BaseModel]] = {
+    "threshold": ThresholdParams,
+    "otsu": OtsuParams,
+    "kmeans": KMeansParams,
+    "region_grow": RegionGrowParams,
+    "edges": EdgesParams,
+    "watershed": WatershedParams,
+}
+
+
+class Classical(BaseModel):
+    """A weightless method from :data:`CLASSICAL_METHODS` and its parameters."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    method: str
+    params: Any = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_params(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("method"), str):
+            method = check_choice("classical method", data["method"], CLASSICAL_METHODS)
+            params = data.get("params") or {}
+            if isinstance(params, dict):
+                data = {**data, "params": CLASSICAL_METHODS[method].model_validate(params)}
+        return data
+
+
 class ModelCard(BaseModel):
     """Everything needed to rebuild, run and judge a model."""
 
@@ -82,26 +197,38 @@ class ModelCard(BaseModel):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     description: str = ""
+    kind: Literal["network", "classical"] = "network"
     domain: Literal["medical", "geo"] = "medical"
-    architecture: str
+    architecture: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
     spatial_dims: Literal[2, 3]
     in_channels: int = Field(ge=1)
     labels: dict[int, Label]
-    roi_size: tuple[int, ...]
+    roi_size: tuple[int, ...] = ()
     overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
     sw_batch_size: int = Field(default=4, ge=1)
-    preprocess: Preprocess
+    preprocess: Preprocess | None = None
     bands: tuple[int, ...] | None = Field(default=None, description="1-based raster bands, in model order")
-    weights: str
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    weights: str | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    classical: Classical | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("architecture")
     @classmethod
-    def _known_architecture(cls, value: str) -> str:
-        return check_choice("architecture", value, ARCHITECTURES)
+    def _known_architecture(cls, value: str | None) -> str | None:
+        return None if value is None else check_choice("architecture", value, [*ARCHITECTURES, *IMPORTED])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _classical_roi(cls, data: Any) -> Any:
+        """A classical card has no windows: its roi is one voxel (blocks then default to the engine's size)."""
+        if isinstance(data, dict) and data.get("kind") == "classical" and "roi_size" not in data:
+            dims = data.get("spatial_dims")
+            if dims in (2, 3):
+                data = {**data, "roi_size": (1,) * dims}
+        return data
 
     @field_validator("labels")
     @classmethod
@@ -112,6 +239,7 @@ class ModelCard(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelCard:
+        self._check_kind()
         if len(self.roi_size) != self.spatial_dims:
             raise ValueError(f"roi_size needs {self.spatial_dims} sides, got {self.roi_size}")
         if any(s < 1 for s in self.roi_size):
@@ -124,6 +252,24 @@ class ModelCard(BaseModel):
         if self.bands is not None and len(self.bands) != self.in_channels:
             raise ValueError(f"bands lists {len(self.bands)} bands but in_channels is {self.in_channels}")
         return self
+
+    def _check_kind(self) -> None:
+        if self.kind == "classical":
+            if self.classical is None:
+                raise ValueError("a classical card needs a 'classical' section (method + params)")
+            for key in ("architecture", "weights", "sha256"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} is for network cards; a classical card has no network or weights")
+            if self.classical.method == "kmeans" and len(self.labels) != self.classical.params.k:
+                raise ValueError(f"kmeans with k={self.classical.params.k} needs {self.classical.params.k} labels")
+            if self.classical.method != "kmeans" and len(self.labels) != 2:
+                raise ValueError(f"method {self.classical.method} gives a mask: it needs exactly 2 labels")
+            return
+        if self.classical is not None:
+            raise ValueError("'classical' is only for cards with kind: classical")
+        missing = [key for key in ("architecture", "weights", "sha256", "preprocess") if getattr(self, key) is None]
+        if missing or not self.roi_size:
+            raise ValueError(f"a network card needs {', '.join(missing or ['roi_size'])}")
 
     @property
     def out_channels(self) -> int:
@@ -157,6 +303,8 @@ def load_card(path: str | Path) -> ModelCard:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise CardError(f"{path}: model card not found") from e
+    except OSError as e:  # a directory, no permission
+        raise CardError(f"{path}: cannot read the model card ({e.strerror or e})") from e
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         reason = str(e).splitlines()[0]
         raise CardError(f"{path}: not a valid YAML model card ({reason})") from e

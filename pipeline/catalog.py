@@ -192,6 +192,75 @@ class Source(BaseModel):
         return self.output or self.name
 
 
+def _id_list(value: Any) -> list[int]:
+    """``[5, "25-50"]`` -> ``[5, 25, ..., 50]``: label ids, with inclusive ranges written as strings."""
+    ids: list[int] = []
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, str) and re.fullmatch(r"\d+-\d+", item.strip()):
+            low, high = (int(v) for v in item.split("-"))
+            if high < low:
+                raise ValueError(f"range {item!r} is empty")
+            ids.extend(range(low, high + 1))
+        elif isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+            ids.append(item)
+        else:
+            raise ValueError(f"label ids must be integers >= 0 or ranges like '25-50', got {item!r}")
+    return ids
+
+
+class TrainingPair(BaseModel):
+    """One image and its labels on the same grid: NIfTI + NIfTI, GeoTIFF + GeoTIFF, or GeoTIFF + vectors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    image: Path
+    labels: Path
+
+    @field_validator("image", "labels")
+    @classmethod
+    def _anchor(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve(value, info)
+
+
+class Holdout(BaseModel):
+    """Held back from training in every pair: indices ``>= start`` along spatial ``axis`` (array order)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    axis: int = Field(ge=0, le=2, description="volumes: 0=i, 1=j, 2=k; rasters: 0=row, 1=column")
+    start: int = Field(ge=1)
+
+
+class TrainingDataset(BaseModel):
+    """Image/label pairs for ``pipeline train``, and what is kept for validation (a region and/or pairs)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: str
+    description: str = ""
+    pairs: list[TrainingPair] = Field(min_length=1)
+    validation: list[TrainingPair] = Field(default_factory=list, description="pairs never trained on")
+    holdout: Holdout | None = None
+    bands: tuple[Annotated[int, Field(ge=1)], ...] | None = Field(default=None, description="geo only: 1-based")
+    label_map: dict[Annotated[int, Field(ge=1)], list[int]] | None = Field(
+        default=None, description="class -> source label ids (ranges as 'a-b'); every other id is background (0)")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        return check_choice("kind", value, SEGMENTERS)
+
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _expand_ranges(cls, value: Any) -> Any:
+        return {k: _id_list(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _has_validation(self) -> TrainingDataset:
+        if self.holdout is None and not self.validation:
+            raise ValueError("needs a validation split: 'holdout' (a region) and/or 'validation' (pairs)")
+        if self.bands is not None and self.kind != "geo":
+            raise ValueError(f"bands is only valid for kind 'geo', not {self.kind!r}")
+        return self
+
+
 class ClusterConfig(BaseModel):
     """One Dask cluster per flow run: a LocalCluster with these sizes, or an existing scheduler."""
 
@@ -253,6 +322,7 @@ class Catalog(BaseModel):
     work_root: Path | None = Field(default=None, description="Zarr work stores; default <output_root>/.work")
     cluster: ClusterConfig = ClusterConfig()
     schedule: Schedule | None = None
+    datasets: dict[Name, TrainingDataset] = Field(default_factory=dict, description="for pipeline train")
     _file: Path = PrivateAttr(default=Path("data_catalog.yaml"))
 
     @field_validator("output_root", "work_root")
@@ -300,6 +370,14 @@ class Catalog(BaseModel):
             raise CatalogError(f"{self.file}: no source named {name!r}{hint} (sources: {', '.join(known)})")
         return chosen
 
+    def dataset(self, name: str) -> TrainingDataset:
+        """The training dataset called ``name``; a one-line error with a suggestion otherwise."""
+        from pipeline.choices import unknown_choice
+
+        if name not in self.datasets:
+            raise CatalogError(f"{self.file}: {unknown_choice('dataset', name, self.datasets, listing='datasets')}")
+        return self.datasets[name]
+
     def error(self, index: int, key: str, message: str) -> CatalogError:
         """A one-line error about ``sources.<index>.<key>`` of this catalog."""
         return CatalogError(f"{self.file}: sources.{index}.{key}: {message}")
@@ -346,6 +424,8 @@ def load_catalog(path: str | Path) -> Catalog:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise CatalogError(f"{path}: data catalog not found") from e
+    except OSError as e:  # a directory, no permission
+        raise CatalogError(f"{path}: cannot read the data catalog ({e.strerror or e})") from e
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise CatalogError(f"{path}: not a valid YAML data catalog ({_yaml_reason(e)})") from e
     if not isinstance(data, dict):

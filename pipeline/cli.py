@@ -22,6 +22,8 @@ app = typer.Typer(help="Chunked, Dask-parallel MONAI segmentation of huge volume
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 models_app = typer.Typer(help="List and inspect model cards.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+catalog_app = typer.Typer(help="Validate the data catalog.", no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
 
 _state = {"debug": False}
 T = TypeVar("T")
@@ -36,6 +38,9 @@ MemoryOpt = Annotated[str, typer.Option("--memory-limit", help="Memory limit per
 AddressOpt = Annotated[str | None, typer.Option("--dask-address", help="Use an existing Dask scheduler, e.g. tcp://host:8786.")]
 ChunkOpt = Annotated[str | None, typer.Option("--chunk-size", help="Block side in voxels: one int or one per axis, e.g. 128 or 160,160,64.")]
 WorkDirOpt = Annotated[Path | None, typer.Option("--work-dir", help="Directory for the Zarr work store (default: beside the output).")]
+HtmlOpt = Annotated[bool, typer.Option("--html/--no-html", help="Write <mask>.report.html (images, legend, metrics, plots).")]
+OmeZarrOpt = Annotated[bool, typer.Option("--ome-zarr", help="Also write <mask>.ome.zarr (NGFF image + labels) for napari / neuroglancer.")]
+InstancesOpt = Annotated[list[str] | None, typer.Option("--instances", help="Class name(s) whose connected objects get their own ids (repeatable or comma list): <mask>_instances + <mask>.instances.csv.")]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -45,15 +50,30 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def run(action: Callable[[], T]) -> T:
-    """Run ``action``; turn a PipelineError into one line on stderr and exit 1."""
+    """Run ``action``; turn a PipelineError into one line on stderr and exit 1 (130 when interrupted).
+
+    SIGTERM is handled like Ctrl-C, so a scheduler's kill also leaves a resumable work store.
+    """
+    import signal
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         return action()
     except PipelineError as e:
         if _state["debug"]:
             raise
-        fail(str(e))
+        fail(str(e), code=getattr(e, "exit_code", 1))
+    except OSError as e:  # the file system refused (ENOTDIR, EACCES, ENOSPC): the user's to fix, one line
+        if _state["debug"]:
+            raise
+        fail(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
     except KeyboardInterrupt:
         fail("interrupted", code=130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def parse_chunks(text: str | None, ndim: int) -> tuple[int, ...] | None:
@@ -101,6 +121,9 @@ def segment_volume_cmd(
     chunk_size: ChunkOpt = None,
     work_dir: WorkDirOpt = None,
     probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write softmax probabilities (float16 Zarr).")] = False,
+    html: HtmlOpt = True,
+    ome_zarr: OmeZarrOpt = False,
+    instances: InstancesOpt = None,
 ) -> None:
     """Segment a NIfTI scan: writes <scan>_seg.nii.gz and <scan>_seg.report.json/.csv."""
     from pipeline.cluster import ClusterSettings
@@ -110,7 +133,8 @@ def segment_volume_cmd(
                                memory_limit=memory_limit)
     result = run(lambda: segment_volume(
         scan, model=model, output=output, reference=reference, overwrite=overwrite, work_dir=work_dir,
-        chunks=parse_chunks(chunk_size, 3), cluster=settings, probabilities=probabilities, progress=True))
+        chunks=parse_chunks(chunk_size, 3), cluster=settings, probabilities=probabilities, progress=True, html=html,
+        ome_zarr=ome_zarr, instances=instances))
     _print_result(result)
 
 
@@ -138,6 +162,9 @@ def segment_raster_cmd(
     work_dir: WorkDirOpt = None,
     bands: Annotated[str | None, typer.Option("--bands", help="1-based bands in model order, e.g. 3,2,1 (default: the card's, else all).")] = None,
     vectors: Annotated[Path | None, typer.Option("--vectors", help="Also write polygons per class (.gpkg or .geojson).")] = None,
+    html: HtmlOpt = True,
+    ome_zarr: OmeZarrOpt = False,
+    instances: InstancesOpt = None,
 ) -> None:
     """Segment a raster: writes <scene>_seg.tif (COG) and <scene>_seg.report.json/.csv.
 
@@ -150,7 +177,8 @@ def segment_raster_cmd(
                                memory_limit=memory_limit)
     result = run(lambda: segment_raster(
         scene, model=model, output=output, reference=reference, bands=parse_bands(bands), vectors=vectors,
-        overwrite=overwrite, work_dir=work_dir, chunks=parse_chunks(chunk_size, 2), cluster=settings, progress=True))
+        overwrite=overwrite, work_dir=work_dir, chunks=parse_chunks(chunk_size, 2), cluster=settings, progress=True,
+        html=html, ome_zarr=ome_zarr, instances=instances))
     _print_result(result)
     if result.vectors:
         typer.echo(f"vectors: {result.vectors} ({result.report['features']} polygons)")
@@ -161,10 +189,34 @@ def _print_result(result: Any) -> None:
     typer.echo(f"report: {result.report_json} (+ {result.report_csv.name})")
     if result.probabilities:
         typer.echo(f"probabilities: {result.probabilities}")
+    if getattr(result, "html", None):
+        typer.echo(f"html:   {result.html}")
+    if getattr(result, "ome_zarr", None):
+        typer.echo(f"ome-zarr: {result.ome_zarr}")
+    if result.report.get("instances"):
+        found = result.report["instances"]
+        typer.echo(f"instances: {found['mask']} ({found['count']} objects of {', '.join(found['classes'])}; "
+                   f"table {Path(found['csv']).name})")
     for row in result.report["labels"]:
         if row["dice"] is not None:
             typer.echo(f"  {row['name']:<16} dice {row['dice']:.3f}  iou {row['iou']:.3f}")
     typer.echo(result.summary())
+
+
+@app.command("report")
+def report_cmd(
+    output_dir: Annotated[Path, typer.Argument(help="A run's output directory (searched recursively for *.report.json).")],
+    dice_threshold: Annotated[float, typer.Option("--dice-threshold", min=0.0, max=1.0, help="Flag labels whose Dice is below this.")] = 0.5,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Batch summary: <dir>/index.html + <dir>/summary.csv over every report, outliers flagged."""
+    from pipeline.batch_report import batch_report
+
+    summary = run(lambda: batch_report(output_dir, dice_threshold=dice_threshold, overwrite=overwrite))
+    typer.echo(f"index:  {summary.index} ({summary.reports} reports, {len(summary.outliers)} flagged)")
+    typer.echo(f"csv:    {summary.csv}")
+    for flag in summary.outliers:
+        typer.echo(f"  flagged: {flag}")
 
 
 @app.command("evaluate")
@@ -181,6 +233,30 @@ def evaluate_cmd(
     typer.echo(json.dumps(report, indent=2))
 
 
+@app.command("train")
+def train_cmd(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="A name under datasets: in the catalog.")],
+    model_card: Annotated[Path, typer.Option("--model-card", help="Card to train (network, roi, labels, preprocess, training.recipe).")],
+    epochs: Annotated[int, typer.Option("--epochs", "-e", min=1, help="Epochs of training.recipe.steps_per_epoch batches.")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where <name>.pt and <name>.yaml are written.")] = Path("models"),
+    catalog: Annotated[Path, typer.Option("--catalog", help="The data catalog naming the dataset.")] = Path("data_catalog.yaml"),
+    seed: Annotated[int, typer.Option("--seed", help="Seed for init, crops and flips.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA + AMP when present), cpu, cuda, cuda:1 ...")] = "auto",
+    threads: Annotated[int, typer.Option("--threads", min=1, help="torch CPU threads (1 = byte-reproducible).")] = 1,
+) -> None:
+    """Train a card's network on a catalog dataset; writes weights, sha256 and the filled card. Resumes."""
+    from pipeline.train import train
+
+    result = run(lambda: train(dataset, model_card, epochs, catalog=catalog, out_dir=out_dir, seed=seed,
+                               device=device, threads=threads, progress=True))
+    if result.resumed_from:
+        typer.echo(f"resumed after epoch {result.resumed_from}")
+    typer.echo(f"loss per epoch: {', '.join(f'{v:.3f}' for v in result.losses)}")
+    for name, value in result.metrics["dice_heldout"].items():
+        typer.echo(f"  {name:<16} held-out dice {value:.3f}  (train {result.metrics['dice_train'][name]:.3f})")
+    typer.echo(f"weights: {result.weights}\ncard:    {result.card}")
+
+
 @models_app.command("list")
 def models_list() -> None:
     """Name, domain, dims and labels of every card in models/."""
@@ -189,18 +265,44 @@ def models_list() -> None:
 
     for name, path in available_models().items():
         card = load_card(path)
-        typer.echo(f"{name:<16} {card.domain:<8} {card.spatial_dims}D  roi {list(card.roi_size)}  "
+        how = f"classical {card.classical.method}" if card.classical else f"roi {list(card.roi_size)}"
+        typer.echo(f"{name:<18} {card.domain:<8} {card.spatial_dims}D  {how}  "
                    f"labels: {', '.join(label.name for label in card.labels.values())}")
+        dice = card.metrics.get("dice_heldout") or {}
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in dice.items() if isinstance(v, int | float) and k != "background")
+        if card.sha256 or scores:
+            typer.echo(f"{'':<18} sha256 {(card.sha256 or '-')[:12]}  held-out dice: {scores or '-'}")
 
 
 @models_app.command("show")
-def models_show(name: Annotated[str, typer.Argument(help="Card name or path.")]) -> None:
-    """Print a model card as JSON."""
+def models_show(name: Annotated[str, typer.Argument(help="Card name or path, a MONAI bundle directory or a TorchScript file.")]) -> None:
+    """Print a model card as JSON (for a bundle directory: the card made from its metadata)."""
+    from pipeline.bundles import imported_path
     from pipeline.cards import load_card
-    from pipeline.models import resolve_card_path
+    from pipeline.models import load_model, resolve_card_path
 
-    card = run(lambda: load_card(resolve_card_path(name)))
+    def card_of() -> Any:
+        imported = imported_path(name)
+        if imported is not None and imported.is_dir():
+            return load_model(imported).card
+        return load_card(resolve_card_path(imported or name))
+
+    card = run(card_of)
     typer.echo(json.dumps(card.model_dump(mode="json"), indent=2))
+
+
+@catalog_app.command("check")
+def catalog_check(path: Annotated[Path, typer.Argument(help="The data catalog.")] = Path("data_catalog.yaml")) -> None:
+    """Validate a data catalog and list the scans the next flow run would segment (nothing is run)."""
+    from pipeline.catalog import load_catalog
+    from pipeline.manifest import discover
+
+    plan = run(lambda: discover(load_catalog(path)))
+    for job in plan.pending:
+        typer.echo(f"{job.source}: {job.scan} -> {job.output}")
+    for outcome in plan.failed_before:
+        typer.echo(f"{outcome.source}: {outcome.scan} failed before: {outcome.reason}")
+    typer.echo(f"{path}: valid")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,40 @@ class TorchThreads(WorkerPlugin):
         torch.set_num_threads(self.threads)
 
 
+class IgnoreInterrupt(WorkerPlugin):
+    """Local workers ignore SIGINT: a terminal's Ctrl-C reaches the whole process group, and only the
+    driver should act on it (stop the cluster, keep the work store, say how to resume)."""
+
+    name = "volseg-ignore-interrupt"
+
+    def setup(self, worker: Any) -> None:
+        _ignore_sigint()
+
+
+def _ignore_sigint() -> Any:
+    """Ignore SIGINT from now on (main thread only); return the previous handler, or None."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _spawning_without_sigint() -> Iterator[None]:
+    """Processes started in this block inherit SIG_IGN for SIGINT (Python keeps an inherited
+    SIG_IGN), so workers never see a Ctrl-C, not even before their plugins run."""
+    import signal
+
+    previous = _ignore_sigint()
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 def _local_torch_threads(settings: ClusterSettings) -> int:
     if settings.torch_threads is not None:
         return settings.torch_threads
@@ -86,12 +120,15 @@ def dask_client(settings: ClusterSettings) -> Iterator[Any]:
         raise PipelineError(f"workers and threads per worker must be >= 1, got {settings.workers}, {settings.threads_per_worker}")
     import dask
 
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}), \
-            LocalCluster(n_workers=settings.workers, threads_per_worker=settings.threads_per_worker,
-                         memory_limit=settings.memory_limit, processes=True, dashboard_address=":0",
-                         silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
-        client.register_plugin(TorchThreads(_local_torch_threads(settings)))
-        yield client
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
+        with _spawning_without_sigint():
+            cluster = LocalCluster(n_workers=settings.workers, threads_per_worker=settings.threads_per_worker,
+                                   memory_limit=settings.memory_limit, processes=True, dashboard_address=":0",
+                                   silence_logs=logging.ERROR)
+        with cluster, Client(cluster) as client:
+            client.register_plugin(IgnoreInterrupt())  # also for workers the nannies restart later
+            client.register_plugin(TorchThreads(_local_torch_threads(settings)))
+            yield client
 
 
 def dashboard_link(client: Any) -> str | None:

@@ -47,3 +47,13 @@ class OutputError(PipelineError, OSError):
 
 class SettingsError(PipelineError, ValueError):
     """Engine settings (roi size, overlap, chunks) are invalid."""
+
+
+class OutputBusyError(OutputError):
+    """Another run holds the output's lock right now."""
+
+
+class RunInterrupted(PipelineError, KeyboardInterrupt):
+    """The run was interrupted (Ctrl-C / SIGINT / SIGTERM); its work store is kept for resuming."""
+
+    exit_code = 130

@@ -21,7 +21,7 @@ from pipeline.engine.merger import merge_block
 from pipeline.engine.predictor import InferenceSettings, Partial
 from pipeline.engine.windows import balanced_chunks, parse_overlap, window_grid
 from pipeline.errors import InputError
-from pipeline.io.store import create_array, write_region
+from pipeline.io.store import Ledger, block_name, create_array, write_region
 from pipeline.models import Model
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class InferenceResult:
     windows: int
     blocks: int
     chunks: tuple[int, ...]
+    blocks_resumed: int = 0  #: blocks a previous, interrupted run had finished (not recomputed)
 
 
 def label_dtype(n_labels: int) -> np.dtype:
@@ -47,14 +48,20 @@ def label_dtype(n_labels: int) -> np.dtype:
 
 
 def _merge_and_store(partials: list[Partial], lo: tuple[int, ...], hi: tuple[int, ...], store: str,
-                     region: tuple[slice, ...], dtype: str, probabilities: bool) -> int:
-    """Merge one block, argmax it and write its label chunk, in one task: logits never leave the worker."""
+                     region: tuple[slice, ...], dtype: str, probabilities: bool, ledger: Ledger | None) -> int:
+    """Merge one block, argmax it and write its label chunk, in one task: logits never leave the worker.
+
+    The block's completion record is written last, so a record always vouches for complete chunks;
+    re-running the task (a lost worker, a resumed run) rewrites only this block's own chunks.
+    """
     logits = merge_block(partials, lo, hi)
     labels = np.argmax(logits, axis=0).astype(dtype)
     write_region(store, "labels", region, labels)
     if probabilities:
         shifted = np.exp(logits - logits.max(axis=0, keepdims=True))
         write_region(store, "probabilities", (slice(None), *region), (shifted / shifted.sum(axis=0)).astype(np.float16))
+    if ledger is not None:
+        ledger.mark(block_name(region))
     return int(labels.size)
 
 
@@ -69,7 +76,7 @@ def preload_model(client: Any, model: Model) -> None:
 
 
 def stream_merges(client: Any, plan: list[MergeTask], store: str, dtype: str, probabilities: bool, *,
-                  in_flight: int) -> Iterator[None]:
+                  in_flight: int, ledger: Ledger | None = None) -> Iterator[None]:
     """Run merge-and-store tasks in raster order, at most ``in_flight`` at a time; yield as each finishes.
 
     Predict tasks start only when a merge that needs them is submitted, and each partial's future
@@ -97,7 +104,7 @@ def stream_merges(client: Any, plan: list[MergeTask], store: str, dtype: str, pr
                 live[part.key] = client.compute(part)
             inputs.append(live[part.key])
         future = client.submit(_merge_and_store, inputs, task.lo, task.hi, store, task.region, dtype,
-                               probabilities, pure=False)
+                               probabilities, ledger, pure=False)
         needs[future.key] = [part.key for part in task.partials]
         running.add(future)
         return True
@@ -114,10 +121,30 @@ def stream_merges(client: Any, plan: list[MergeTask], store: str, dtype: str, pr
         yield
 
 
+def engine_fingerprint(model: Model, *, chunks: Sequence[int] | None, probabilities: bool) -> dict[str, Any]:
+    """Everything besides the input that decides a block's labels: a work store made with another
+    fingerprint is never resumed (see :func:`pipeline.io.store.work_store`)."""
+    import torch
+
+    from pipeline.report import code_version
+
+    return {"model": model.name, "model_sha256": model.sha256, "card": model.card.model_dump(mode="json"),
+            "chunks": list(chunks) if chunks else None, "probabilities": probabilities,
+            "device": "cuda" if torch.cuda.is_available() else "cpu", "code_version": code_version()}
+
+
 def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client: Any,
                   chunks: Sequence[int] | None = None, probabilities: bool = False,
-                  progress: bool = False) -> InferenceResult:
-    """Segment ``image`` (C, *spatial) from the work store into ``group['labels']``."""
+                  progress: bool = False, ledger: Ledger | None = None) -> InferenceResult:
+    """Segment ``image`` (C, *spatial) from the work store into ``group['labels']``.
+
+    With a ``ledger``, blocks it records as finished are kept and not recomputed (resume); the
+    caller guarantees the store was made for the same input, model and parameters.
+    """
+    if model.card.kind == "classical":  # weightless methods: same store and block grid, no windows
+        from pipeline.engine.classical import run_classical
+
+        return run_classical(image, model, group, client=client, chunks=chunks, probabilities=probabilities)
     import dask
     import dask.array as da
     from tqdm import tqdm
@@ -129,25 +156,40 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
                                  sw_batch_size=model.card.sw_batch_size)
     grid = window_grid(spatial, settings.roi_size, settings.overlap)
     workers = max(1, len(client.scheduler_info().get("workers", {})))
-    block = tuple(chunks) if chunks else balanced_chunks(grid, default_chunks(model.roi_size), TASKS_PER_WORKER * workers)
+    resuming = ledger is not None and "labels" in group
+    if resuming:
+        block = tuple(group["labels"].chunks)  # the interrupted run's plan, whatever the worker count now
+    else:
+        block = tuple(chunks) if chunks else balanced_chunks(grid, default_chunks(model.roi_size),
+                                                             TASKS_PER_WORKER * workers)
     raw = da.from_zarr(image)
     with dask.config.set(scheduler=client):  # this run's cluster, not whichever client is the default
         statistics = model.statistics(raw)
     x = raw.map_blocks(model.preprocess_block, statistics, dtype=np.float32)
     dtype = label_dtype(model.card.out_channels)
-    labels = create_array(group, "labels", shape=spatial, chunks=block, dtype=dtype, channel_axis=False,
-                          attributes=dict(image.attrs))
-    probs = None
-    if probabilities:
-        probs = create_array(group, "probabilities", shape=(model.card.out_channels, *spatial),
-                             chunks=(model.card.out_channels, *block), dtype=np.float16, attributes=dict(image.attrs))
+    if resuming:
+        labels = group["labels"]
+        probs = group["probabilities"] if probabilities else None
+    else:
+        labels = create_array(group, "labels", shape=spatial, chunks=block, dtype=dtype, channel_axis=False,
+                              attributes=dict(image.attrs))
+        probs = None
+        if probabilities:
+            probs = create_array(group, "probabilities", shape=(model.card.out_channels, *spatial),
+                                 chunks=(model.card.out_channels, *block), dtype=np.float16,
+                                 attributes=dict(image.attrs))
     store = str(group.store.root)
     plan = merge_tasks(x, model.ref, settings, chunks=block, client=client)
+    finished = ledger.names() if ledger is not None else set()
+    todo = [task for task in plan if block_name(task.region) not in finished]
+    if len(todo) < len(plan):
+        logger.info("resuming: %d of %d blocks already finished", len(plan) - len(todo), len(plan))
     start = time.perf_counter()
-    with tqdm(total=len(plan), desc="blocks", unit="block", disable=not progress, leave=False) as bar:
-        for _ in stream_merges(client, plan, store, dtype.name, probabilities,
-                               in_flight=MERGES_IN_FLIGHT_PER_WORKER * workers + 2):
+    with tqdm(total=len(plan), initial=len(plan) - len(todo), desc="blocks", unit="block", disable=not progress,
+              leave=False) as bar:
+        for _ in stream_merges(client, todo, store, dtype.name, probabilities,
+                               in_flight=MERGES_IN_FLIGHT_PER_WORKER * workers + 2, ledger=ledger):
             bar.update(1)
     seconds = time.perf_counter() - start
     return InferenceResult(labels=labels, probabilities=probs, seconds=seconds, windows=grid.n_windows,
-                           blocks=len(plan), chunks=block)
+                           blocks=len(plan), chunks=block, blocks_resumed=len(plan) - len(todo))

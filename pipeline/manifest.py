@@ -22,15 +22,11 @@ Nothing here imports Prefect; ``flows/`` wraps :func:`discover` and :func:`run_s
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import fcntl
 import functools
 import logging
-import os
-import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -42,6 +38,7 @@ from pipeline.catalog import SEGMENTERS, Catalog, Source
 from pipeline.errors import CardError, PipelineError
 from pipeline.hashing import sha256_file
 from pipeline.io.atomic import atomic_path
+from pipeline.io.lock import lock_holder, output_lock
 
 logger = logging.getLogger(__name__)
 
@@ -248,7 +245,7 @@ def _model(catalog: Catalog, index: int, source: Source) -> tuple[str, str, str]
         card = load_card(path)
     except CardError as e:
         raise catalog.error(index, "model", str(e)) from e
-    return str(path), card.name, card.sha256
+    return str(path), card.name, card.sha256 or sha256_file(path)  # classical cards: the card is the model
 
 
 def scans(catalog: Catalog, index: int, source: Source) -> list[Path]:
@@ -368,58 +365,6 @@ def is_transient(error: BaseException | None) -> bool:
     and settings fail the same way again.
     """
     return isinstance(error, OSError) and not isinstance(error, PipelineError)
-
-
-@contextlib.contextmanager
-def output_lock(path: Path) -> Iterator[bool]:
-    """Hold an exclusive, non-blocking ``flock`` on ``path`` for the block; yields False if taken.
-
-    The kernel releases the lock when its holder exits, however it dies, so there are no stale
-    locks to detect; the file (``pid host time``) only says who holds it. Separate opens conflict
-    even within one process, so threads are excluded too. ``flock`` needs a local file system or
-    one that implements it (NFSv4, Lustre with ``flock``); a shared output root must provide it.
-    """
-    fd = _acquire(path)
-    if fd is None:
-        yield False
-        return
-    try:
-        os.ftruncate(fd, 0)
-        since = datetime.datetime.now(datetime.UTC)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since:%Y-%m-%d %H:%M:%S} UTC\n".encode())
-        yield True
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # while still holding it: a waiter that opened this inode sees it gone and retries
-        os.close(fd)
-
-
-def _acquire(path: Path) -> int | None:
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        except BaseException:
-            os.close(fd)
-            raise
-        try:
-            current = os.stat(path)
-        except FileNotFoundError:
-            current = None
-        opened = os.fstat(fd)
-        if current is not None and (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino):
-            return fd
-        os.close(fd)  # the previous holder removed the file after we opened it: lock the new one
-
-
-def lock_holder(path: Path) -> str:
-    """Who holds the lock at ``path``, as its holder wrote it (best effort)."""
-    with contextlib.suppress(OSError):
-        return path.read_text(encoding="utf-8").strip() or "unknown holder"
-    return "unknown holder"
 
 
 #: Columns of the per-run table: one row per scan and label (one row per scan without labels).

@@ -13,13 +13,13 @@ import importlib
 import logging
 import os
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.cards import ARCHITECTURES, Label, ModelCard, WindowScale, ZScore, load_card
+from pipeline.cards import ARCHITECTURES, IMPORTED, Label, ModelCard, WindowScale, ZScore, load_card
 from pipeline.choices import unknown_choice
 from pipeline.errors import CardError, ModelError
 from pipeline.hashing import sha256_file
@@ -85,11 +85,20 @@ def load_weights(path: Path, expected_sha256: str) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ModelError(f"{path}: refused to load weights ({reason})") from e
+        raise ModelError(f"{path}: refused to load weights ({_load_reason(e)})") from e
     if not isinstance(state, dict):
         raise ModelError(f"{path}: weights must be a state_dict, got {type(state).__name__}")
     return state
+
+
+def _load_reason(error: BaseException) -> str:
+    """The informative part of torch.load's many-line message: what the unpickler refused, else the first sentence."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if "WeightsUnpickler error:" in line:  # "Unsupported global: GLOBAL builtins.open was not an allowed global"
+            refused = line.split("WeightsUnpickler error:", 1)[1].strip().split(" by default")[0]
+            return f"not plain tensors: {refused}"
+    return lines[0].split(". ")[0] if lines else type(error).__name__
 
 
 def intensity_statistics(card: ModelCard, array: Any) -> Statistics:
@@ -137,6 +146,7 @@ class Model:
     card_path: Path
     network: Any
     sha256: str
+    trust: bool = False  #: passed on to workers through :attr:`ref`
 
     @property
     def name(self) -> str:
@@ -167,7 +177,12 @@ class Model:
     @property
     def ref(self) -> ModelRef:
         """A small picklable handle that Dask workers resolve through their own cache."""
-        return ModelRef(str(self.card_path), self.sha256)
+        return ModelRef(str(self.card_path), self.sha256, self.trust)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its ref (e.g. inside ``preprocess_block`` tasks): the receiving process reloads it
+        through its own cache, so weights never travel with a task graph and TorchScript (unpicklable) works."""
+        return _cached_model, (str(self.card_path), self.sha256, self.trust)
 
 
 @dataclass(frozen=True)
@@ -176,13 +191,15 @@ class ModelRef:
 
     card_path: str
     sha256: str
+    trust: bool = False  #: a bundle's config may run non-monai code (see pipeline.bundles)
 
     def network(self) -> Any:
-        return _cached_model(self.card_path, self.sha256).network
+        return _cached_model(self.card_path, self.sha256, self.trust).network
 
 
-def load_model(name_or_path: str | os.PathLike[str] | None = None) -> Model:
-    """Load a model by card name (``"ct-organs"``), card path, or the default model.
+def load_model(name_or_path: str | os.PathLike[str] | None = None, *, trust: bool = False) -> Model:
+    """Load a model by card name (``"ct-organs"``), card path, MONAI bundle directory, TorchScript file
+    (with its card beside it), or the default model. ``trust`` lets a bundle config run non-monai code.
 
     Raises
     ------
@@ -191,8 +208,17 @@ def load_model(name_or_path: str | os.PathLike[str] | None = None) -> Model:
     ModelError
         Missing weights, checksum mismatch, unsafe or incompatible weights.
     """
-    card_path = resolve_card_path(name_or_path)
+    from pipeline import bundles
+
+    imported = bundles.imported_path(name_or_path)
+    if imported is not None and imported.is_dir():
+        return replace(bundles.load_bundle(imported, trust=trust), trust=trust)
+    card_path = resolve_card_path(imported or name_or_path)
     card = load_card(card_path)
+    if card.architecture in IMPORTED:
+        return replace(bundles.load_imported(card, card_path, trust=trust), trust=trust)
+    if card.kind == "classical":  # weightless: the card itself is the model's identity
+        return Model(card=card, card_path=card_path, network=None, sha256=sha256_file(card_path))
     network = build_network(card)
     state = load_weights(card_path.parent / card.weights, card.sha256)
     try:
@@ -205,10 +231,10 @@ def load_model(name_or_path: str | os.PathLike[str] | None = None) -> Model:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_model(card_path: str, sha256: str) -> Model:
+def _cached_model(card_path: str, sha256: str, trust: bool = False) -> Model:
     """One model per (card, weights) per process: Dask workers load it once, not per task."""
     logger.info("loading model %s in process %d", card_path, os.getpid())
-    model = load_model(card_path)
+    model = load_model(card_path, trust=trust)
     if model.sha256 != sha256:
         raise ModelError(f"{card_path}: card changed while running (sha256 {model.sha256[:12]} != {sha256[:12]})")
     return model

@@ -23,13 +23,15 @@ from pipeline.engine.api import default_chunks
 from pipeline.errors import CardError, InputError
 from pipeline.evaluate import check_reference_labels, confusion_against
 from pipeline.hashing import sha256_file
-from pipeline.infer import InferenceResult, preload_model, run_inference
+from pipeline.infer import InferenceResult, engine_fingerprint, preload_model, run_inference
+from pipeline.instances import check_instances, instance_paths, parse_classes, volume_instances
 from pipeline.io.atomic import atomic_path, check_output
 from pipeline.io.nifti import NiftiScan, open_scan, stream_to_array, write_labels
-from pipeline.io.store import create_array, work_store
+from pipeline.io.store import WorkStore, create_array, work_store
 from pipeline.metrics import scores
 from pipeline.models import Model, load_model
 from pipeline.report import code_version, label_rows, write_report
+from pipeline.sidecars import sidecar_paths, write_sidecars
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,9 @@ class SegmentationResult:
     probabilities: Path | None
     report: dict[str, Any]
     vectors: Path | None = None
+    html: Path | None = None
+    viewer_files: tuple[Path, ...] = ()
+    ome_zarr: Path | None = None
 
     def summary(self) -> str:
         run = self.report["run"]
@@ -77,12 +82,16 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _tile_scan(scan: NiftiScan, group: Any, chunks: Sequence[int], sha256: str) -> Any:
+def _tile_scan(scan: NiftiScan, work: WorkStore, chunks: Sequence[int], sha256: str) -> Any:
+    """The scan as a Zarr array in the work store (kept from an interrupted run when it finished tiling)."""
+    if "image" in work.ledger:
+        return work.group["image"]
     attrs = {"geometry": scan.geometry.to_attrs(),
              "source": {"path": str(scan.path), "sha256": sha256, "dtype": scan.dtype.name}}
-    image = create_array(group, "image", shape=(1, *scan.geometry.shape), chunks=(1, *chunks),
+    image = create_array(work.group, "image", shape=(1, *scan.geometry.shape), chunks=(1, *chunks),
                          dtype=scan.dtype, attributes=attrs)
     stream_to_array(scan, image)
+    work.ledger.mark("image")
     return image
 
 
@@ -105,6 +114,9 @@ def segment_volume(
     client: Any = None,
     probabilities: bool = False,
     progress: bool = False,
+    html: bool = True,
+    ome_zarr: bool = False,
+    instances: Sequence[str] | None = None,
 ) -> SegmentationResult:
     """Segment a 3D NIfTI scan into a label mask on exactly its grid, with a report.
 
@@ -116,10 +128,15 @@ def segment_volume(
         as ``<mask>.report.json`` and ``.csv``; ``--probabilities`` adds ``<mask>_probabilities.zarr``.
     reference : optional reference mask on the same grid, in the model's label values.
     overwrite : replace existing outputs (otherwise :class:`OutputExistsError`).
-    work_dir : where the Zarr work store goes (removed after success); default a temp dir beside the output.
+    work_dir : where the Zarr work store goes; default a hidden directory beside the output. It is removed
+        after success and kept after an interruption: running the same call again resumes it.
     chunks : block side per axis in voxels (default: 128, at least 2 rois).
     cluster : local cluster settings or a scheduler address; ignored when ``client`` is given.
     client : an existing ``distributed.Client`` to reuse (flows share one across scans).
+    html : also write ``<mask>.report.html`` (viewer label files are always written beside the mask).
+    ome_zarr : also write ``<mask>.ome.zarr`` (NGFF image + labels, for napari / neuroglancer).
+    instances : class names (or values) whose connected objects get their own ids: writes
+        ``<mask>_instances.nii.gz`` (uint32) and ``<mask>.instances.csv``, and adds ``"instances"`` to the report.
 
     Raises
     ------
@@ -132,7 +149,9 @@ def segment_volume(
     mask_path = Path(output) if output else default_output(source.path)
     json_path = report_path(mask_path)
     probs_path = mask_path.with_name(_stem(mask_path) + "_probabilities.zarr") if probabilities else None
-    for path in filter(None, (mask_path, json_path, probs_path)):
+    for path in filter(None, (mask_path, json_path, probs_path,
+                              *sidecar_paths(mask_path, "volume", html=html, ome_zarr=ome_zarr),
+                              *instance_paths(mask_path, check_instances(instances, mdl.labels)))):
         check_output(path, overwrite=overwrite)
     if mask_path.resolve() == source.path.resolve():
         raise InputError(f"{mask_path}: output would overwrite the input scan")
@@ -140,22 +159,31 @@ def segment_volume(
         check_reference_labels(reference, source.geometry, mdl.card.out_channels)  # fail before the expensive part
     sha256 = sha256_file(source.path)
     block = tuple(chunks) if chunks else None
-    with work_store(Path(work_dir) if work_dir else mask_path.parent, _stem(source.path)) as (work, group):
-        image = _tile_scan(source, group, block or default_chunks(mdl.roi_size), sha256)
+    fingerprint = {"input_sha256": sha256, **engine_fingerprint(mdl, chunks=block, probabilities=probabilities)}
+    with work_store(Path(work_dir) if work_dir else mask_path.parent, mask_path, fingerprint) as work:
+        group = work.group
+        image = _tile_scan(source, work, block or default_chunks(mdl.roi_size), sha256)
         with client_scope(client, cluster or ClusterSettings()) as active:
             preload_model(active, mdl)
-            result = run_inference(image, mdl, group, client=active, chunks=block,
+            result = run_inference(image, mdl, group, client=active, chunks=block, ledger=work.ledger,
                                    probabilities=probabilities, progress=progress)
+            found = volume_instances(group, parse_classes(instances), mdl.labels, source.geometry, mask_path,
+                                     client=active) if instances else None
             workers_rss = worker_peak_rss(active)
         write_labels(result.labels, source.geometry, mask_path,
                      label_names={k: v.name for k, v in mdl.labels.items()})
         if probs_path is not None:
             with atomic_path(probs_path) as tmp:
-                shutil.copytree(work / "work.zarr" / "probabilities", tmp)
+                shutil.copytree(work.path / "work.zarr" / "probabilities", tmp)
         report = _build_report(source, sha256, mdl, mask_path, reference, result, started, workers_rss)
+        if found is not None:
+            report["instances"] = found
         csv_path = write_report(report, json_path)
+        side = write_sidecars(report, group, mdl, mask_path, geometry=source.geometry, reference=reference, html=html,
+                              ome_zarr=ome_zarr)
     return SegmentationResult(mask=mask_path, report_json=json_path, report_csv=csv_path,
-                              probabilities=probs_path, report=report)
+                              probabilities=probs_path, report=report, html=side.html,
+                              viewer_files=side.viewer_files, ome_zarr=side.ome_zarr)
 
 
 @contextlib.contextmanager
@@ -180,6 +208,7 @@ def run_facts(result: InferenceResult, *, started: float, elements: int, workers
         "mvox_per_s": round(elements / 1e6 / seconds, 4),
         "windows": result.windows,
         "blocks": result.blocks,
+        "blocks_resumed": result.blocks_resumed,
         "chunks": list(result.chunks),
         "peak_rss_mb": round((peak_rss_bytes() + workers_rss) / 2**20, 1),
         "code_version": code_version(),
@@ -204,6 +233,7 @@ def _build_report(source: NiftiScan, sha256: str, model: Model, mask: Path, refe
         "labels": label_rows(measured, model.labels, source.geometry.voxel_volume_ml, has_reference=bool(reference)),
         "pixel_accuracy": measured.pixel_accuracy if reference else None,
         "mean_pixel_accuracy": measured.mean_pixel_accuracy if reference else None,
+        "confusion_matrix": matrix.tolist() if reference else None,
         "run": run_facts(result, started=started, elements=math.prod(source.geometry.shape), workers_rss=workers_rss),
     }
 

@@ -29,7 +29,8 @@ from pipeline.engine.api import default_chunks
 from pipeline.errors import CardError, InputError, OutputError
 from pipeline.geometry import RasterGeometry
 from pipeline.hashing import sha256_file
-from pipeline.infer import InferenceResult, preload_model, run_inference
+from pipeline.infer import InferenceResult, engine_fingerprint, preload_model, run_inference
+from pipeline.instances import check_instances, instance_paths, parse_classes, raster_instances
 from pipeline.io.atomic import check_output
 from pipeline.io.geotiff import (
     MASK_SUFFIXES,
@@ -48,12 +49,13 @@ from pipeline.io.geotiff import (
     tile_to_store,
     write_mask,
 )
-from pipeline.io.store import create_array, work_store
+from pipeline.io.store import WorkStore, create_array, work_store
 from pipeline.io.vectors import check_vector_output, read_reference_vectors, write_vectors
 from pipeline.metrics import Scores, confusion, scores
 from pipeline.models import Model, load_model
 from pipeline.report import label_rows, write_report
 from pipeline.segment import SegmentationResult, client_scope, report_path, run_facts
+from pipeline.sidecars import sidecar_paths, write_sidecars
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +131,9 @@ def segment_raster(
     cluster: ClusterSettings | None = None,
     client: Any = None,
     progress: bool = False,
+    html: bool = True,
+    ome_zarr: bool = False,
+    instances: Sequence[str] | None = None,
 ) -> SegmentationResult:
     """Segment a raster scene into a class mask on exactly its pixel grid, with a report.
 
@@ -142,11 +147,15 @@ def segment_raster(
         for per-class Dice/IoU.
     bands : 1-based bands in model order; default the card's ``bands``, else every band.
     vectors : also write polygons per non-background class (``.gpkg`` or ``.geojson``).
+    instances : class names (or values) whose connected objects get their own ids, as for volumes:
+        ``<mask>_instances.tif`` (uint32; nodata pixels are in no object) and ``<mask>.instances.csv``.
     overwrite : replace existing outputs (otherwise :class:`OutputExistsError`).
     work_dir : where the Zarr work store goes (removed afterwards); default beside the output.
     chunks : inference block (rows, cols) in pixels; default: 768 (at least 2 rois), balanced over the
         workers. The Zarr tiling of the scene is rounded to the file's own tiles either way.
     cluster, client : as for :func:`pipeline.segment.segment_volume`.
+    html : also write ``<mask>.report.html`` (a QGIS style ``<mask>.qml`` is always written beside the mask).
+    ome_zarr : also write ``<mask>.ome.zarr`` (NGFF image + labels, for napari).
 
     Raises
     ------
@@ -162,32 +171,58 @@ def segment_raster(
     mask_path = Path(output) if output else default_raster_output(raster.path)
     vectors_path = Path(vectors) if vectors else None
     _check_outputs(raster.path, mask_path, vectors_path, overwrite)
+    for path in (*sidecar_paths(mask_path, "raster", html=html, ome_zarr=ome_zarr),
+                 *instance_paths(mask_path, check_instances(instances, mdl.labels))):
+        check_output(path, overwrite=overwrite)
     truth = open_truth(reference, raster.geometry, mdl) if reference else None  # fail before the expensive part
     sha256 = sha256_file(raster.path)
     block = tuple(chunks) if chunks else raster_chunks(raster.geometry, default_chunks(mdl.roi_size))
-    with work_store(Path(work_dir) if work_dir else mask_path.parent, raster.path.stem) as (work, group):
-        attrs = {"geometry": raster.geometry.to_attrs(),
-                 "source": {"path": str(raster.path), "sha256": sha256, "bands": list(selected)}}
-        polygons = work / f"vectors{vectors_path.suffix.lower()}" if vectors_path else None
+    fingerprint = {"input_sha256": sha256, "bands": list(selected),
+                   **engine_fingerprint(mdl, chunks=tuple(chunks) if chunks else None, probabilities=False)}
+    with work_store(Path(work_dir) if work_dir else mask_path.parent, mask_path, fingerprint) as work:
+        group = work.group
+        polygons = work.path / f"vectors{vectors_path.suffix.lower()}" if vectors_path else None
         with client_scope(client, cluster or ClusterSettings()) as active:
-            image, valid, n_valid = tile_to_store(raster, selected, group, block, client=active, attributes=attrs)
-            result = _infer(raster, image, n_valid, mdl, group, active, block, tuple(chunks) if chunks else None, progress)
+            image, valid, n_valid = _tile(raster, selected, work, block, sha256, active)
+            result = _infer(raster, image, n_valid, mdl, work, active, block, tuple(chunks) if chunks else None,
+                            progress)
             features = write_vectors(str(group.store.root), raster.geometry, block, polygons, names=mdl.labels,
                                      client=active) if polygons else None
+            found = raster_instances(group, parse_classes(instances), mdl.labels, raster.geometry, mask_path,
+                                     client=active, metres=metres_per_unit(raster.geometry)) if instances else None
             workers_rss = worker_peak_rss(active)
         matrix = _confusion(result.labels, valid, mdl.card.out_channels, truth)
-        write_mask(result.labels, valid, raster.geometry, mask_path, names=mdl.labels, work_dir=work)
+        write_mask(result.labels, valid, raster.geometry, mask_path, names=mdl.labels, work_dir=work.path)
         if polygons and vectors_path:
             publish(polygons, vectors_path)
         facts = {"bands": list(selected), "valid_pixels": n_valid, "features": features, "started": started,
                  "workers_rss": workers_rss}
         report = _build_report(raster, sha256, mdl, mask_path, vectors_path, reference, matrix, result, facts)
+        if found is not None:
+            report["instances"] = found
         csv_path = write_report(report, report_path(mask_path))
+        side = write_sidecars(report, group, mdl, mask_path, geometry=raster.geometry, reference=truth, html=html,
+                              ome_zarr=ome_zarr)
     return SegmentationResult(mask=mask_path, report_json=report_path(mask_path), report_csv=csv_path,
-                              probabilities=None, report=report, vectors=vectors_path)
+                              probabilities=None, report=report, vectors=vectors_path, html=side.html,
+                              viewer_files=side.viewer_files, ome_zarr=side.ome_zarr)
 
 
-def _infer(raster: Raster, image: zarr.Array, n_valid: int, model: Model, group: zarr.Group, client: Any,
+def _tile(raster: Raster, bands: tuple[int, ...], work: WorkStore, block: tuple[int, ...], sha256: str,
+          client: Any) -> tuple[zarr.Array, zarr.Array, int]:
+    """Bands and validity in the work store (kept from an interrupted run when it finished tiling)."""
+    if "image" in work.ledger:
+        image = work.group["image"]
+        return image, work.group["valid"], int(image.attrs["valid_pixels"])
+    attrs = {"geometry": raster.geometry.to_attrs(),
+             "source": {"path": str(raster.path), "sha256": sha256, "bands": list(bands)}}
+    image, valid, n_valid = tile_to_store(raster, bands, work.group, block, client=client, attributes=attrs)
+    image.attrs.update({"valid_pixels": n_valid})
+    work.ledger.mark("image")
+    return image, valid, n_valid
+
+
+def _infer(raster: Raster, image: zarr.Array, n_valid: int, model: Model, work: WorkStore, client: Any,
            block: tuple[int, ...], chunks: tuple[int, ...] | None, progress: bool) -> InferenceResult:
     """Run the engine, or skip it when the scene has no valid pixel (the mask is then all nodata).
 
@@ -196,10 +231,12 @@ def _infer(raster: Raster, image: zarr.Array, n_valid: int, model: Model, group:
     """
     if n_valid == 0:
         logger.warning("%s: every pixel is nodata; writing an all-nodata mask without running the model", raster.path)
-        labels = create_array(group, "labels", shape=image.shape[1:], chunks=block, dtype=np.uint8, channel_axis=False)
+        labels = create_array(work.group, "labels", shape=image.shape[1:], chunks=block, dtype=np.uint8,
+                              channel_axis=False)
         return InferenceResult(labels=labels, probabilities=None, seconds=0.0, windows=0, blocks=0, chunks=block)
     preload_model(client, model)
-    return run_inference(image, model, group, client=client, chunks=chunks, progress=progress)
+    return run_inference(image, model, work.group, client=client, chunks=chunks, progress=progress,
+                         ledger=work.ledger)
 
 
 def _confusion(labels: zarr.Array, valid: zarr.Array, n_labels: int, truth: Truth | None) -> np.ndarray:
@@ -249,5 +286,6 @@ def _build_report(raster: Raster, sha256: str, model: Model, mask: Path, vectors
         "labels": rows,
         "pixel_accuracy": measured.pixel_accuracy if reference else None,
         "mean_pixel_accuracy": measured.mean_pixel_accuracy if reference else None,
+        "confusion_matrix": matrix.tolist() if reference else None,
         "run": run_facts(result, started=facts["started"], elements=pixels, workers_rss=facts["workers_rss"]),
     }

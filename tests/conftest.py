@@ -45,3 +45,12 @@ def client2() -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def client1() -> Iterator[Any]:
     yield from _client(1)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One temporary Prefect server (SQLite) for every in-process flow test of the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield

@@ -110,7 +110,8 @@ def test_real_rgb_scene_with_band_order_and_nodata(tmp_path: Path, data_dir: Pat
     assert row["area_ha"] == pytest.approx(row["area"] / 1e4)
     header = "label,name,pixels,area,reference_pixels,reference_area,dice,iou,area_ha\n"
     assert result.report_csv.read_text().startswith(header)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["rgb_seg.report.csv", "rgb_seg.report.json", "rgb_seg.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rgb_seg.qml", "rgb_seg.report.csv", "rgb_seg.report.html",
+                                                      "rgb_seg.report.json", "rgb_seg.tif"]
 
 
 @pytest.mark.slow

@@ -110,7 +110,8 @@ def test_cli_end_to_end(tmp_path: Path, data_dir: Path, tiny_card: Path) -> None
     assert done.returncode == 0, done.stderr
     assert f"mask:   {out}" in done.stdout and "Mvox/s" in done.stdout
     assert (tmp_path / "ct_seg.report.json").is_file() and (tmp_path / "ct_seg.report.csv").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct_seg.nii.gz", "ct_seg.report.csv", "ct_seg.report.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct_seg.ctbl", "ct_seg.itksnap.txt", "ct_seg.nii.gz",
+                                                      "ct_seg.report.csv", "ct_seg.report.html", "ct_seg.report.json"]
     evaluated = subprocess.run([exe, "evaluate", out, out], capture_output=True, text=True, timeout=60, check=True)
     report = json.loads(evaluated.stdout)
     assert report["pixel_accuracy"] == 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,35 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except BaseException:
         _remove(tmp)
         raise
+
+
+_PARTIAL = re.compile(r"^\..+\.(\d+)\.partial$")
+
+
+def sweep_partials(directory: Path) -> list[Path]:
+    """Remove temporaries of :func:`atomic_path` whose writing process is gone (killed mid-write).
+
+    A SIGKILL skips every cleanup, so the next run in the same directory does it; temporaries
+    of live processes (another run writing right now) are left alone.
+    """
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in directory.iterdir():
+            match = _PARTIAL.match(entry.name)
+            if match and not _alive(int(match.group(1))):
+                _remove(entry)
+                removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _remove(path: Path) -> None:

@@ -195,9 +195,17 @@ def read_bands(path: Path, bands: Sequence[int], dtype: str, rows: slice, cols: 
     return data, valid
 
 
-def copy_window(path: str, bands: tuple[int, ...], dtype: str, rows: slice, cols: slice, store: str) -> int:
-    """Dask task: copy one window into ``image`` and ``valid``; returns its valid pixel count."""
-    data, valid = read_bands(Path(path), bands, dtype, rows, cols)
+def copy_window(path: str, bands: tuple[int, ...], dtype: str, rows: slice, cols: slice, store: str) -> int | str:
+    """Dask task: copy one window into ``image`` and ``valid``; returns its valid pixel count.
+
+    A window that cannot be read (a corrupt tile) returns the :class:`InputError`'s message instead,
+    raised again by :func:`tile_to_store` on the client: a bad input is not a failed task, which
+    Dask would log with a traceback from the worker.
+    """
+    try:
+        data, valid = read_bands(Path(path), bands, dtype, rows, cols)
+    except InputError as e:
+        return str(e)
     write_region(store, "image", (slice(None), rows, cols), data)
     write_region(store, "valid", (rows, cols), valid)
     return int(valid.sum())
@@ -221,7 +229,13 @@ def tile_to_store(raster: Raster, bands: tuple[int, ...], group: zarr.Group, chu
     windows = read_windows(geometry.shape, chunks, len(bands) * (itemsize + 1) + 2)  # pixels, masks, validity
     futures = [client.submit(copy_window, str(raster.path), bands, geometry.dtype, rows, cols, store, pure=False)
                for rows, cols in windows]
-    total = sum(future.result() for future in as_completed(futures))
+    total = 0
+    for future in as_completed(futures):
+        count = future.result()
+        if isinstance(count, str):
+            client.cancel(futures)
+            raise InputError(count)
+        total += count
     logger.debug("tiled %s: %d windows, %d valid pixels", raster.path, len(windows), total)
     return image, valid, total
 

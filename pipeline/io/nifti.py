@@ -7,7 +7,9 @@ and the mask writer emits the header and then one slab at a time.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import itertools
 import logging
 import math
 from collections.abc import Iterator
@@ -24,6 +26,9 @@ from pipeline.io.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
+#: qform and sform may disagree this much (mm, at a corner) before we warn: float32 rounding, or a
+#: rigid qform approximating a slightly sheared sform, is normal.
+QFORM_SFORM_TOLERANCE_MM = 0.1
 #: Refuse volumes with more voxels than this (a corrupt header, not a scan): 2**36 = 68.7 G voxels.
 MAX_VOXELS = 2**36
 NIFTI_INTENT_LABEL = 1002
@@ -72,7 +77,21 @@ def open_scan(path: str | Path) -> NiftiScan:
     geometry = VolumeGeometry.from_header(image.header, shape, image.affine)
     if not np.all(np.isfinite(geometry.affine_matrix)) or abs(np.linalg.det(geometry.affine_matrix[:3, :3])) < 1e-12:
         raise InputError(f"{path}: affine is not invertible or not finite; cannot place the mask in space")
+    apart = qform_sform_distance(image.header, shape)
+    if apart > QFORM_SFORM_TOLERANCE_MM:
+        logger.warning("%s: qform and sform disagree (a corner voxel %.3g mm apart); using the sform as nibabel "
+                       "does; the mask copies both, so it overlays the scan in any viewer", path, apart)
     return NiftiScan(path=path, proxy=image.dataobj, geometry=geometry, dtype=np.dtype(dtype))
+
+
+def qform_sform_distance(header: Any, shape: tuple[int, ...]) -> float:
+    """How far apart (mm) the qform and the sform put the volume's farthest corner; 0 unless both are set."""
+    qform, qform_code = header.get_qform(coded=True)
+    sform, sform_code = header.get_sform(coded=True)
+    if not qform_code or not sform_code:
+        return 0.0
+    corners = np.array([[*corner, 1.0] for corner in itertools.product(*[(0, side - 1) for side in shape])])
+    return float(np.linalg.norm(corners @ (qform - sform).T[:, :3], axis=1).max())
 
 
 def _check_size(path: Path, image: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
@@ -140,13 +159,24 @@ def write_labels(labels: Any, geometry: VolumeGeometry, path: Path, *, label_nam
     header["descrip"] = b"volseg label mask"
     offset = header.single_vox_offset
     header.set_data_offset(offset)
-    opener = gzip.open if path.name.endswith(".gz") else open
     thickness = labels.chunks[-1] if hasattr(labels, "chunks") and isinstance(labels.chunks[-1], int) else 16
-    with atomic_path(path) as tmp, opener(tmp, "wb", **({"compresslevel": 1} if opener is gzip.open else {})) as fh:
+    with atomic_path(path) as tmp, _deterministic_writer(tmp, gz=path.name.endswith(".gz")) as fh:
         header.write_to(fh)  # header + empty extension flag
         fh.write(b"\x00" * (offset - fh.tell()))
         for k0 in range(0, geometry.shape[2], thickness):
             fh.write(np.asarray(labels[:, :, k0 : k0 + thickness]).tobytes(order="F"))
+
+
+@contextlib.contextmanager
+def _deterministic_writer(path: Path, *, gz: bool) -> Iterator[Any]:
+    """Same labels -> same bytes: the gzip header carries no file name and no time stamp, so a
+    resumed run's mask is byte-identical to an uninterrupted one's."""
+    with open(path, "wb") as raw:
+        if not gz:
+            yield raw
+            return
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=1, mtime=0) as fh:
+            yield fh
 
 
 def read_reference(path: str | Path, geometry: VolumeGeometry) -> NiftiScan:

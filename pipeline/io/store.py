@@ -9,9 +9,13 @@ engine's block grid, so one Dask task owns each chunk.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import logging
+import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +23,25 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from pipeline.errors import (
+    CardError,
+    InputError,
+    ModelError,
+    OutputBusyError,
+    OutputError,
+    OutputExistsError,
+    PipelineError,
+    RunInterrupted,
+    SettingsError,
+)
+from pipeline.io.atomic import atomic_path, sweep_partials
+from pipeline.io.lock import lock_holder, output_lock
+
+logger = logging.getLogger(__name__)
+
 COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
 SPATIAL_NAMES = {2: ("y", "x"), 3: ("i", "j", "k")}
+FINGERPRINT = "fingerprint.json"
 
 
 def open_work_group(path: Path, *, overwrite: bool = False) -> zarr.Group:
@@ -28,16 +49,126 @@ def open_work_group(path: Path, *, overwrite: bool = False) -> zarr.Group:
     return zarr.open_group(zarr.storage.LocalStore(path), mode="w" if overwrite else "a", zarr_format=3)
 
 
+@dataclass(frozen=True)
+class Ledger:
+    """Completion records: one small file per finished step (``image``, each block), written after
+    the data it vouches for, by rename, so a record never exists for half-written chunks.
+
+    Picklable (a path), so the Dask task that writes a block records it too.
+    """
+
+    path: str
+
+    def mark(self, name: str) -> None:
+        final = os.path.join(self.path, name)
+        tmp = f"{final}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+
+    def names(self) -> set[str]:
+        try:
+            return {n for n in os.listdir(self.path) if not n.endswith(".tmp")}
+        except FileNotFoundError:
+            return set()
+
+    def __contains__(self, name: str) -> bool:
+        return os.path.exists(os.path.join(self.path, name))
+
+
+def block_name(region: Sequence[slice]) -> str:
+    """A block's completion record name, from where it starts: ``block-0-128-64``."""
+    return "block-" + "-".join(str(s.start or 0) for s in region)
+
+
+@dataclass(frozen=True)
+class WorkStore:
+    """A run's work directory: ``work.zarr``, the ledger, and the fingerprint it was made for."""
+
+    path: Path
+    group: zarr.Group
+    ledger: Ledger
+    resumed: bool
+
+    def blocks_done(self) -> int:
+        return sum(name.startswith("block-") for name in self.ledger.names())
+
+
+def work_dir_for(root: Path, output: Path) -> Path:
+    """One hidden work directory per output path, so a re-run of the same command finds it."""
+    digest = hashlib.sha256(str(output.resolve()).encode()).hexdigest()[:8]
+    return root / f".volseg-{output.name}-{digest}.work"
+
+
+#: Failures after which the work store is worth keeping: the input and model were fine, the run
+#: was stopped (signal, disk full, lost worker, crash). Input/model errors would fail again.
+_NOT_RESUMABLE = (InputError, CardError, ModelError, SettingsError, OutputExistsError)
+
+
 @contextlib.contextmanager
-def work_store(root: Path, stem: str) -> Iterator[tuple[Path, zarr.Group]]:
-    """A fresh hidden work directory under ``root`` with its ``work.zarr`` group; removed on exit,
-    success or failure, so no run leaves a work store behind."""
-    root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".volseg-{stem}-", dir=root))
+def work_store(root: Path, output: Path, fingerprint: dict[str, Any]) -> Iterator[WorkStore]:
+    """Open (resume) or create the work store for ``output``, under its exclusive lock.
+
+    A store left by an interrupted run with the same ``fingerprint`` (input sha256, model, engine
+    parameters, code) is resumed; one with any other fingerprint is discarded, never mixed. The
+    store is removed after success and after input/model errors; after an interruption or an
+    infrastructure failure it is kept, and the error says how to resume.
+    """
     try:
-        yield work, open_work_group(work / "work.zarr", overwrite=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{root}: cannot create the work directory ({e.strerror or e})") from e
+    path = work_dir_for(root, output)
+    lock = path.with_name(path.name + ".lock")
+    with output_lock(lock) as held:
+        if not held:
+            raise OutputBusyError(f"{output}: another run is writing it ({lock_holder(lock)}); "
+                                  "wait for it to finish")
+        sweep_partials(output.parent)
+        store = _open(path, fingerprint)
+        try:
+            yield store
+        except KeyboardInterrupt as e:
+            raise RunInterrupted(f"interrupted; {_kept(store)}") from e
+        except _NOT_RESUMABLE:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        except PipelineError:
+            logger.warning("work store kept for resuming: %s", path)
+            raise
+        except OSError as e:
+            where = e.filename or output
+            raise OutputError(f"{where}: {e.strerror or e}; {_kept(store)}") from e
+        except BaseException:
+            logger.warning("work store kept for resuming: %s", path)
+            raise
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _kept(store: WorkStore) -> str:
+    return (f"{store.blocks_done()} finished block(s) kept in {store.path}; "
+            "run the same command again to resume")
+
+
+def _open(path: Path, fingerprint: dict[str, Any]) -> WorkStore:
+    record = path / FINGERPRINT
+    if path.exists():
+        try:
+            previous = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            previous = None
+        if previous == fingerprint:
+            logger.info("resuming from %s", path)
+            return WorkStore(path, open_work_group(path / "work.zarr"), Ledger(str(path / "done")), resumed=True)
+        changed = sorted(k for k in fingerprint if (previous or {}).get(k) != fingerprint[k])
+        logger.warning("discarding work store %s: made with a different %s", path, ", ".join(changed) or "format")
+        shutil.rmtree(path)
+    (path / "done").mkdir(parents=True)
+    group = open_work_group(path / "work.zarr", overwrite=True)
+    with atomic_path(record) as tmp:
+        tmp.write_text(json.dumps(fingerprint, indent=1, sort_keys=True), encoding="utf-8")
+    return WorkStore(path, group, Ledger(str(path / "done")), resumed=False)
 
 
 def create_array(group: zarr.Group, name: str, *, shape: Sequence[int], chunks: Sequence[int],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +51,3 @@ def ct_catalog(tmp_path: Path, tiny_card: Path) -> Path:
     return write_catalog(tmp_path, [{"name": "ct", "kind": "medical", "directory": "scans", "glob": "*.nii.gz",
                                      "model": str(tiny_card), "reference": {"directory": "refs",
                                                                             "name": "{stem}_ref.nii.gz"}}])
-
-
-@pytest.fixture(scope="session")
-def prefect_harness() -> Iterator[None]:
-    """One temporary Prefect server (SQLite) for every in-process flow test of the session."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield

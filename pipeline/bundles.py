@@ -1,0 +1,260 @@
+"""Import models people already have: MONAI bundles and TorchScript files, into the same :class:`Model`.
+
+* A **MONAI bundle** is a directory with ``configs/inference.json`` (or ``.yaml``) and
+  ``models/model.pt`` (a state_dict). The network is built from the config's ``network_def`` with
+  ``monai.bundle.ConfigParser`` and the weights load with ``torch.load(weights_only=True)``.
+  Loaded as a directory, the roi, labels and intensity preprocessing come from the bundle
+  (``inferer``, ``preprocessing`` in the inference config; ``network_data_format`` in
+  ``configs/metadata.json``). Loaded through a volseg card (``architecture: bundle``,
+  ``weights: <bundle>/models/model.pt``), **the card wins**: its roi, labels and preprocess are
+  used and the bundle only supplies the network, so a card can fix what a bundle leaves unsaid.
+  A ``volseg.yaml`` card inside the bundle directory is used when the directory is loaded.
+* A **TorchScript** file is named by a card (``architecture: torchscript``, ``weights: x.ts``);
+  passing the file itself finds the card beside it (``x.yaml``). It loads with ``torch.jit.load``
+  on the CPU after the card's sha256 is checked.
+
+Trust: building a bundle's network runs its config. ``_target_`` can name any Python callable and
+``$`` expressions are ``eval``'d, so by default only ``monai.*`` targets (or MONAI's short names)
+and no expressions, macros of code (``_requires_``) or ``_mode_`` are allowed in ``network_def``
+and everything it references. ``trust=True`` lifts that: only pass it for bundles whose code you
+would run. TorchScript runs only TorchScript code (no pickle), so it needs no such flag.
+volseg never resamples: spatial transforms in a bundle's preprocessing (``Spacingd``,
+``Orientationd``) are not applied, so give it scans already on the grid it expects.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from pipeline.cards import ModelCard
+from pipeline.errors import CardError, ModelError
+from pipeline.hashing import sha256_file
+from pipeline.models import Model, load_weights
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
+WEIGHTS = Path("models") / "model.pt"
+CARD_IN_BUNDLE = "volseg.yaml"
+TORCHSCRIPT_SUFFIXES = (".ts", ".pt", ".pth")
+#: Colours for labels a bundle does not colour (it never does).
+PALETTE = [(0, 0, 0), (230, 60, 60), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+           (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60)]
+
+
+def bundle_config(root: Path) -> Path | None:
+    """The inference config of a bundle directory, or None when ``root`` is not a bundle."""
+    if not root.is_dir():
+        return None
+    return next((root / "configs" / n for n in CONFIG_NAMES if (root / "configs" / n).is_file()), None)
+
+
+def imported_path(name_or_path: Any) -> Path | None:
+    """The card or bundle directory to load when ``name_or_path`` is a bundle or a TorchScript file, else None."""
+    if name_or_path is None:
+        return None
+    path = Path(name_or_path)
+    if bundle_config(path) is not None:
+        return path / CARD_IN_BUNDLE if (path / CARD_IN_BUNDLE).is_file() else path.resolve()  # workers' cwd
+    if path.suffix in TORCHSCRIPT_SUFFIXES and path.is_file():
+        card = next((c for c in (path.with_suffix(".yaml"), path.with_suffix(".yml")) if c.is_file()), None)
+        if card is None:
+            raise CardError(f"{path}: a TorchScript or weights file needs a card beside it ({path.stem}.yaml) "
+                            "saying its roi, labels and preprocessing")
+        return card
+    return None
+
+
+# ---------------------------------------------------------------- bundles
+
+
+def _parser(root: Path) -> Any:
+    from monai.bundle import ConfigParser
+
+    config = bundle_config(root)
+    if config is None:
+        raise ModelError(f"{root}: not a MONAI bundle (no configs/inference.json)")
+    parser = ConfigParser()
+    try:
+        parser.read_config(str(config))
+        metadata = root / "configs" / "metadata.json"
+        if metadata.is_file():
+            parser.read_meta(str(metadata))
+        parser["bundle_root"] = str(root)
+        parser.resolve_macro_and_relative_ids()
+    except (ValueError, OSError, KeyError) as e:
+        raise ModelError(f"{config}: not a readable bundle config ({str(e).splitlines()[0] if str(e) else e})") from e
+    if parser.get("network_def") is None:
+        raise ModelError(f"{config}: the bundle config has no 'network_def'")
+    return parser
+
+
+def untrusted_parts(parser: Any, root: str = "network_def") -> list[str]:
+    """What building ``root`` would run beyond MONAI's own classes: non-monai targets, expressions, ...
+
+    Follows ``@`` references transitively, since the parser resolves them while building.
+    """
+    from monai.bundle.reference_resolver import ReferenceResolver
+
+    found: list[str] = []
+    seen: set[str] = set()
+    todo = [root]
+    while todo:
+        ident = todo.pop()
+        if ident in seen:
+            continue
+        seen.add(ident)
+        stack = [(ident, parser.get(ident))]
+        while stack:
+            where, node = stack.pop()
+            if isinstance(node, dict):
+                for key, value in node.items():
+                    if key == "_target_" and isinstance(value, str) and "." in value and not value.startswith("monai."):
+                        found.append(f"{where}: _target_ {value!r}")
+                    elif key in ("_requires_", "_mode_") and not (key == "_mode_" and value == "default"):
+                        found.append(f"{where}: {key}")
+                    stack.append((f"{where}::{key}", value))
+            elif isinstance(node, list):
+                stack.extend((f"{where}::{i}", v) for i, v in enumerate(node))
+            elif isinstance(node, str):
+                if node.startswith("$"):
+                    found.append(f"{where}: expression {node[:60]!r}")
+                todo.extend(ReferenceResolver.match_refs_pattern(node))
+    return found
+
+
+def build_bundle_network(root: Path, *, trust: bool = False) -> Any:
+    """The bundle's ``network_def``, built by MONAI's ConfigParser after the trust check."""
+    parser = _parser(root)
+    risky = untrusted_parts(parser)
+    if risky and not trust:
+        raise ModelError(f"{root}: bundle config would run code outside monai ({risky[0]}"
+                         f"{f' and {len(risky) - 1} more' if len(risky) > 1 else ''}); "
+                         "load it with load_model(..., trust=True) only if you would run its code")
+    try:
+        return parser.get_parsed_content("network_def", instantiate=True)
+    except Exception as e:  # the config names the class; any failure to build it is the bundle's
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelError(f"{root}: cannot build the bundle's network_def ({reason})") from e
+
+
+def _bundle_state(path: Path, expected: str) -> dict[str, Any]:
+    """A bundle's ``model.pt``: a state_dict, or a checkpoint dict holding one under ``model``."""
+    state = load_weights(path, expected)
+    inner = state.get("model")
+    return inner if isinstance(inner, dict) else state
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def bundle_preprocess(parser: Any) -> dict[str, Any]:
+    """The intensity step of the bundle's ``preprocessing`` as a card ``preprocess`` (window or zscore)."""
+    steps: list[dict[str, Any]] = []
+    stack = [parser.get("preprocessing")]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            steps.append(node)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    for step in steps:
+        target = str(step.get("_target_", "")).rsplit(".", 1)[-1]
+        if target in ("ScaleIntensityRanged", "ScaleIntensityRange"):
+            values = {k: _number(step.get(k)) for k in ("a_min", "a_max", "b_min", "b_max")}
+            if None not in values.values():
+                return {"kind": "window", **values}
+        if target in ("NormalizeIntensityd", "NormalizeIntensity") and not step.get("channel_wise"):
+            return {"kind": "zscore", "threshold": 0.0 if step.get("nonzero") else None}
+        if target in ("Spacingd", "Orientationd", "Spacing", "Orientation"):
+            logger.warning("bundle preprocessing has %s; volseg does not resample, so scans must already be on "
+                           "the grid the bundle expects", target)
+    raise CardError("cannot tell the bundle's intensity preprocessing (no ScaleIntensityRanged with numbers or "
+                    "NormalizeIntensityd); write a volseg card for it (architecture: bundle)")
+
+
+def bundle_card(root: Path, parser: Any, sha256: str) -> ModelCard:
+    """A card made from the bundle's own config and metadata."""
+    meta = parser.get("_meta_") or {}
+    data_format = meta.get("network_data_format") or {}
+    inputs = next(iter((data_format.get("inputs") or {}).values()), {})
+    outputs = next(iter((data_format.get("outputs") or {}).values()), {})
+    inferer = parser.get("inferer") or {}
+    roi = inferer.get("roi_size") or inputs.get("spatial_shape")
+    if not isinstance(roi, list) or not all(isinstance(s, int) for s in roi):
+        raise CardError(f"{root}: the bundle states no numeric roi (inferer.roi_size or metadata spatial_shape); "
+                        "write a volseg card for it")
+    names = outputs.get("channel_def") or {}
+    count = int(outputs.get("num_channels") or len(names) or 0)
+    if count < 1:
+        raise CardError(f"{root}: the bundle's metadata does not say its output channels; write a volseg card")
+    labels = {i: {"name": str(names.get(str(i), names.get(i, f"class{i}"))), "color": PALETTE[i % len(PALETTE)]}
+              for i in range(count)}
+    name = re.sub(r"[^a-z0-9_.-]+", "-", str(meta.get("name") or root.name).lower()).strip("-.") or "bundle"
+    try:
+        preprocess = bundle_preprocess(parser)
+    except CardError as e:
+        raise CardError(f"{root}: {e}") from e
+    try:
+        return ModelCard.model_validate({
+            "name": name, "description": str(meta.get("description", "")), "architecture": "bundle",
+            "domain": "medical" if len(roi) == 3 else "geo", "spatial_dims": len(roi),
+            "in_channels": int(inputs.get("num_channels") or 1), "labels": labels, "roi_size": roi,
+            "overlap": float(inferer.get("overlap", 0.25)), "sw_batch_size": int(inferer.get("sw_batch_size", 4)),
+            "preprocess": preprocess, "weights": str(WEIGHTS), "sha256": sha256,
+            "training": {"source": f"MONAI bundle {meta.get('name', root.name)} {meta.get('version', '')}".strip()}})
+    except ValueError as e:
+        raise CardError(f"{root}: bundle metadata does not make a valid card ({str(e).splitlines()[0]})") from e
+
+
+def load_bundle(root: Path, card: ModelCard | None = None, card_path: Path | None = None, *,
+                trust: bool = False) -> Model:
+    """A bundle as a :class:`Model`: its network and weights; roi/labels/preprocess from ``card`` if given."""
+    weights = root / WEIGHTS
+    if not weights.is_file():
+        raise ModelError(f"{root}: bundle has no {WEIGHTS}")
+    network = build_bundle_network(root, trust=trust)
+    sha256 = card.sha256 if card is not None and card.sha256 else sha256_file(weights)
+    if card is None:
+        card = bundle_card(root, _parser(root), sha256)
+    try:
+        network.load_state_dict(_bundle_state(weights, sha256), strict=True)
+    except RuntimeError as e:
+        raise ModelError(f"{weights}: weights do not fit the bundle's network_def ({str(e).splitlines()[0]})") from e
+    network.eval()
+    return Model(card=card, card_path=card_path or root, network=network, sha256=sha256)
+
+
+# ---------------------------------------------------------------- cards naming imported models
+
+
+def load_imported(card: ModelCard, card_path: Path, *, trust: bool = False) -> Model:
+    """Load the network of a card whose architecture is ``torchscript`` or ``bundle``."""
+    weights = card_path.parent / str(card.weights)
+    if card.architecture == "bundle":
+        if weights.parent.name != "models" or bundle_config(weights.parent.parent) is None:
+            raise CardError(f"{card_path}: bundle weights must be <bundle>/models/model.pt, not {card.weights}")
+        return load_bundle(weights.parent.parent, card, card_path, trust=trust)
+    return Model(card=card, card_path=card_path, network=load_torchscript(weights, str(card.sha256)),
+                 sha256=str(card.sha256))
+
+
+def load_torchscript(path: Path, expected_sha256: str) -> Any:
+    """``torch.jit.load`` on the CPU after the checksum: TorchScript code only, never a pickle."""
+    import torch
+
+    if not path.is_file():
+        raise ModelError(f"{path}: TorchScript file not found")
+    actual = sha256_file(path)
+    if actual != expected_sha256:
+        raise ModelError(f"{path}: weights sha256 is {actual[:12]}..., the card expects {expected_sha256[:12]}...")
+    try:
+        network = torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, ValueError) as e:
+        raise ModelError(f"{path}: not a TorchScript file ({str(e).splitlines()[0] if str(e) else e})") from e
+    return network.eval()
