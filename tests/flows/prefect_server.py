@@ -83,3 +83,15 @@ def trigger(env: dict[str, str]) -> uuid.UUID:
     return uuid.UUID(match.group(1))
 
 
+def kill_tree(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a process and every descendant at once, as a crash or an OOM kill would: no cleanup runs."""
+    import psutil
+
+    try:
+        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    for member in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    process.wait(timeout=30)
