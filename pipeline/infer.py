@@ -71,8 +71,11 @@ def _load_network(ref: Any) -> str:
 
 
 def preload_model(client: Any, model: Model) -> None:
-    """Load the model once in every worker now (cached per process), instead of inside the first block."""
-    client.run(_load_network, model.ref)
+    """Load the model once in every worker now (cached per process), instead of inside the first block.
+
+    Only a head start: a worker lost meanwhile (or added later) loads it in its first task instead.
+    """
+    client.run(_load_network, model.ref, on_error="ignore")
 
 
 def stream_merges(client: Any, plan: list[MergeTask], store: str, dtype: str, probabilities: bool, *,

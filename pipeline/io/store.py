@@ -9,6 +9,7 @@ engine's block grid, so one Dask task owns each chunk.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -42,6 +43,10 @@ logger = logging.getLogger(__name__)
 COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
 SPATIAL_NAMES = {2: ("y", "x"), 3: ("i", "j", "k")}
 FINGERPRINT = "fingerprint.json"
+#: File-system failures a user must act on (space, quota, permissions, read-only or failing disk): reported as
+#: one-line OutputErrors. Other OSErrors (network, lost workers) stay what they are, so flows retry them.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
+                            errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.EFBIG})
 
 
 def open_work_group(path: Path, *, overwrite: bool = False) -> zarr.Group:
@@ -138,6 +143,9 @@ def work_store(root: Path, output: Path, fingerprint: dict[str, Any]) -> Iterato
             logger.warning("work store kept for resuming: %s", path)
             raise
         except OSError as e:
+            if e.errno not in STORAGE_ERRNOS:  # e.g. a lost Dask connection: transient, re-raised as is
+                logger.warning("work store kept for resuming: %s", path)
+                raise
             where = e.filename or output
             raise OutputError(f"{where}: {e.strerror or e}; {_kept(store)}") from e
         except BaseException:

@@ -53,6 +53,14 @@ def test_input_errors_remove_the_store_and_infrastructure_errors_keep_it(tmp_pat
     assert work_dir_for(tmp_path, output).exists()
 
 
+def test_a_lost_connection_stays_transient_and_keeps_the_store(tmp_path: Path) -> None:
+    """Not turned into an OutputError (a user error, never retried by flows): re-raised as it was."""
+    output = tmp_path / "mask.nii.gz"
+    with pytest.raises(ConnectionResetError), work_store(tmp_path, output, PRINT):
+        raise ConnectionResetError(104, "Connection reset by peer")
+    assert work_dir_for(tmp_path, output).exists()
+
+
 def test_one_store_per_output_path(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
