@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.choices import check_choice
 from pipeline.errors import CardError
+from pipeline.yamlfile import read_mapping
 
 #: Registry of networks a card may name: card name -> (module, class). Imported lazily.
 ARCHITECTURES: dict[str, tuple[str, str]] = {
@@ -299,17 +299,7 @@ def load_card(path: str | Path) -> ModelCard:
         The file is not YAML, uses non-safe tags, or fails validation.
     """
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise CardError(f"{path}: model card not found") from e
-    except OSError as e:  # a directory, no permission
-        raise CardError(f"{path}: cannot read the model card ({e.strerror or e})") from e
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        reason = str(e).splitlines()[0]
-        raise CardError(f"{path}: not a valid YAML model card ({reason})") from e
-    if not isinstance(data, dict):
-        raise CardError(f"{path}: a model card must be a YAML mapping, got {type(data).__name__}")
+    data = read_mapping(path, "model card", CardError)
     try:
         return ModelCard.model_validate(data)
     except ValidationError as e:

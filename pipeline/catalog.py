@@ -13,7 +13,6 @@ Nothing here reads a scan or a model: :mod:`pipeline.manifest` decides what to r
 from __future__ import annotations
 
 import difflib
-
 import importlib
 import logging
 import re
@@ -24,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Annotated, Any
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -36,9 +34,10 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.cluster import ClusterSettings
 from pipeline.choices import check_choice
+from pipeline.cluster import ClusterSettings
 from pipeline.errors import CatalogError, OutputError
+from pipeline.yamlfile import read_mapping
 
 logger = logging.getLogger(__name__)
 
@@ -420,27 +419,10 @@ def load_catalog(path: str | Path) -> Catalog:
         The message is one line: ``<file>: <key>: <what is wrong>``.
     """
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise CatalogError(f"{path}: data catalog not found") from e
-    except OSError as e:  # a directory, no permission
-        raise CatalogError(f"{path}: cannot read the data catalog ({e.strerror or e})") from e
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise CatalogError(f"{path}: not a valid YAML data catalog ({_yaml_reason(e)})") from e
-    if not isinstance(data, dict):
-        raise CatalogError(f"{path}: a data catalog must be a YAML mapping, got {type(data).__name__}")
+    data = read_mapping(path, "data catalog", CatalogError)
     try:
         catalog = Catalog.model_validate(data, context={"base": path.resolve().parent})
     except ValidationError as e:
         raise CatalogError(f"{path}: {_describe(e)}") from e
     catalog._file = path
     return catalog
-
-
-def _yaml_reason(error: Exception) -> str:
-    """``problem at line L, column C`` for YAML errors (they span several lines otherwise)."""
-    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
-        mark = error.problem_mark
-        return f"{error.problem} at line {mark.line + 1}, column {mark.column + 1}"
-    return str(error).splitlines()[0]

@@ -38,6 +38,7 @@ from pipeline.datasets import LabelledImage, Region, load_pair, split_regions
 from pipeline.errors import CardError, ModelError, PipelineError
 from pipeline.hashing import sha256_file
 from pipeline.models import apply_preprocess, build_network, intensity_statistics
+from pipeline.yamlfile import read_mapping
 
 logger = logging.getLogger(__name__)
 
@@ -74,14 +75,7 @@ class TrainResult:
 
 def read_template(path: Path) -> tuple[ModelCard, Recipe, dict[str, Any]]:
     """Read a card to train: like :func:`pipeline.cards.load_card`, but weights and sha256 may be missing."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise CardError(f"{path}: model card not found") from e
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise CardError(f"{path}: not a valid YAML model card ({str(e).splitlines()[0]})") from e
-    if not isinstance(data, dict):
-        raise CardError(f"{path}: a model card must be a YAML mapping, got {type(data).__name__}")
+    data = read_mapping(path, "model card", CardError)
     data.setdefault("weights", f"{data.get('name', path.stem)}.pt")
     data.setdefault("sha256", PLACEHOLDER_SHA256)
     try:
