@@ -139,19 +139,17 @@ def work_store(root: Path, output: Path, fingerprint: dict[str, Any]) -> Iterato
         except _NOT_RESUMABLE:
             shutil.rmtree(path, ignore_errors=True)
             raise
-        except PipelineError:
-            logger.warning("work store kept for resuming: %s", path)
-            raise
-        except OSError as e:
-            if e.errno not in STORAGE_ERRNOS:  # e.g. a lost Dask connection: transient, re-raised as is
-                logger.warning("work store kept for resuming: %s", path)
-                raise
-            where = e.filename or output
-            raise OutputError(f"{where}: {e.strerror or e}; {_kept(store)}") from e
-        except BaseException:
-            logger.warning("work store kept for resuming: %s", path)
+        except BaseException as e:
+            if _storage_failure(e):
+                raise OutputError(f"{e.filename or output}: {e.strerror or e}; {_kept(store)}") from e
+            logger.warning("work store kept for resuming: %s", path)  # transient OSErrors stay as they are
             raise
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _storage_failure(error: BaseException) -> bool:
+    """A raw file-system error a user must act on (not a lost connection, not already reported)."""
+    return isinstance(error, OSError) and not isinstance(error, PipelineError) and error.errno in STORAGE_ERRNOS
 
 
 def _kept(store: WorkStore) -> str:
