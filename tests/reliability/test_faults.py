@@ -45,8 +45,14 @@ def test_two_runs_on_one_output_one_wins_the_other_fails_clearly(setup: dict[str
     first = start(segment_args(setup["scan"], setup["card"], out), tmp_path / "first.log")
     try:
         wait_for(lambda: finished_blocks(tmp_path) >= 1, 240, "the first run to be under way", first)
-        second = subprocess.run(segment_args(setup["scan"], setup["card"], out), capture_output=True, text=True,
-                                timeout=120)
+        # Freeze the first run (and its workers) while it holds the output: otherwise it may finish before
+        # the second process has even imported torch, and the second would (rightly) find a finished mask.
+        os.killpg(first.pid, signal.SIGSTOP)
+        try:
+            second = subprocess.run(segment_args(setup["scan"], setup["card"], out), capture_output=True,
+                                    text=True, timeout=120)
+        finally:
+            os.killpg(first.pid, signal.SIGCONT)
         assert first.wait(timeout=300) == 0
     finally:
         if first.poll() is None:
