@@ -208,6 +208,9 @@ class ModelCard(BaseModel):
     overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
     sw_batch_size: int = Field(default=4, ge=1)
     preprocess: Preprocess | None = None
+    orientation: str | None = Field(default=None, description="3D: axis codes the network was trained in, e.g. RAS")
+    spacing: tuple[float, ...] | None = Field(default=None, description="3D: voxel size (mm) it was trained at, "
+                                              "per axis of `orientation`")
     bands: tuple[int, ...] | None = Field(default=None, description="1-based raster bands, in model order")
     weights: str | None = None
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
@@ -251,7 +254,22 @@ class ModelCard(BaseModel):
                 raise ValueError(f"kwargs.{key} is {got} but the card says {want}")
         if self.bands is not None and len(self.bands) != self.in_channels:
             raise ValueError(f"bands lists {len(self.bands)} bands but in_channels is {self.in_channels}")
+        self._check_alignment()
         return self
+
+    def _check_alignment(self) -> None:
+        """``orientation``/``spacing`` describe 3D scanner space; the engine aligns windows to them."""
+        if self.orientation is None and self.spacing is None:
+            return
+        if self.spatial_dims != 3 or self.kind != "network":
+            raise ValueError("orientation and spacing are for 3D network cards")
+        if self.orientation is not None:
+            codes = self.orientation
+            pairs = [sum(c in pair for c in codes) for pair in ("LR", "PA", "IS")]
+            if len(codes) != 3 or pairs != [1, 1, 1]:
+                raise ValueError(f"orientation must be 3 axis codes, one of each of L/R, P/A, I/S (e.g. RAS), got {codes!r}")
+        if self.spacing is not None and (len(self.spacing) != 3 or not all(0 < s < 1e3 for s in self.spacing)):
+            raise ValueError(f"spacing needs 3 positive voxel sizes in mm, got {self.spacing}")
 
     def _check_kind(self) -> None:
         if self.kind == "classical":

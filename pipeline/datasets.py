@@ -1,9 +1,9 @@
 """Training data: read a catalog dataset's image/label pairs into arrays, and split off validation.
 
 A pair is an image and its labels on the same grid, read with the same readers inference uses
-(NIfTI in stored array order, never reoriented; rasters as ``(band, row, col)``), so a model
-learns exactly the axis order it will be run on. Labels come from a label image, or from vectors
-rasterised on the raster's grid (one class per feature's ``label``/``class`` field, or class 1
+(NIfTI turned to the card's ``orientation`` when it names one, else in stored array order; rasters
+as ``(band, row, col)``), so a model learns exactly the axes inference shows it (see
+:mod:`pipeline.engine.alignment`). Labels come from a label image, or from vectors rasterised on the raster's grid (one class per feature's ``label``/``class`` field, or class 1
 for a two-class card), and are grouped by the dataset's ``label_map`` when it has one.
 """
 
@@ -59,15 +59,24 @@ def group_labels(ids: np.ndarray, label_map: dict[int, list[int]] | None, n_clas
     return values.astype(np.uint8)
 
 
-def _read_medical(pair: TrainingPair) -> tuple[np.ndarray, np.ndarray]:
+def _read_medical(pair: TrainingPair, card: ModelCard) -> tuple[np.ndarray, np.ndarray]:
+    """Image and labels in the card's ``orientation`` (the axes inference will show the network)."""
+    from pipeline.engine.alignment import window_alignment
     from pipeline.io.nifti import open_scan, read_reference
 
     scan = open_scan(pair.image)
     image = np.asarray(scan.proxy, dtype=np.float32).reshape(scan.geometry.shape)
     if not np.isfinite(image).all():
         raise InputError(f"{pair.image}: NaN or infinite voxels; fix or mask the scan before training on it")
-    ref = read_reference(pair.labels, scan.geometry)
-    return image[None], np.asarray(ref.proxy).reshape(scan.geometry.shape)
+    labels = np.asarray(read_reference(pair.labels, scan.geometry).proxy).reshape(scan.geometry.shape)
+    alignment = window_alignment(scan.geometry.affine_matrix, card.roi_size, orientation=card.orientation,
+                                 spacing=card.spacing)
+    if alignment.resamples:
+        raise InputError(f"{pair.image}: voxel size {np.round(scan.geometry.zooms, 3).tolist()} mm differs from the "
+                         f"card's spacing {list(card.spacing or ())}; resample the pair to it before training")
+    flipped = [m for m, f in enumerate(alignment.flip) if f]
+    image, labels = (np.flip(np.transpose(a, alignment.perm), flipped).copy() for a in (image, labels))
+    return image[None], labels
 
 
 def _read_geo(pair: TrainingPair, bands: tuple[int, ...], card: ModelCard) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -93,7 +102,7 @@ def _read_geo(pair: TrainingPair, bands: tuple[int, ...], card: ModelCard) -> tu
 def load_pair(pair: TrainingPair, dataset: TrainingDataset, card: ModelCard) -> LabelledImage:
     """Read one pair, group its labels, and check it fits the card (dims, channels)."""
     if dataset.kind == "medical":
-        image, ids = _read_medical(pair)
+        image, ids = _read_medical(pair, card)
         valid = np.ones(ids.shape, dtype=bool)
     else:
         image, ids, valid = _read_geo(pair, dataset.bands or card.bands or (), card)

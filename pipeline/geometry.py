@@ -1,7 +1,8 @@
 """Geometry values that travel with arrays: immutable, JSON-serialisable, no I/O.
 
 Axis order for volumes is the NIfTI array order ``(i, j, k)`` as stored on disk;
-we never reorient, so a mask lands on exactly the voxels of its scan.
+we never reorient the volume, so a mask lands on exactly the voxels of its scan (the network's
+view is aligned per window instead: :mod:`pipeline.engine.alignment`).
 ``VolumeGeometry`` keeps the raw NIfTI header fields that define space
 (quaternion, srows, codes, pixdim, units) so a written mask has a bit-identical
 geometry, not one recomputed through float64 matrices.

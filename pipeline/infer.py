@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from pipeline.engine.alignment import alignment_for
 from pipeline.engine.api import MergeTask, default_chunks, merge_tasks
 from pipeline.engine.merger import merge_block
 from pipeline.engine.predictor import InferenceSettings, Partial
@@ -155,15 +156,20 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
     spatial = tuple(int(n) for n in image.shape[1:])
     if image.shape[0] != model.card.in_channels:
         raise InputError(f"model {model.name!r} needs {model.card.in_channels} channel(s), the input has {image.shape[0]}")
-    settings = InferenceSettings(roi_size=model.roi_size, overlap=parse_overlap(model.overlap, len(spatial)),
-                                 sw_batch_size=model.card.sw_batch_size)
+    alignment = alignment_for(image.attrs.get("geometry"), model.card)
+    settings = InferenceSettings(roi_size=alignment.roi_scan if alignment else model.roi_size,
+                                 overlap=parse_overlap(model.overlap, len(spatial)),
+                                 sw_batch_size=model.card.sw_batch_size, alignment=alignment)
+    if alignment is not None:
+        logger.info("windows of %s scan voxels, aligned to the model's %s %s", list(alignment.roi_scan),
+                    model.card.orientation or "axes", list(model.roi_size))
     grid = window_grid(spatial, settings.roi_size, settings.overlap)
     workers = max(1, len(client.scheduler_info().get("workers", {})))
     resuming = ledger is not None and "labels" in group
     if resuming:
         block = tuple(group["labels"].chunks)  # the interrupted run's plan, whatever the worker count now
     else:
-        block = tuple(chunks) if chunks else balanced_chunks(grid, default_chunks(model.roi_size),
+        block = tuple(chunks) if chunks else balanced_chunks(grid, default_chunks(settings.roi_size),
                                                              TASKS_PER_WORKER * workers)
     raw = da.from_zarr(image)
     with dask.config.set(scheduler=client):  # this run's cluster, not whichever client is the default

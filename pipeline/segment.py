@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.cluster import ClusterSettings, dashboard_link, dask_client, worker_peak_rss
+from pipeline.engine.alignment import alignment_for
 from pipeline.engine.api import default_chunks
 from pipeline.errors import CardError, InputError
 from pipeline.evaluate import check_reference_labels, confusion_against
@@ -162,7 +163,8 @@ def segment_volume(
     fingerprint = {"input_sha256": sha256, **engine_fingerprint(mdl, chunks=block, probabilities=probabilities)}
     with work_store(Path(work_dir) if work_dir else mask_path.parent, mask_path, fingerprint) as work:
         group = work.group
-        image = _tile_scan(source, work, block or default_chunks(mdl.roi_size), sha256)
+        aligned = alignment_for(source.geometry.to_attrs(), mdl.card)  # the window in scan voxels
+        image = _tile_scan(source, work, block or default_chunks(aligned.roi_scan if aligned else mdl.roi_size), sha256)
         with client_scope(client, cluster or ClusterSettings()) as active:
             preload_model(active, mdl)
             result = run_inference(image, mdl, group, client=active, chunks=block, ledger=work.ledger,

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.engine.alignment import WindowAlignment
+
 logger = logging.getLogger(__name__)
 
 #: Windows this process has evaluated so far (read by benchmarks through ``client.run``).
@@ -37,6 +39,8 @@ class InferenceSettings:
     sw_batch_size: int = 4
     device: str | None = None  #: None: CUDA when available, else CPU
     amp: bool | None = None  #: None: automatic mixed precision exactly when on CUDA
+    #: maps each window (``roi_size`` in scan voxels) to the network's orientation and voxel size and back
+    alignment: WindowAlignment | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +101,10 @@ def predict_group(
         batch = corners[first : first + settings.sw_batch_size]
         boxes = [tuple(slice(c - o, c - o + r) for c, o, r in zip(corner, lo, settings.roi_size)) for corner in batch]
         windows = torch.stack([source[(slice(None), *box)] for box in boxes]).to(device)
+        align = settings.alignment
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            outputs = net(windows)
-        outputs = outputs.float().cpu().numpy()
+            outputs = net(align.to_model(windows) if align else windows)
+        outputs = (align.to_scan(outputs.float()) if align else outputs.float()).cpu().numpy()
         if weighted is None:
             weighted = np.zeros((outputs.shape[1], *span), dtype=np.float32)
         for box, out in zip(boxes, outputs, strict=True):
