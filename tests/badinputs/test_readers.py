@@ -65,7 +65,12 @@ def test_copy_window_returns_the_error_of_a_corrupt_tile(tmp_path: Path) -> None
     assert not (tmp_path / "unused.zarr").exists()
 
 
-def test_cli_turns_a_file_system_error_into_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_turns_a_file_system_error_into_one_line(capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.cli
+
+    monkeypatch.setitem(pipeline.cli._state, "debug", False)  # an earlier CliRunner call may have passed --debug
+
     def refused() -> None:
         raise NotADirectoryError(20, "Not a directory", "/data/notes.txt/work")
 
