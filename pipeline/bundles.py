@@ -24,7 +24,6 @@ volseg never resamples: spatial transforms in a bundle's preprocessing (``Spacin
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,6 @@ from pipeline.errors import CardError, ModelError
 from pipeline.hashing import sha256_file
 from pipeline.models import Model, load_weights
 
-logger = logging.getLogger(__name__)
 
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
 WEIGHTS = Path("models") / "model.pt"
@@ -152,28 +150,42 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def bundle_preprocess(parser: Any) -> dict[str, Any]:
-    """The intensity step of the bundle's ``preprocessing`` as a card ``preprocess`` (window or zscore)."""
-    steps: list[dict[str, Any]] = []
+def _preprocessing_steps(parser: Any) -> list[tuple[str, dict[str, Any]]]:
+    """Every ``(transform class name, config)`` in the bundle's ``preprocessing``, however nested."""
+    steps: list[tuple[str, dict[str, Any]]] = []
     stack = [parser.get("preprocessing")]
     while stack:
         node = stack.pop()
         if isinstance(node, dict):
-            steps.append(node)
+            steps.append((str(node.get("_target_", "")).rsplit(".", 1)[-1], node))
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)
-    for step in steps:
-        target = str(step.get("_target_", "")).rsplit(".", 1)[-1]
+    return steps
+
+
+def bundle_alignment(parser: Any) -> dict[str, Any]:
+    """The bundle's ``Orientationd`` axcodes and ``Spacingd`` pixdim as card ``orientation`` / ``spacing``:
+    volseg aligns each window to them (:mod:`pipeline.engine.alignment`) instead of resampling the scan."""
+    found: dict[str, Any] = {}
+    for target, step in _preprocessing_steps(parser):
+        codes, pixdim = step.get("axcodes"), step.get("pixdim")
+        if target in ("Orientationd", "Orientation") and isinstance(codes, str):
+            found["orientation"] = codes.upper()
+        if target in ("Spacingd", "Spacing") and isinstance(pixdim, list) and all(map(_number, pixdim)):
+            found["spacing"] = [float(v) for v in pixdim]
+    return found
+
+
+def bundle_preprocess(parser: Any) -> dict[str, Any]:
+    """The intensity step of the bundle's ``preprocessing`` as a card ``preprocess`` (window or zscore)."""
+    for target, step in _preprocessing_steps(parser):
         if target in ("ScaleIntensityRanged", "ScaleIntensityRange"):
             values = {k: _number(step.get(k)) for k in ("a_min", "a_max", "b_min", "b_max")}
             if None not in values.values():
                 return {"kind": "window", **values}
         if target in ("NormalizeIntensityd", "NormalizeIntensity") and not step.get("channel_wise"):
             return {"kind": "zscore", "threshold": 0.0 if step.get("nonzero") else None}
-        if target in ("Spacingd", "Orientationd", "Spacing", "Orientation"):
-            logger.warning("bundle preprocessing has %s; volseg does not resample, so scans must already be on "
-                           "the grid the bundle expects", target)
     raise CardError("cannot tell the bundle's intensity preprocessing (no ScaleIntensityRanged with numbers or "
                     "NormalizeIntensityd); write a volseg card for it (architecture: bundle)")
 
@@ -207,6 +219,7 @@ def bundle_card(root: Path, parser: Any, sha256: str) -> ModelCard:
             "in_channels": int(inputs.get("num_channels") or 1), "labels": labels, "roi_size": roi,
             "overlap": float(inferer.get("overlap", 0.25)), "sw_batch_size": int(inferer.get("sw_batch_size", 4)),
             "preprocess": preprocess, "weights": str(WEIGHTS), "sha256": sha256,
+            **(bundle_alignment(parser) if len(roi) == 3 else {}),
             "training": {"source": f"MONAI bundle {meta.get('name', root.name)} {meta.get('version', '')}".strip()}})
     except ValueError as e:
         raise CardError(f"{root}: bundle metadata does not make a valid card ({str(e).splitlines()[0]})") from e

@@ -32,8 +32,10 @@ def native(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_card(directory, name="native", roi_size=ROI, seed=3)
 
 
-def make_bundle(root: Path, weights: Path, *, network_def: dict[str, Any] | str | None = None) -> Path:
-    """A minimal MONAI bundle: configs/inference.json + metadata.json + models/model.pt."""
+def make_bundle(root: Path, weights: Path, *, network_def: dict[str, Any] | str | None = None,
+                aligned: list[dict[str, Any]] | None = None) -> Path:
+    """A minimal MONAI bundle: configs/inference.json + metadata.json + models/model.pt (``aligned``:
+    extra geometric preprocessing steps, e.g. Orientationd / Spacingd)."""
     (root / "configs").mkdir(parents=True)
     (root / "models").mkdir()
     shutil.copy(weights, root / "models" / "model.pt")
@@ -43,6 +45,7 @@ def make_bundle(root: Path, weights: Path, *, network_def: dict[str, Any] | str 
         "network": "$@network_def.to('cpu')",
         "preprocessing": {"_target_": "Compose", "transforms": [
             {"_target_": "LoadImaged", "keys": "image"},
+            *(aligned or []),
             {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -1000, "a_max": 1000,
              "b_min": 0.0, "b_max": 1.0, "clip": True}]},
         "inferer": {"_target_": "SlidingWindowInferer", "roi_size": list(ROI), "sw_batch_size": 4, "overlap": 0.25},
@@ -81,6 +84,15 @@ def test_bundle_directory_equals_native(native: Path, tmp_path: Path, volume: np
     assert model.card.preprocess == reference.card.preprocess
     assert model.sha256 == sha256_file(bundle / "models" / "model.pt")
     np.testing.assert_array_equal(logits(model, volume), logits(reference, volume))
+
+
+def test_bundle_orientation_and_spacing_become_card_fields(native: Path, tmp_path: Path) -> None:
+    """A bundle that reorients and resamples its input: its windows get the same treatment."""
+    steps = [{"_target_": "Orientationd", "keys": "image", "axcodes": "ras"},
+             {"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0], "mode": "bilinear"}]
+    model = load_model(make_bundle(tmp_path / "b", native.parent / "native.pt", aligned=steps))
+    assert (model.card.orientation, model.card.spacing) == ("RAS", (1.5, 1.5, 2.0))
+    assert load_model(make_bundle(tmp_path / "plain", native.parent / "native.pt")).card.orientation is None
 
 
 def test_card_beside_bundle_wins(native: Path, tmp_path: Path) -> None:
