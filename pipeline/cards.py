@@ -209,8 +209,8 @@ class ModelCard(BaseModel):
     sw_batch_size: int = Field(default=4, ge=1)
     preprocess: Preprocess | None = None
     orientation: str | None = Field(default=None, description="3D: axis codes the network was trained in, e.g. RAS")
-    spacing: tuple[float, ...] | None = Field(default=None, description="3D: voxel size (mm) it was trained at, "
-                                              "per axis of `orientation`")
+    spacing: tuple[float, ...] | None = Field(default=None, description="grid spacing it was trained at: mm per "
+                                              "axis of `orientation` (3D), metres per row/column (2D)")
     bands: tuple[int, ...] | None = Field(default=None, description="1-based raster bands, in model order")
     weights: str | None = None
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
@@ -258,18 +258,21 @@ class ModelCard(BaseModel):
         return self
 
     def _check_alignment(self) -> None:
-        """``orientation``/``spacing`` describe 3D scanner space; the engine aligns windows to them."""
+        """The engine aligns windows to ``orientation`` (3D) and ``spacing`` (2D and 3D) of network cards."""
         if self.orientation is None and self.spacing is None:
             return
-        if self.spatial_dims != 3 or self.kind != "network":
-            raise ValueError("orientation and spacing are for 3D network cards")
+        if self.kind != "network":
+            raise ValueError("orientation and spacing are for network cards")
+        if self.orientation is not None and self.spatial_dims != 3:
+            raise ValueError("orientation is for 3D cards (a raster's rows and columns are the map's)")
         if self.orientation is not None:
             codes = self.orientation
             pairs = [sum(c in pair for c in codes) for pair in ("LR", "PA", "IS")]
             if len(codes) != 3 or pairs != [1, 1, 1]:
                 raise ValueError(f"orientation must be 3 axis codes, one of each of L/R, P/A, I/S (e.g. RAS), got {codes!r}")
-        if self.spacing is not None and (len(self.spacing) != 3 or not all(0 < s < 1e3 for s in self.spacing)):
-            raise ValueError(f"spacing needs 3 positive voxel sizes in mm, got {self.spacing}")
+        if self.spacing is not None and (len(self.spacing) != self.spatial_dims
+                                         or not all(0 < s < 1e6 for s in self.spacing)):
+            raise ValueError(f"spacing needs {self.spatial_dims} positive sizes (mm or metres), got {self.spacing}")
 
     def _check_kind(self) -> None:
         if self.kind == "classical":

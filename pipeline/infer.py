@@ -161,8 +161,8 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
                                  overlap=parse_overlap(model.overlap, len(spatial)),
                                  sw_batch_size=model.card.sw_batch_size, alignment=alignment)
     if alignment is not None:
-        logger.info("windows of %s scan voxels, aligned to the model's %s %s", list(alignment.roi_scan),
-                    model.card.orientation or "axes", list(model.roi_size))
+        logger.info("windows of %s input pixels/voxels, shown to the model as %s %s", list(alignment.roi_scan),
+                    list(model.roi_size), model.card.orientation or "")
     grid = window_grid(spatial, settings.roi_size, settings.overlap)
     workers = max(1, len(client.scheduler_info().get("workers", {})))
     resuming = ledger is not None and "labels" in group

@@ -96,6 +96,15 @@ def _tile_scan(scan: NiftiScan, work: WorkStore, chunks: Sequence[int], sha256: 
     return image
 
 
+def aligned_windows(path: Path, geometry_attrs: dict[str, Any], model: Model) -> tuple[int, ...]:
+    """The model's window in the input's own pixels or voxels (see :mod:`pipeline.engine.alignment`)."""
+    try:
+        alignment = alignment_for(geometry_attrs, model.card)
+    except InputError as e:
+        raise InputError(f"{path}: {e}; model {model.name!r}") from e
+    return alignment.roi_scan if alignment else model.roi_size
+
+
 def _check_model(model: Model) -> None:
     if model.card.spatial_dims != 3 or model.card.in_channels != 1:
         raise CardError(f"model {model.name!r} is {model.card.spatial_dims}D with {model.card.in_channels} "
@@ -158,13 +167,13 @@ def segment_volume(
         raise InputError(f"{mask_path}: output would overwrite the input scan")
     if reference:
         check_reference_labels(reference, source.geometry, mdl.card.out_channels)  # fail before the expensive part
+    aligned = aligned_windows(source.path, source.geometry.to_attrs(), mdl)
     sha256 = sha256_file(source.path)
     block = tuple(chunks) if chunks else None
     fingerprint = {"input_sha256": sha256, **engine_fingerprint(mdl, chunks=block, probabilities=probabilities)}
     with work_store(Path(work_dir) if work_dir else mask_path.parent, mask_path, fingerprint) as work:
         group = work.group
-        aligned = alignment_for(source.geometry.to_attrs(), mdl.card)  # the window in scan voxels
-        image = _tile_scan(source, work, block or default_chunks(aligned.roi_scan if aligned else mdl.roi_size), sha256)
+        image = _tile_scan(source, work, block or default_chunks(aligned), sha256)
         with client_scope(client, cluster or ClusterSettings()) as active:
             preload_model(active, mdl)
             result = run_inference(image, mdl, group, client=active, chunks=block, ledger=work.ledger,

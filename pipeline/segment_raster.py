@@ -54,7 +54,7 @@ from pipeline.io.vectors import check_vector_output, read_reference_vectors, wri
 from pipeline.metrics import Scores, confusion, scores
 from pipeline.models import Model, load_model
 from pipeline.report import label_rows, write_report
-from pipeline.segment import SegmentationResult, client_scope, report_path, run_facts
+from pipeline.segment import SegmentationResult, aligned_windows, client_scope, report_path, run_facts
 from pipeline.sidecars import sidecar_paths, write_sidecars
 
 logger = logging.getLogger(__name__)
@@ -176,7 +176,8 @@ def segment_raster(
         check_output(path, overwrite=overwrite)
     truth = open_truth(reference, raster.geometry, mdl) if reference else None  # fail before the expensive part
     sha256 = sha256_file(raster.path)
-    block = tuple(chunks) if chunks else raster_chunks(raster.geometry, default_chunks(mdl.roi_size))
+    window = aligned_windows(raster.path, raster.geometry.to_attrs(), mdl)
+    block = tuple(chunks) if chunks else raster_chunks(raster.geometry, default_chunks(window))
     fingerprint = {"input_sha256": sha256, "bands": list(selected),
                    **engine_fingerprint(mdl, chunks=tuple(chunks) if chunks else None, probabilities=False)}
     with work_store(Path(work_dir) if work_dir else mask_path.parent, mask_path, fingerprint) as work:

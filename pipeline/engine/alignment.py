@@ -9,6 +9,10 @@ from the scan's own grid is permuted, flipped and resized to the card's ``orient
 the block grid, the stitching and the written mask all stay on the scan's voxels, so the mask keeps
 the scan's exact geometry; a window in scan voxels covers the physical extent of the card's roi.
 
+Rasters have no orientation to fix (rows and columns are the map's), but a 2D card's ``spacing``
+(metres per pixel, rows then columns) sizes the windows the same way, so a 0.5 m buildings model
+sees 0.5 m pixels on 0.3 m or 1 m imagery; degrees are converted at the scene's latitude.
+
 Pure functions over torch tensors and NumPy affines; the predictor applies them per batch.
 """
 
@@ -20,9 +24,14 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import InputError
+
 #: Voxel sizes within this relative difference of the card's are used as they are (no resampling),
 #: so a scan at the training resolution is segmented exactly as in training.
 SPACING_TOLERANCE = 0.05
+#: A scan more than this many times finer or coarser than the model's spacing is refused: the
+#: network would see structures 8x off the scale it learned (a 0.5 m buildings model on 30 m Landsat).
+MAX_SCALE = 8.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,30 +103,51 @@ def window_alignment(affine: np.ndarray, roi_model: Sequence[int], *, orientatio
     ``io_orientation``), as viewers do."""
     from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
-    roi_model = tuple(int(r) for r in roi_model)
     n = len(roi_model)
     perm, flip = tuple(range(n)), (False,) * n
     if orientation is not None:
         transform = ornt_transform(io_orientation(np.asarray(affine, dtype=np.float64)), axcodes2ornt(orientation))
-        by_model = {int(target): (int(scan_axis), bool(direction < 0)) for scan_axis, (target, direction) in enumerate(transform)}
+        by_model = {int(target): (int(scan_axis), bool(direction < 0))
+                    for scan_axis, (target, direction) in enumerate(transform)}
         perm = tuple(by_model[m][0] for m in range(n))
         flip = tuple(by_model[m][1] for m in range(n))
-    roi_scan = [0] * n
-    sizes = voxel_sizes(affine)
+    return _scaled(perm, flip, roi_model, voxel_sizes(affine), spacing)
+
+
+def _scaled(perm: tuple[int, ...], flip: tuple[bool, ...], roi_model: Sequence[int], sizes: Sequence[float],
+            spacing: Sequence[float] | None) -> WindowAlignment:
+    """The window in scan voxels covering ``roi_model`` at ``spacing``, for scan voxel ``sizes`` (scan axes)."""
+    roi_model = tuple(int(r) for r in roi_model)
+    roi_scan = [0] * len(roi_model)
     for m, scan_axis in enumerate(perm):
         ratio = 1.0 if spacing is None else float(spacing[m]) / float(sizes[scan_axis])
+        if not 1 / MAX_SCALE <= ratio <= MAX_SCALE:
+            raise InputError(f"grid spacing {sizes[scan_axis]:.4g} along axis {scan_axis} is {1 / ratio:.3g}x the "
+                             f"model's {spacing[m]:.4g} (mm for scans, metres for rasters); too far off the scale "
+                             f"it was trained at (limit {MAX_SCALE:g}x)")
         keep = abs(ratio - 1.0) <= SPACING_TOLERANCE
         roi_scan[scan_axis] = roi_model[m] if keep else max(1, round(roi_model[m] * ratio))
     return WindowAlignment(perm=perm, flip=flip, roi_model=roi_model, roi_scan=tuple(roi_scan))
 
 
 def alignment_for(geometry_attrs: dict[str, Any] | None, card: Any) -> WindowAlignment | None:
-    """The alignment for a work-store image (its ``geometry`` attributes) and a model card; None when
-    there is nothing to align (a raster, or a card that states neither orientation nor spacing)."""
-    if not geometry_attrs or geometry_attrs.get("kind") != "volume":
+    """The alignment for an image (its geometry's ``to_attrs()``) and a model card; None when there is
+    nothing to align: the card states neither orientation nor spacing, the image already matches them,
+    or it is a raster without a CRS (its pixels have no ground size).
+
+    Raises InputError (without the file name: callers add it) when the image is far off the card's scale.
+    """
+    if not geometry_attrs or (card.orientation is None and card.spacing is None):
         return None
-    if getattr(card, "orientation", None) is None and getattr(card, "spacing", None) is None:
-        return None
-    affine = np.asarray(geometry_attrs["affine"], dtype=np.float64).reshape(4, 4)
-    alignment = window_alignment(affine, card.roi_size, orientation=card.orientation, spacing=card.spacing)
+    if geometry_attrs.get("kind") == "raster":
+        from pipeline.geometry import RasterGeometry
+        from pipeline.io.geotiff import pixel_size_m
+
+        sizes = pixel_size_m(RasterGeometry.from_attrs(geometry_attrs))
+        if sizes is None or card.spacing is None:
+            return None
+        alignment = _scaled((0, 1), (False, False), card.roi_size, sizes, card.spacing)
+    else:
+        affine = np.asarray(geometry_attrs["affine"], dtype=np.float64).reshape(4, 4)
+        alignment = window_alignment(affine, card.roi_size, orientation=card.orientation, spacing=card.spacing)
     return None if alignment.is_identity else alignment

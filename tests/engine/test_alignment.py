@@ -87,12 +87,13 @@ def test_cards_check_orientation_and_spacing(tmp_path: Path) -> None:
             load_card(path)
     path = tmp_path / "bad.yaml"
     path.write_text(text.replace("spacing:\n- 3.0\n- 3.0\n- 3.0\n", "spacing:\n- 3.0\n- -1.0\n- 3.0\n"))
-    with pytest.raises(CardError, match="positive voxel sizes"):
+    with pytest.raises(CardError, match="3 positive sizes"):
         load_card(path)
     buildings = (MODELS / "buildings.yaml").read_text().replace("roi_size:", "orientation: RAS\nroi_size:", 1)
     path.write_text(buildings)
-    with pytest.raises(CardError, match="3D network cards"):
+    with pytest.raises(CardError, match="orientation is for 3D cards"):
         load_card(path)
+    assert load_card(MODELS / "buildings.yaml").spacing == (0.5, 0.5)  # metres per pixel
 
 
 def test_scans_already_aligned_take_the_unchanged_path() -> None:
@@ -100,7 +101,10 @@ def test_scans_already_aligned_take_the_unchanged_path() -> None:
     scan = nib.load(MODELS.parent / "data" / "medical" / "example_ct_sm.nii.gz")
     attrs = {"kind": "volume", "affine": scan.affine.ravel().tolist()}
     assert alignment_for(attrs, card) is None  # RAS at 3 mm: bit-identical to no alignment
-    assert alignment_for({"kind": "raster"}, card) is None
+    from pipeline.io.geotiff import open_raster
+
+    scene = open_raster(MODELS.parent / "data" / "geo" / "sample_geotiff.tif").geometry.to_attrs()
+    assert alignment_for(scene, load_card(MODELS / "buildings.yaml")) is None  # 0.5 m: as trained
 
 
 # ------------------------------------------------------------------ end to end, real CT and model
@@ -198,3 +202,90 @@ def test_training_pairs_are_turned_to_the_cards_orientation(tmp_path: Path) -> N
     fine = _variant(tmp_path, "fine", data, labels, np.diag([1.0, 1.0, 1.0, 1.0]))
     with pytest.raises(Exception, match="resample the pair"):
         _read_medical(TrainingPair(image=fine[0], labels=fine[1]), card)
+
+
+# ------------------------------------------------------------------ rasters: ground sampling distance
+
+
+def _resampled_scene(source: Path, target: Path, scale: float, crs: str | None = None) -> Path:
+    """The scene at ``scale`` x its pixel count (average when shrinking), optionally warped to ``crs``."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.warp import calculate_default_transform, reproject
+
+    with rasterio.open(source) as src:
+        profile = src.profile.copy()
+        if crs is None:
+            height, width = round(src.height * scale), round(src.width * scale)
+            data = src.read(out_shape=(src.count, height, width),
+                            resampling=Resampling.average if scale < 1 else Resampling.bilinear)
+            profile.update(height=height, width=width,
+                           transform=src.transform * src.transform.scale(src.width / width, src.height / height))
+            with rasterio.open(target, "w", **profile) as out:
+                out.write(data)
+            return target
+        transform, width, height = calculate_default_transform(src.crs, crs, src.width, src.height, *src.bounds)
+        profile.update(crs=crs, transform=transform, width=width, height=height)
+        with rasterio.open(target, "w", **profile) as out:
+            reproject(rasterio.band(src, 1), rasterio.band(out, 1), resampling=Resampling.bilinear)
+    return target
+
+
+def test_ground_pixel_size_in_metres_for_any_crs(data_dir: Path, tmp_path: Path) -> None:
+    from pipeline.io.geotiff import open_raster, pixel_size_m
+
+    geo = data_dir / "geo"
+    np.testing.assert_allclose(pixel_size_m(open_raster(geo / "sample_geotiff.tif").geometry), (0.5, 0.5), rtol=0.01)
+    # Web Mercator's "metres" are stretched by 1/cos(latitude) (1.2x in Atlanta): the ground size is not
+    mercator = _resampled_scene(geo / "sample_geotiff.tif", tmp_path / "mercator.tif", 1.0, crs="EPSG:3857")
+    assert open_raster(mercator).geometry.transform[0] > 0.55
+    np.testing.assert_allclose(pixel_size_m(open_raster(mercator).geometry), (0.5, 0.5), rtol=0.01)
+    road = open_raster(geo / "road_mask_input.tif").geometry  # EPSG:4326, 2.7e-6 degrees
+    latitude = road.transform[5] + road.transform[4] * road.height / 2
+    want = (2.7e-6 * 111_195, 2.7e-6 * 111_195 * np.cos(np.radians(latitude)))
+    np.testing.assert_allclose(pixel_size_m(road), want, rtol=0.01)
+    ungeoreferenced = open_raster(geo / "sample_fp_mask.tif").geometry
+    assert ungeoreferenced.crs is None and pixel_size_m(ungeoreferenced) is None
+
+
+def test_a_scene_far_off_the_models_scale_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    """The 0.5 m buildings model on 30 m-class Landsat: one line naming the file, nothing written."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    out = tmp_path / "mask.tif"
+    result = CliRunner().invoke(app, ["segment-raster", str(data_dir / "geo" / "RGB.byte.tif"), "-m", "buildings",
+                                      "-o", str(out)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {data_dir / 'geo' / 'RGB.byte.tif'}: grid spacing 30")
+    assert "too far off the scale" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_coarser_scene_is_windowed_at_the_models_ground_size(data_dir: Path, tmp_path: Path,
+                                                              client2: Any) -> None:
+    """The SpaceNet tile at 0.83 m instead of 0.5 m: with the card's spacing the buildings model keeps most
+    of its Dice against the human footprints; the same weights on raw 0.83 m pixels lose much of it."""
+    import shutil
+
+    import yaml
+
+    from pipeline.segment_raster import segment_raster
+
+    scene = _resampled_scene(data_dir / "geo" / "sample_geotiff.tif", tmp_path / "coarse.tif", 0.6)
+    footprints = data_dir / "geo" / "geotiff_labels.geojson"
+
+    def building_dice(model: Any, name: str) -> float:
+        result = segment_raster(scene, model=model, output=tmp_path / f"{name}.tif", reference=footprints,
+                                client=client2, html=False)
+        return next(row["dice"] for row in result.report["labels"] if row["name"] == "building")
+
+    card = yaml.safe_load((MODELS / "buildings.yaml").read_text())
+    del card["spacing"]
+    (tmp_path / "plain.yaml").write_text(yaml.safe_dump(card))
+    shutil.copy(MODELS / "buildings.pt", tmp_path / "buildings.pt")
+    aligned, plain = building_dice("buildings", "aligned"), building_dice(tmp_path / "plain.yaml", "plain")
+    assert aligned > 0.65, aligned
+    assert plain < aligned - 0.15, (plain, aligned)
