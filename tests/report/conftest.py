@@ -6,6 +6,7 @@ tests that drive them skip locally, but fail under ``CI=true``: CI must never pa
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -51,6 +52,16 @@ def pyqgis() -> str:
                                                   timeout=60, check=False).returncode == 0
     require(ok, "QGIS (python3-qgis)")
     return python
+
+
+def napari_xvfb() -> str:
+    """``xvfb-run``, with napari, its Qt binding and the OME-Zarr reader plugin in this venv (the ``viewers`` extra)."""
+    xvfb = shutil.which("xvfb-run")
+    require(xvfb is not None, "xvfb-run (xvfb)")
+    modules = ("napari", "PyQt5", "napari_ome_zarr")
+    require(all(importlib.util.find_spec(m) is not None for m in modules),
+            "napari + PyQt5 + napari-ome-zarr (the 'viewers' extra: scripts/setup-venv)")
+    return str(xvfb)
 
 
 @pytest.fixture(scope="session")
