@@ -78,6 +78,6 @@ def write_sidecars(report: dict[str, Any], group: Any, model: Model, mask: Path,
 
         valid = group["valid"] if kind == "raster" else None
         store = write_ome_zarr(group["image"], group["labels"], geometry, ome_zarr_path(mask), labels=model.labels,
-                               valid=valid)
+                               valid=valid, window=_window(model))
     logger.debug("%s: sidecars in %.3f s", mask, time.perf_counter() - started)
     return Sidecars(html=page, viewer_files=viewers, ome_zarr=store)

@@ -87,11 +87,22 @@ def label_metadata(labels: Mapping[int, Label]) -> dict[str, Any]:
             "source": {"image": "../../"}}
 
 
+def display_metadata(channels: int, window: tuple[float, float] | None) -> dict[str, Any]:
+    """OMERO rendering settings: the intensity window viewers (napari-ome-zarr) start with, so a CT opens at
+    the card's HU window instead of its dtype's range."""
+    if window is None:
+        return {}
+    start, end = (float(v) for v in window)
+    return {"omero": {"channels": [{"window": {"start": start, "end": end, "min": start, "max": end},
+                                    "color": "FFFFFF", "active": True} for _ in range(channels)]}}
+
+
 def write_ome_zarr(image: Any, mask: Any, geometry: VolumeGeometry | RasterGeometry, path: Path, *,
-                   labels: Mapping[int, Label], valid: Any = None) -> Path:
+                   labels: Mapping[int, Label], valid: Any = None, window: tuple[float, float] | None = None) -> Path:
     """Write ``path`` (``.ome.zarr``): the image (work store ``(C, *spatial)``) and ``labels/prediction``.
 
-    ``valid`` (rasters) marks nodata pixels, which become 255 in the labels.
+    ``valid`` (rasters) marks nodata pixels, which become 255 in the labels. ``window`` (the card's
+    intensity window) becomes the image's display window.
     """
     import dask.array as da
     import zarr
@@ -119,7 +130,8 @@ def write_ome_zarr(image: Any, mask: Any, geometry: VolumeGeometry | RasterGeome
         root = zarr.open_group(zarr.storage.LocalStore(tmp), mode="w")
         write_multiscale(pyramid(img, levels), root, axes=axes,
                          coordinate_transformations=_transforms(scale, translation, levels, leading),
-                         storage_options={"chunks": img.chunksize})
+                         storage_options={"chunks": img.chunksize},
+                         metadata=display_metadata(1 if volume else int(img.shape[0]), window))
         write_multiscale_labels(pyramid(lab, levels), root, name="prediction", axes=label_axes,
                                 coordinate_transformations=_transforms(scale, translation, levels, 0),
                                 label_metadata=label_metadata(labels), storage_options={"chunks": lab.chunksize})

@@ -57,7 +57,8 @@ def describe(layer: Any, visible_on_open: bool) -> dict[str, Any]:
     return {"name": layer.name, "type": type(layer).__name__, "shape": list(data.shape),
             "scale": [float(v) for v in layer.scale], "translate": [float(v) for v in layer.translate],
             "affine_is_identity": bool(np.allclose(layer.affine.affine_matrix, np.eye(layer.ndim + 1))),
-            "multiscale": bool(layer.multiscale), "visible_on_open": visible_on_open}
+            "multiscale": bool(layer.multiscale), "visible_on_open": visible_on_open,
+            "contrast_limits": [float(v) for v in layer.contrast_limits] if hasattr(layer, "contrast_limits") else None}
 
 
 def main() -> None:

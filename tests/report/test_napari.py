@@ -45,7 +45,8 @@ def outputs(ct_case: dict[str, Any], ct_labels: dict[int, Label], tmp_path_facto
     group, geometry = ct_case["group"], ct_case["scan"].geometry
     mask = tmp_path_factory.mktemp("napari") / "ct_seg.nii.gz"
     write_labels(group["labels"], geometry, mask, label_names={v: label.name for v, label in ct_labels.items()})
-    store = write_ome_zarr(group["image"], group["labels"], geometry, ome_zarr_path(mask), labels=ct_labels)
+    store = write_ome_zarr(group["image"], group["labels"], geometry, ome_zarr_path(mask), labels=ct_labels,
+                           window=(-1000.0, 1000.0))  # ct-organs' HU window, as segment-volume passes it
     return {"mask": mask, "ome_zarr": store}
 
 
@@ -139,6 +140,7 @@ def test_napari_shows_the_mask_on_the_scan(source: str, outputs: dict[str, Path]
             to_world = {t["type"]: t[t["type"]] for t in level0}
             assert layer["scale"] == pytest.approx(to_world["scale"])
             assert layer["translate"] == pytest.approx(to_world["translation"])
+        assert facts["image"]["contrast_limits"] == [-1000.0, 1000.0]  # the OMERO window, not the dtype's range
         for v in ids:  # the card's colours reach napari through the image-label metadata
             assert np.allclose(facts["colors"][str(v)], [*ct_labels[v].color, 255], atol=1), (v, facts["colors"])
     assert facts["dims_point"][0] == pytest.approx(z)

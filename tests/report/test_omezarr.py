@@ -44,8 +44,10 @@ def test_volume_scale_and_translation_from_the_affine(tmp_path: Path) -> None:
     image, labels = volume((20, 24, 12))
     geometry = VolumeGeometry(shape=image.shape, affine=tuple(affine.ravel()), zooms=(0.8, 1.1, 2.5))
     group = make_store(tmp_path, image, labels, geometry.to_attrs(), (16, 16, 8))
-    path = write_ome_zarr(group["image"], group["labels"], geometry, tmp_path / "v.ome.zarr", labels=LABELS)
+    path = write_ome_zarr(group["image"], group["labels"], geometry, tmp_path / "v.ome.zarr", labels=LABELS,
+                          window=(-1000.0, 1000.0))
     node, label = read(path)
+    assert node.metadata["contrast_limits"] == [[-1000.0, 1000.0]]  # what napari's plugin opens the CT with
     transforms = node.metadata["coordinateTransformations"][0]
     assert [a["name"] for a in node.metadata["axes"]] == ["z", "y", "x"]
     assert transforms == [{"type": "scale", "scale": [2.5, 1.1, 0.8]},
