@@ -99,6 +99,31 @@ def test_synthetic_volumes(tmp_path: Path, tiny_card: Path, client2: Any, shape:
     assert_same_geometry(scan, out)
 
 
+def test_scaled_storage_segments_like_the_values_it_stores(tmp_path: Path, data_dir: Path, client2: Any) -> None:
+    """HU stored as uint16 + scl_inter -1024 (as some DICOM converters write), or as int16 x scl_slope 0.5: the
+    engine sees the scaled values (not the stored type's), so the masks equal the plain int16 scan's, byte for byte."""
+    import struct
+
+    original = nib.load(data_dir / "medical" / "example_ct_sm.nii.gz")
+    hu = np.asarray(original.dataobj).astype(np.int32).clip(-1024, None)
+    masks = []
+    for name, stored, slope, inter in (("plain", hu.astype(np.int16), 1.0, 0.0),
+                                       ("shifted", (hu + 1024).astype(np.uint16), 1.0, -1024.0),
+                                       ("halved", (hu * 2).astype(np.int16), 0.5, 0.0)):
+        scan = tmp_path / f"{name}.nii"
+        nib.save(nib.Nifti1Image(stored, original.affine), scan)
+        with open(scan, "r+b") as fh:  # scl_slope, scl_inter as a converter writes them (nibabel would rescale)
+            fh.seek(112)
+            fh.write(struct.pack("<ff", slope, inter))
+        assert np.array_equal(np.asarray(nib.load(scan).dataobj), hu)
+        result = segment_volume(scan, model="ct-organs", output=tmp_path / f"{name}_seg.nii.gz", client=client2,
+                                html=False)
+        masks.append(np.asarray(nib.load(result.mask).dataobj))
+    assert len(np.unique(masks[0])) >= 4  # real organs found, so equality means something
+    np.testing.assert_array_equal(masks[1], masks[0])
+    np.testing.assert_array_equal(masks[2], masks[0])
+
+
 @pytest.mark.slow
 def test_cli_end_to_end(tmp_path: Path, data_dir: Path, tiny_card: Path) -> None:
     """The console script with its own LocalCluster; then `pipeline evaluate` on its output."""

@@ -41,7 +41,7 @@ class NiftiScan:
     path: Path
     proxy: Any  #: nibabel ArrayProxy, sliced lazily
     geometry: VolumeGeometry
-    dtype: np.dtype
+    dtype: np.dtype  #: of the values as read: float32 when scl_slope/scl_inter scale the stored ones
 
 
 def open_scan(path: str | Path) -> NiftiScan:
@@ -74,6 +74,12 @@ def open_scan(path: str | Path) -> NiftiScan:
     if dtype.kind not in "biuf" or dtype.fields is not None:
         raise InputError(f"{path}: voxel type {dtype} is not a scalar number")
     _check_size(path, image, shape, dtype)
+    # nibabel moves scl_slope/scl_inter from the header into the array proxy (1 and 0 when unused)
+    slope, inter = float(getattr(image.dataobj, "slope", 1.0)), float(getattr(image.dataobj, "inter", 0.0))
+    if slope != 1.0 or inter != 0.0:
+        # scl_slope/scl_inter apply (e.g. uint16 stored + intercept -1024 gives HU): the values are the
+        # scaled ones, which the stored type may not hold (negative HU in uint16, fractions in int16)
+        dtype = np.dtype(np.float32)
     geometry = VolumeGeometry.from_header(image.header, shape, image.affine)
     if not np.all(np.isfinite(geometry.affine_matrix)) or abs(np.linalg.det(geometry.affine_matrix[:3, :3])) < 1e-12:
         raise InputError(f"{path}: affine is not invertible or not finite; cannot place the mask in space")
