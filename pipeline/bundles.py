@@ -18,8 +18,8 @@ Trust: building a bundle's network runs its config. ``_target_`` can name any Py
 and no expressions, macros of code (``_requires_``) or ``_mode_`` are allowed in ``network_def``
 and everything it references. ``trust=True`` lifts that: only pass it for bundles whose code you
 would run. TorchScript runs only TorchScript code (no pickle), so it needs no such flag.
-volseg never resamples: spatial transforms in a bundle's preprocessing (``Spacingd``,
-``Orientationd``) are not applied, so give it scans already on the grid it expects.
+A bundle's ``Orientationd`` / ``Spacingd`` become the card's ``orientation`` / ``spacing``: volseg aligns
+each window to them (:mod:`pipeline.engine.alignment`) rather than resampling the scan.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from pipeline.cards import ModelCard
 from pipeline.errors import CardError, ModelError
 from pipeline.hashing import sha256_file
 from pipeline.models import Model, load_weights
-
 
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
 WEIGHTS = Path("models") / "model.pt"

@@ -263,13 +263,13 @@ class ModelCard(BaseModel):
             return
         if self.kind != "network":
             raise ValueError("orientation and spacing are for network cards")
-        if self.orientation is not None and self.spatial_dims != 3:
-            raise ValueError("orientation is for 3D cards (a raster's rows and columns are the map's)")
         if self.orientation is not None:
             codes = self.orientation
-            pairs = [sum(c in pair for c in codes) for pair in ("LR", "PA", "IS")]
-            if len(codes) != 3 or pairs != [1, 1, 1]:
-                raise ValueError(f"orientation must be 3 axis codes, one of each of L/R, P/A, I/S (e.g. RAS), got {codes!r}")
+            if self.spatial_dims != 3:
+                raise ValueError("orientation is for 3D cards (a raster's rows and columns are the map's)")
+            if len(codes) != 3 or [sum(c in pair for c in codes) for pair in ("LR", "PA", "IS")] != [1, 1, 1]:
+                raise ValueError("orientation must be 3 axis codes, one of each of L/R, P/A, I/S (e.g. RAS), "
+                                 f"got {codes!r}")
         if self.spacing is not None and (len(self.spacing) != self.spatial_dims
                                          or not all(0 < s < 1e6 for s in self.spacing)):
             raise ValueError(f"spacing needs {self.spatial_dims} positive sizes (mm or metres), got {self.spacing}")

@@ -3,8 +3,9 @@
 A pair is an image and its labels on the same grid, read with the same readers inference uses
 (NIfTI turned to the card's ``orientation`` when it names one, else in stored array order; rasters
 as ``(band, row, col)``), so a model learns exactly the axes inference shows it (see
-:mod:`pipeline.engine.alignment`). Labels come from a label image, or from vectors rasterised on the raster's grid (one class per feature's ``label``/``class`` field, or class 1
-for a two-class card), and are grouped by the dataset's ``label_map`` when it has one.
+:mod:`pipeline.engine.alignment`). Labels come from a label image, or from vectors rasterised on the
+raster's grid (one class per feature's ``label``/``class`` field, or class 1 for a two-class card),
+and are grouped by the dataset's ``label_map`` when it has one.
 """
 
 from __future__ import annotations

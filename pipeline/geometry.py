@@ -193,6 +193,12 @@ class RasterGeometry:
         return self.height, self.width
 
     @property
+    def pixel_size(self) -> tuple[float, float]:
+        """Pixel size (along rows, along columns) in map units; right for rotated grids too."""
+        a, b, _, d, e, _ = self.transform
+        return math.hypot(b, e), math.hypot(a, d)
+
+    @property
     def pixel_area(self) -> float:
         """Area of one pixel in map units squared (|det| of the transform; 1 for pixel coordinates)."""
         a, b, _, d, e, _ = self.transform

@@ -65,10 +65,8 @@ def write_sidecars(report: dict[str, Any], group: Any, model: Model, mask: Path,
     if html:
         page = html_report_path(mask)
         if isinstance(geometry, RasterGeometry):
-            a, b, _, d, e, _ = geometry.transform
-            spacing = ((b * b + e * e) ** 0.5, (a * a + d * d) ** 0.5)
-            raster_report(report, group, model.labels, spacing=spacing, window=_window(model), reference=reference,
-                          path=page)
+            raster_report(report, group, model.labels, spacing=geometry.pixel_size, window=_window(model),
+                          reference=reference, path=page)
         else:
             volume_report(report, group, model.labels, geometry=geometry, window=_window(model), reference=reference,
                           path=page)

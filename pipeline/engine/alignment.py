@@ -59,24 +59,21 @@ class WindowAlignment:
     def is_identity(self) -> bool:
         return self.perm == tuple(range(len(self.perm))) and not any(self.flip) and not self.resamples
 
+    def _flipped(self, x: Any) -> Any:
+        """Reverse the model axes that run against their scan axes (its own inverse)."""
+        dims = [2 + m for m, f in enumerate(self.flip) if f]
+        return x.flip(dims) if dims else x
+
     def to_model(self, windows: Any) -> Any:
         """(B, C, *roi_scan) windows -> (B, C, *roi_model) network input."""
-        out = windows.permute(0, 1, *(2 + p for p in self.perm))
-        flipped = [2 + m for m, f in enumerate(self.flip) if f]
-        if flipped:
-            out = out.flip(flipped)
+        out = self._flipped(windows.permute(0, 1, *(2 + p for p in self.perm)))
         return _resize(out, self.roi_model) if self.resamples else out
 
     def to_scan(self, outputs: Any) -> Any:
-        """(B, K, *roi_model) network output -> (B, K, *roi_scan) on the scan's grid (inverse of :meth:`to_model`)."""
+        """(B, K, *roi_model) network output -> (B, K, *roi_scan), the inverse of :meth:`to_model`."""
         out = _resize(outputs, tuple(self.roi_scan[p] for p in self.perm)) if self.resamples else outputs
-        flipped = [2 + m for m, f in enumerate(self.flip) if f]
-        if flipped:
-            out = out.flip(flipped)
-        inverse = [0] * len(self.perm)
-        for m, p in enumerate(self.perm):
-            inverse[p] = m
-        return out.permute(0, 1, *(2 + m for m in inverse))
+        inverse = sorted(range(len(self.perm)), key=self.perm.__getitem__)  # scan axis s is model axis inverse[s]
+        return self._flipped(out).permute(0, 1, *(2 + m for m in inverse))
 
 
 def _resize(x: Any, size: tuple[int, ...]) -> Any:

@@ -373,8 +373,7 @@ def pixel_size_m(geometry: RasterGeometry) -> tuple[float, float] | None:
                                       [x for x, _ in points], [y for _, y in points])
     except Exception:  # a CRS without a path to WGS 84 (engineering, planetary): trust its units
         factor = metres_per_unit(geometry)
-        a, b, _, d, e, _ = geometry.transform
-        return None if factor is None else (math.hypot(b, e) * factor, math.hypot(a, d) * factor)
+        return None if factor is None else (geometry.pixel_size[0] * factor, geometry.pixel_size[1] * factor)
     return (_haversine(lons[0], lats[0], lons[1], lats[1]), _haversine(lons[0], lats[0], lons[2], lats[2]))
 
 

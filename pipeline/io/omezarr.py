@@ -15,7 +15,6 @@ and the upper-left corner as translation (rows run southwards for north-up scene
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -46,8 +45,8 @@ def volume_transform(geometry: VolumeGeometry) -> tuple[list[float], list[float]
 
 def raster_transform(geometry: RasterGeometry) -> tuple[list[float], list[float], bool]:
     """NGFF ``(scale, translation)`` in ``y, x`` order: pixel size and upper-left corner; exact if unrotated."""
-    a, b, c, d, e, f = geometry.transform
-    return [math.hypot(b, e), math.hypot(a, d)], [f, c], not geometry.is_rotated
+    _, _, c, _, _, f = geometry.transform
+    return list(geometry.pixel_size), [f, c], not geometry.is_rotated
 
 
 def _levels(shape_yx: tuple[int, int]) -> int:
