@@ -117,6 +117,20 @@ def _variant(directory: Path, name: str, data: np.ndarray, ref: np.ndarray, affi
     return scan, reference
 
 
+def _without_spacing(model: str, directory: Path) -> Path:
+    """A copy of a shipped card (and its weights) without ``spacing``: the control that shows what it buys."""
+    import shutil
+
+    import yaml
+
+    card = yaml.safe_load((MODELS / f"{model}.yaml").read_text())
+    del card["spacing"]
+    shutil.copy(MODELS / card["weights"], directory / card["weights"])
+    path = directory / "plain.yaml"
+    path.write_text(yaml.safe_dump(card))
+    return path
+
+
 @pytest.fixture(scope="module")
 def ct(data_dir: Path) -> dict[str, Any]:
     scan = nib.load(data_dir / "medical" / "example_ct_sm.nii.gz")
@@ -160,10 +174,6 @@ def test_a_reoriented_ct_segments_like_the_original(tmp_path: Path, ct: dict[str
 def test_a_finer_ct_is_windowed_at_the_models_voxel_size(tmp_path: Path, ct: dict[str, Any], client2: Any) -> None:
     """The sample CT resampled to 1.5 mm: with the card's spacing the model keeps its Dice; the same
     weights without it (windows of 1.5 mm voxels) lose most of it, so the check can fail."""
-    import shutil
-
-    import yaml
-
     from pipeline.segment import segment_volume
 
     data = ndimage.zoom(ct["data"].astype(np.float32), 2, order=1).round().astype(np.int16)
@@ -173,11 +183,8 @@ def test_a_finer_ct_is_windowed_at_the_models_voxel_size(tmp_path: Path, ct: dic
     scan, _ = _variant(tmp_path, "fine", data, ref, affine)
     aligned = _dice(segment_volume(scan, model="ct-organs", output=tmp_path / "aligned.nii.gz", client=client2,
                                    html=False), ref)
-    card = yaml.safe_load((MODELS / "ct-organs.yaml").read_text())
-    del card["spacing"]
-    (tmp_path / "plain.yaml").write_text(yaml.safe_dump(card))
-    shutil.copy(MODELS / "ct-organs.pt", tmp_path / "ct-organs.pt")
-    plain = _dice(segment_volume(scan, model=tmp_path / "plain.yaml", output=tmp_path / "plain.nii.gz",
+    plain_card = _without_spacing("ct-organs", tmp_path)
+    plain = _dice(segment_volume(scan, model=plain_card, output=tmp_path / "plain.nii.gz",
                                  client=client2, html=False), ref)
     assert aligned["liver"] > 0.85 and aligned["bone"] > 0.7, aligned
     assert plain["liver"] < aligned["liver"] - 0.2, (plain, aligned)
@@ -268,10 +275,6 @@ def test_a_coarser_scene_is_windowed_at_the_models_ground_size(data_dir: Path, t
                                                               client2: Any) -> None:
     """The SpaceNet tile at 0.83 m instead of 0.5 m: with the card's spacing the buildings model keeps most
     of its Dice against the human footprints; the same weights on raw 0.83 m pixels lose much of it."""
-    import shutil
-
-    import yaml
-
     from pipeline.segment_raster import segment_raster
 
     scene = _resampled_scene(data_dir / "geo" / "sample_geotiff.tif", tmp_path / "coarse.tif", 0.6)
@@ -282,10 +285,7 @@ def test_a_coarser_scene_is_windowed_at_the_models_ground_size(data_dir: Path, t
                                 client=client2, html=False)
         return next(row["dice"] for row in result.report["labels"] if row["name"] == "building")
 
-    card = yaml.safe_load((MODELS / "buildings.yaml").read_text())
-    del card["spacing"]
-    (tmp_path / "plain.yaml").write_text(yaml.safe_dump(card))
-    shutil.copy(MODELS / "buildings.pt", tmp_path / "buildings.pt")
-    aligned, plain = building_dice("buildings", "aligned"), building_dice(tmp_path / "plain.yaml", "plain")
+    plain_card = _without_spacing("buildings", tmp_path)
+    aligned, plain = building_dice("buildings", "aligned"), building_dice(plain_card, "plain")
     assert aligned > 0.65, aligned
     assert plain < aligned - 0.15, (plain, aligned)
