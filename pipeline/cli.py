@@ -32,7 +32,7 @@ ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model card 
 OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Output mask path (default: beside the input).")]
 ReferenceOpt = Annotated[Path | None, typer.Option("--reference", "-r", help="Reference mask on the same grid, for Dice/IoU.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
-WorkersOpt = Annotated[int, typer.Option("--workers", "-w", min=1, help="Local Dask worker processes.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", "-w", min=0, help="Local Dask worker processes (0: threads in this process, the fastest on one machine).")]
 ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="Threads per Dask worker.")]
 MemoryOpt = Annotated[str, typer.Option("--memory-limit", help="Memory limit per local worker, e.g. 4GiB (auto: RAM / workers).")]
 AddressOpt = Annotated[str | None, typer.Option("--dask-address", help="Use an existing Dask scheduler, e.g. tcp://host:8786.")]
@@ -114,7 +114,7 @@ def segment_volume_cmd(
     output: OutputOpt = None,
     reference: ReferenceOpt = None,
     overwrite: OverwriteOpt = False,
-    workers: WorkersOpt = 2,
+    workers: WorkersOpt = 0,
     threads: ThreadsOpt = 1,
     memory_limit: MemoryOpt = "auto",
     dask_address: AddressOpt = None,
@@ -154,7 +154,7 @@ def segment_raster_cmd(
     output: OutputOpt = None,
     reference: ReferenceOpt = None,
     overwrite: OverwriteOpt = False,
-    workers: WorkersOpt = 2,
+    workers: WorkersOpt = 0,
     threads: ThreadsOpt = 1,
     memory_limit: MemoryOpt = "auto",
     dask_address: AddressOpt = None,

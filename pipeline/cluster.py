@@ -1,8 +1,12 @@
-"""Dask cluster for a run: a LocalCluster of worker processes, or an existing scheduler.
+"""Dask cluster for a run: threads in this process (the default), local worker processes, or an
+existing scheduler.
 
-Workers are daemonic processes, so torch DataLoader workers are never used inside
-them; instead each worker's torch intra-op threads are set once by a plugin so
-that workers x threads does not oversubscribe the machine.
+On one machine the in-process runtime is the fastest and leanest: the model is loaded once,
+nothing is pickled between processes, and no second copy of torch is started (see
+bench/RESULTS.md). Worker processes (``workers >= 1``) isolate crashes and use several
+interpreters; workers are daemonic, so torch DataLoader workers are never used inside them.
+Either way torch's intra-op threads are set once by a plugin so that workers x threads does
+not oversubscribe the machine.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ class ClusterSettings:
     """Where blocks run. ``address`` wins over the local settings when given."""
 
     address: str | None = None
-    workers: int = 2
+    workers: int = 0  #: 0: threads in this process; N >= 1: N local worker processes
     threads_per_worker: int = 1
     memory_limit: str = "auto"
     torch_threads: int | None = None  #: None: cores / (workers x threads) locally, 1 on a remote cluster
@@ -83,7 +87,7 @@ def _spawning_without_sigint() -> Iterator[None]:
 def _local_torch_threads(settings: ClusterSettings) -> int:
     if settings.torch_threads is not None:
         return settings.torch_threads
-    return max(1, (os.cpu_count() or 1) // (settings.workers * settings.threads_per_worker))
+    return max(1, (os.cpu_count() or 1) // (max(settings.workers, 1) * settings.threads_per_worker))
 
 
 def worker_environ() -> dict[str, Any]:
@@ -116,8 +120,13 @@ def dask_client(settings: ClusterSettings) -> Iterator[Any]:
             client.register_plugin(TorchThreads(threads))
             yield client
         return
-    if settings.workers < 1 or settings.threads_per_worker < 1:
-        raise PipelineError(f"workers and threads per worker must be >= 1, got {settings.workers}, {settings.threads_per_worker}")
+    if settings.workers < 0 or settings.threads_per_worker < 1:
+        raise PipelineError(f"workers must be >= 0 and threads per worker >= 1, got {settings.workers}, "
+                            f"{settings.threads_per_worker}")
+    if settings.workers == 0:
+        with _in_process_client(settings) as client:
+            yield client
+        return
     import dask
 
     with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
@@ -129,6 +138,18 @@ def dask_client(settings: ClusterSettings) -> Iterator[Any]:
             client.register_plugin(IgnoreInterrupt())  # also for workers the nannies restart later
             client.register_plugin(TorchThreads(_local_torch_threads(settings)))
             yield client
+
+
+@contextlib.contextmanager
+def _in_process_client(settings: ClusterSettings) -> Iterator[Any]:
+    """One worker whose threads run in this process: tasks share the driver's loaded model."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=settings.threads_per_worker, processes=False,
+                      memory_limit=settings.memory_limit, dashboard_address=":0",
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        client.register_plugin(TorchThreads(_local_torch_threads(settings)))
+        yield client
 
 
 def dashboard_link(client: Any) -> str | None:

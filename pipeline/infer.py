@@ -7,9 +7,11 @@ by the task that merged it, so one task writes each label chunk, once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,20 +19,18 @@ import numpy as np
 import zarr
 
 from pipeline.engine.alignment import alignment_for
-from pipeline.engine.api import MergeTask, default_chunks, merge_tasks
-from pipeline.engine.merger import merge_block
-from pipeline.engine.predictor import InferenceSettings, Partial
-from pipeline.engine.windows import balanced_chunks, parse_overlap, window_grid
+from pipeline.engine.api import default_chunks
+from pipeline.engine.predictor import InferenceSettings
+from pipeline.engine.runner import BlockSink, ImageSource, block_jobs, run_block, run_jobs
+from pipeline.engine.windows import balanced_chunks, parse_overlap, plan_blocks, window_grid
 from pipeline.errors import InputError
-from pipeline.io.store import Ledger, block_name, create_array, write_region
+from pipeline.io.store import Ledger, block_name, create_array
 from pipeline.models import Model
 
 logger = logging.getLogger(__name__)
 
-#: With default blocks, aim for at least this many predict tasks per worker (load balance).
+#: With default blocks, aim for at least this many block tasks per worker thread (load balance).
 TASKS_PER_WORKER = 4
-#: Merges submitted ahead per worker: more keeps workers busier, fewer holds fewer partials in memory.
-MERGES_IN_FLIGHT_PER_WORKER = 2
 
 
 @dataclass(frozen=True)
@@ -42,28 +42,11 @@ class InferenceResult:
     blocks: int
     chunks: tuple[int, ...]
     blocks_resumed: int = 0  #: blocks a previous, interrupted run had finished (not recomputed)
+    spill_bytes_peak: int = 0  #: most bytes of block overlaps (spills) alive in the work directory at once
 
 
 def label_dtype(n_labels: int) -> np.dtype:
     return np.dtype(np.uint8 if n_labels <= 256 else np.uint16)
-
-
-def _merge_and_store(partials: list[Partial], lo: tuple[int, ...], hi: tuple[int, ...], store: str,
-                     region: tuple[slice, ...], dtype: str, probabilities: bool, ledger: Ledger | None) -> int:
-    """Merge one block, argmax it and write its label chunk, in one task: logits never leave the worker.
-
-    The block's completion record is written last, so a record always vouches for complete chunks;
-    re-running the task (a lost worker, a resumed run) rewrites only this block's own chunks.
-    """
-    logits = merge_block(partials, lo, hi)
-    labels = np.argmax(logits, axis=0).astype(dtype)
-    write_region(store, "labels", region, labels)
-    if probabilities:
-        shifted = np.exp(logits - logits.max(axis=0, keepdims=True))
-        write_region(store, "probabilities", (slice(None), *region), (shifted / shifted.sum(axis=0)).astype(np.float16))
-    if ledger is not None:
-        ledger.mark(block_name(region))
-    return int(labels.size)
 
 
 def _load_network(ref: Any) -> str:
@@ -77,52 +60,6 @@ def preload_model(client: Any, model: Model) -> None:
     Only a head start: a worker lost meanwhile (or added later) loads it in its first task instead.
     """
     client.run(_load_network, model.ref, on_error="ignore")
-
-
-def stream_merges(client: Any, plan: list[MergeTask], store: str, dtype: str, probabilities: bool, *,
-                  in_flight: int, ledger: Ledger | None = None) -> Iterator[None]:
-    """Run merge-and-store tasks in raster order, at most ``in_flight`` at a time; yield as each finishes.
-
-    Predict tasks start only when a merge that needs them is submitted, and each partial's future
-    is dropped once the last merge using it is done: memory holds a moving front of partials, not
-    the whole volume's, and no partial is ever computed twice.
-    """
-    from distributed import as_completed
-
-    users: dict[str, int] = {}
-    for task in plan:
-        for part in task.partials:
-            users[part.key] = users.get(part.key, 0) + 1
-    live: dict[str, Any] = {}
-    needs: dict[str, list[str]] = {}  # merge future key -> the partial keys it consumed
-    pending = iter(plan)
-    running = as_completed()
-
-    def submit_next() -> bool:
-        task = next(pending, None)
-        if task is None:
-            return False
-        inputs = []
-        for part in task.partials:
-            if part.key not in live:
-                live[part.key] = client.compute(part)
-            inputs.append(live[part.key])
-        future = client.submit(_merge_and_store, inputs, task.lo, task.hi, store, task.region, dtype,
-                               probabilities, ledger, pure=False)
-        needs[future.key] = [part.key for part in task.partials]
-        running.add(future)
-        return True
-
-    for _ in range(in_flight):
-        submit_next()
-    for future in running:
-        future.result()
-        for key in needs.pop(future.key):
-            users[key] -= 1
-            if users[key] == 0:
-                del live[key]
-        submit_next()
-        yield
 
 
 def engine_fingerprint(model: Model, *, chunks: Sequence[int] | None, probabilities: bool) -> dict[str, Any]:
@@ -164,17 +101,16 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
         logger.info("windows of %s input pixels/voxels, shown to the model as %s %s", list(alignment.roi_scan),
                     list(model.roi_size), model.card.orientation or "")
     grid = window_grid(spatial, settings.roi_size, settings.overlap)
-    workers = max(1, len(client.scheduler_info().get("workers", {})))
+    threads = worker_threads(client)
     resuming = ledger is not None and "labels" in group
     if resuming:
         block = tuple(group["labels"].chunks)  # the interrupted run's plan, whatever the worker count now
     else:
         block = tuple(chunks) if chunks else balanced_chunks(grid, default_chunks(settings.roi_size),
-                                                             TASKS_PER_WORKER * workers)
+                                                             TASKS_PER_WORKER * threads)
     raw = da.from_zarr(image)
     with dask.config.set(scheduler=client):  # this run's cluster, not whichever client is the default
         statistics = model.statistics(raw)
-    x = raw.map_blocks(model.preprocess_block, statistics, dtype=np.float32)
     dtype = label_dtype(model.card.out_channels)
     if resuming:
         labels = group["labels"]
@@ -188,17 +124,29 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
                                  chunks=(model.card.out_channels, *block), dtype=np.float16,
                                  attributes=dict(image.attrs))
     store = str(group.store.root)
-    plan = merge_tasks(x, model.ref, settings, chunks=block, client=client)
-    finished = ledger.names() if ledger is not None else set()
-    todo = [task for task in plan if block_name(task.region) not in finished]
-    if len(todo) < len(plan):
-        logger.info("resuming: %d of %d blocks already finished", len(plan) - len(todo), len(plan))
+    jobs = block_jobs(plan_blocks(grid, block))
+    source = ImageSource(store=store, name=image.path, pads=tuple(a.pad_before for a in grid.axes),
+                         preprocess=model.preprocess_block, statistics=statistics)
+    sink = BlockSink(store=store, spill_dir=str(Path(store).parent / "spill"), dtype=dtype.name,
+                     out_channels=model.card.out_channels, probabilities=probabilities, ledger=ledger)
+    task = functools.partial(run_block, source=source, network=model.ref, settings=settings, sink=sink)
+    done_names = ledger.names() if ledger is not None else set()
+    finished = {job.index for job in jobs if block_name(job.region) in done_names}
+    if finished:
+        logger.info("resuming: %d of %d blocks already finished", len(finished), len(jobs))
     start = time.perf_counter()
-    with tqdm(total=len(plan), initial=len(plan) - len(todo), desc="blocks", unit="block", disable=not progress,
+    seen = None
+    with tqdm(total=len(jobs), initial=len(finished), desc="blocks", unit="block", disable=not progress,
               leave=False) as bar:
-        for _ in stream_merges(client, todo, store, dtype.name, probabilities,
-                               in_flight=MERGES_IN_FLIGHT_PER_WORKER * workers + 2, ledger=ledger):
+        for seen in run_jobs(client, jobs, task, finished=finished, in_flight=threads):
             bar.update(1)
     seconds = time.perf_counter() - start
     return InferenceResult(labels=labels, probabilities=probs, seconds=seconds, windows=grid.n_windows,
-                           blocks=len(plan), chunks=block, blocks_resumed=len(plan) - len(todo))
+                           blocks=len(jobs), chunks=block, blocks_resumed=len(finished),
+                           spill_bytes_peak=seen.spill_bytes_peak if seen else 0)
+
+
+def worker_threads(client: Any) -> int:
+    """Task slots in the cluster: the sum of every worker's threads."""
+    workers = client.scheduler_info().get("workers", {})
+    return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))

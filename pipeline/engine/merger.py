@@ -13,6 +13,26 @@ import numpy as np
 
 from pipeline.engine.predictor import Partial
 
+Span = tuple[tuple[int, ...], tuple[int, ...]]  #: (lo, hi) in padded coordinates, hi exclusive
+
+
+def overlap_slices(a: Span, b: Span) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
+    """Where the common part of spans ``a`` and ``b`` lies in each of them; None when they are disjoint."""
+    in_a, in_b = [], []
+    for a_lo, a_hi, b_lo, b_hi in zip(*a, *b, strict=True):
+        lo, hi = max(a_lo, b_lo), min(a_hi, b_hi)
+        if lo >= hi:
+            return None
+        in_a.append(slice(lo - a_lo, hi - a_lo))
+        in_b.append(slice(lo - b_lo, hi - b_lo))
+    return tuple(in_a), tuple(in_b)
+
+
+def normalise(sums: np.ndarray) -> np.ndarray:
+    """``(C + 1, *span)`` sums -> ``(C, *span)`` blended outputs: MONAI's ``output / count_map``."""
+    with np.errstate(invalid="ignore", divide="ignore"):  # a voxel no window covered (never in a full grid)
+        return sums[:-1] / sums[-1]
+
 
 def merge_block(partials: Sequence[Partial], lo: tuple[int, ...], hi: tuple[int, ...]) -> np.ndarray:
     """Blend the outputs for padded span ``[lo, hi)`` from the partials that overlap it.
@@ -20,15 +40,10 @@ def merge_block(partials: Sequence[Partial], lo: tuple[int, ...], hi: tuple[int,
     Returns float32 (C_out, *block) equal to MONAI's ``output / count_map`` on that span.
     """
     shape = tuple(h - l for l, h in zip(lo, hi, strict=True))
-    channels = partials[0].weighted.shape[0]
-    weighted = np.zeros((channels, *shape), dtype=np.float32)
-    weights = np.zeros(shape, dtype=np.float32)
+    sums = np.zeros((partials[0].sums.shape[0], *shape), dtype=np.float32)
     for part in partials:
-        src, dst = [], []
-        for p_lo, p_len, b_lo, b_hi in zip(part.lo, part.weights.shape, lo, hi, strict=True):
-            start, stop = max(p_lo, b_lo), min(p_lo + p_len, b_hi)
-            src.append(slice(start - p_lo, stop - p_lo))
-            dst.append(slice(start - b_lo, stop - b_lo))
-        weighted[(slice(None), *dst)] += part.weighted[(slice(None), *src)]
-        weights[tuple(dst)] += part.weights[tuple(src)]
-    return weighted / weights
+        where = overlap_slices((part.lo, tuple(l + n for l, n in zip(part.lo, part.sums.shape[1:], strict=True))),
+                               (lo, hi))
+        if where is not None:
+            sums[(slice(None), *where[1])] += part.sums[(slice(None), *where[0])]
+    return normalise(sums)

@@ -48,9 +48,16 @@ class Partial:
     """A predict task's result: blended sums over padded span ``[lo, lo + shape)``."""
 
     lo: tuple[int, ...]
-    weighted: np.ndarray  #: (C_out, *span) sum of importance * output
-    weights: np.ndarray  #: (*span) sum of importance
+    sums: np.ndarray  #: (C_out + 1, *span): sum of importance * output per channel, then sum of importance
     n_windows: int
+
+    @property
+    def weighted(self) -> np.ndarray:
+        return self.sums[:-1]
+
+    @property
+    def weights(self) -> np.ndarray:
+        return self.sums[-1]
 
 
 @functools.lru_cache(maxsize=8)
@@ -93,8 +100,7 @@ def predict_group(
     amp = settings.amp if settings.amp is not None else device.type == "cuda"
     weight = importance_map(settings.roi_size, settings.mode, settings.sigma_scale)
     span = region.shape[1:]
-    weights = np.zeros(span, dtype=np.float32)
-    weighted: np.ndarray | None = None
+    sums: np.ndarray | None = None
     corners = list(itertools.product(*starts))
     source = torch.from_numpy(np.ascontiguousarray(region, dtype=np.float32))
     for first in range(0, len(corners), settings.sw_batch_size):
@@ -105,11 +111,13 @@ def predict_group(
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             outputs = net(align.to_model(windows) if align else windows)
         outputs = (align.to_scan(outputs.float()) if align else outputs.float()).cpu().numpy()
-        if weighted is None:
-            weighted = np.zeros((outputs.shape[1], *span), dtype=np.float32)
+        if sums is None:
+            sums = np.zeros((outputs.shape[1] + 1, *span), dtype=np.float32)
         for box, out in zip(boxes, outputs, strict=True):
-            weighted[(slice(None), *box)] += out * weight
-            weights[box] += weight
-    assert weighted is not None  # every task owns at least one window
+            target = sums[(slice(None), *box)]
+            np.multiply(out, weight, out=out)
+            target[:-1] += out
+            target[-1] += weight
+    assert sums is not None  # every task owns at least one window
     _windows_evaluated[0] += len(corners)
-    return Partial(lo=lo, weighted=weighted, weights=weights, n_windows=len(corners))
+    return Partial(lo=lo, sums=sums, n_windows=len(corners))

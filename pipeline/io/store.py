@@ -72,6 +72,9 @@ class Ledger:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
 
+    def mark_block(self, region: Sequence[slice]) -> None:
+        self.mark(block_name(region))
+
     def names(self) -> set[str]:
         try:
             return {n for n in os.listdir(self.path) if not n.endswith(".tmp")}

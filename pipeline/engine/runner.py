@@ -1,0 +1,271 @@
+"""The out-of-core runner: one task per output block, with the overlap spilled through disk.
+
+MONAI's windows reach at most ``roi - 1`` voxels past the block that owns them (the one
+holding their start), and only forward. So block ``b``'s task evaluates its own windows
+and blends them over its span (block + forward halo), then:
+
+1. writes the *spills* (the parts of that span lying in forward neighbours ``d``) as small
+   files ``spill/<d>/<b>.npy`` in the work directory;
+2. adds the spills its backward neighbours wrote for it, divides by the weights, argmaxes
+   and writes its label chunk (one writer per chunk), records the block as done, and
+   deletes the spills it consumed.
+
+A block is started only when every block that spills into it is done, so its sums are
+complete when it divides: no seams, and every window is evaluated exactly once. Memory
+holds only the tasks in flight (each: one span of ``(classes + 1)`` float32 sums), never a
+front of the volume: the front lives on disk as spills, and spills are deleted as soon as
+they are consumed. See DESIGN.md ("Memory") for the bound.
+
+Resume: a block's spills are written before its record, and consumed spills are deleted
+only after the consumer's record, so a rerun finds every spill an unfinished block needs
+from finished ones and recomputes only unfinished blocks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.engine.merger import Span, normalise, overlap_slices
+from pipeline.engine.predictor import InferenceSettings, predict_group
+from pipeline.engine.windows import BlockPlan
+
+Index = tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BlockJob:
+    """Everything one block task needs to know about the plan (no arrays)."""
+
+    index: Index  #: block position per axis
+    region: tuple[slice, ...]  #: the output block, image coordinates
+    span: Span  #: the output block, padded coordinates
+    windows: tuple[Span, tuple[tuple[int, ...], ...]] | None  #: owned windows: their span and starts per axis
+    sources: tuple[tuple[Index, Span], ...]  #: blocks whose windows spill into this one, with their spans
+    targets: tuple[tuple[Index, Span], ...]  #: forward blocks this one's windows spill into, with their spans
+
+
+def block_jobs(plan: BlockPlan) -> list[BlockJob]:
+    """One job per output block of ``plan``, in raster order."""
+    pads = tuple(a.grid.pad_before for a in plan.axes)
+    owned = [{g.index: g for g in a.groups} for a in plan.axes]
+
+    def block_span(index: Index) -> Span:
+        return (tuple(a.blocks[i][0] + p for a, i, p in zip(plan.axes, index, pads, strict=True)),
+                tuple(a.blocks[i][1] + p for a, i, p in zip(plan.axes, index, pads, strict=True)))
+
+    def window_span(index: Index) -> Span:
+        groups = [o[i] for o, i in zip(owned, index, strict=True)]
+        return tuple(g.lo for g in groups), tuple(g.hi for g in groups)
+
+    def reached(axis: int, block: int) -> list[int]:
+        """Blocks on ``axis`` that the windows owned by ``block`` touch."""
+        group = owned[axis][block]
+        pad = pads[axis]
+        return [j for j, (lo, hi) in enumerate(plan.axes[axis].blocks) if lo + pad < group.hi and hi + pad > group.lo]
+
+    jobs = []
+    for index in plan.block_keys():
+        has_windows = all(i in o for o, i in zip(owned, index, strict=True))
+        contributors = itertools.product(*(
+            [a.groups[p].index for p in a.contributors(i)] for a, i in zip(plan.axes, index, strict=True)))
+        sources = tuple((s, window_span(s)) for s in contributors if s != index)
+        targets: tuple[tuple[Index, Span], ...] = ()
+        if has_windows:
+            forward = itertools.product(*(reached(axis, i) for axis, i in enumerate(index)))
+            targets = tuple((t, block_span(t)) for t in forward if t != index)
+        windows = None
+        if has_windows:
+            groups = [o[i] for o, i in zip(owned, index, strict=True)]
+            windows = (window_span(index), tuple(g.starts for g in groups))
+        jobs.append(BlockJob(index=index, region=tuple(slice(lo - p, hi - p) for lo, hi, p in
+                                                        zip(*block_span(index), pads, strict=True)),
+                             span=block_span(index), windows=windows, sources=sources, targets=targets))
+    return jobs
+
+
+def _open_array(store: str, name: str, mode: str) -> Any:
+    """Opened per task, never cached: a rerun may recreate the store at the same path with another shape."""
+    import zarr
+
+    return zarr.open_array(zarr.storage.LocalStore(store, read_only=mode == "r"), path=name, mode=mode)
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Reads a preprocessed, zero-padded span of the work store's image (picklable: paths, no handles)."""
+
+    store: str
+    name: str
+    pads: tuple[int, ...]
+    preprocess: Callable[[np.ndarray, Any], np.ndarray]
+    statistics: Any
+
+    def read(self, span: Span) -> np.ndarray:
+        array = _open_array(self.store, self.name, "r")
+        index: list[slice] = [slice(None)]
+        padding = [(0, 0)]
+        for lo, hi, pad, size in zip(*span, self.pads, array.shape[1:], strict=True):
+            start, stop = max(lo - pad, 0), min(hi - pad, size)
+            index.append(slice(start, stop))
+            padding.append((start - (lo - pad), (hi - pad) - stop))
+        region = np.asarray(self.preprocess(np.asarray(array[tuple(index)]), self.statistics), dtype=np.float32)
+        if any(p != (0, 0) for p in padding):
+            region = np.pad(region, padding, mode="constant", constant_values=0)
+        return region
+
+
+@dataclass(frozen=True)
+class BlockSink:
+    """Where block results go: label (and probability) chunks, spills, completion records."""
+
+    store: str
+    spill_dir: str
+    dtype: str
+    out_channels: int
+    probabilities: bool = False
+    ledger: Any = None  #: has ``mark_block(region)`` (a :class:`pipeline.io.store.Ledger`), or None
+
+    def spill_path(self, target: Index, source: Index) -> str:
+        return os.path.join(self.spill_dir, _name(target), _name(source) + ".npy")
+
+    def save_spill(self, target: Index, source: Index, piece: np.ndarray) -> int:
+        path = self.spill_path(target, source)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.{id(piece)}.tmp"
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(piece), allow_pickle=False)
+        os.replace(tmp, path)
+        return piece.nbytes
+
+    def load_spill(self, target: Index, source: Index) -> np.ndarray:
+        return np.load(self.spill_path(target, source), allow_pickle=False)
+
+    def drop_spills(self, target: Index) -> None:
+        folder = os.path.join(self.spill_dir, _name(target))
+        if os.path.isdir(folder):
+            for entry in os.scandir(folder):
+                os.unlink(entry.path)
+            os.rmdir(folder)
+
+    def write(self, region: tuple[slice, ...], logits: np.ndarray) -> None:
+        labels = np.argmax(logits, axis=0).astype(self.dtype)
+        _open_array(self.store, "labels", "r+")[region] = labels
+        if self.probabilities:
+            shifted = np.exp(logits - logits.max(axis=0, keepdims=True))
+            probs = (shifted / shifted.sum(axis=0)).astype(np.float16)
+            _open_array(self.store, "probabilities", "r+")[(slice(None), *region)] = probs
+        if self.ledger is not None:
+            self.ledger.mark_block(region)
+
+
+def _name(index: Index) -> str:
+    return "-".join(map(str, index))
+
+
+@dataclass(frozen=True, slots=True)
+class BlockDone:
+    windows: int
+    spill_bytes: int
+
+
+def run_block(job: BlockJob, source: ImageSource, network: Any, settings: InferenceSettings,
+              sink: BlockSink) -> BlockDone:
+    """The task for one block: predict its windows, spill forward, gather backward spills, write it."""
+    sums: np.ndarray | None = None
+    windows = spilled = 0
+    shape = tuple(h - l for l, h in zip(*job.span, strict=True))
+    if job.windows is not None:
+        span, starts = job.windows
+        part = predict_group(source.read(span), span[0], starts, network, settings)
+        windows = part.n_windows
+        for target, target_span in job.targets:
+            where = overlap_slices(span, target_span)
+            if where is not None:
+                spilled += sink.save_spill(target, job.index, part.sums[(slice(None), *where[0])])
+        own = overlap_slices(span, job.span)
+        assert own is not None  # a block's windows start inside it
+        sums = part.sums[(slice(None), *own[0])]
+        if sums.shape[1:] != shape or job.sources:
+            full = np.zeros((sums.shape[0], *shape), dtype=np.float32)
+            full[(slice(None), *own[1])] = sums
+            sums = full
+        del part
+    if sums is None:
+        sums = np.zeros((sink.out_channels + 1, *shape), dtype=np.float32)
+    for source_index, source_span in job.sources:
+        where = overlap_slices(source_span, job.span)
+        if where is not None:
+            sums[(slice(None), *where[1])] += sink.load_spill(job.index, source_index)
+    sink.write(job.region, normalise(sums))
+    sink.drop_spills(job.index)
+    return BlockDone(windows=windows, spill_bytes=spilled)
+
+
+@dataclass
+class Progress:
+    """What the driver saw: counts, and the peak bytes of spills alive on disk (an upper bound)."""
+
+    windows: int = 0
+    blocks: int = 0
+    spill_bytes_peak: int = 0
+
+
+def run_jobs(client: Any, jobs: Sequence[BlockJob], task: Callable[[BlockJob], Any], *,
+             finished: set[Index], in_flight: int) -> Iterator[Progress]:
+    """Run ``task`` for every job not in ``finished``, each once its sources are done; yield after each.
+
+    Ready blocks start in raster order, at most ``in_flight`` at a time, so the spills alive on disk
+    stay a thin front and memory holds only the running tasks.
+    """
+    from distributed import as_completed
+
+    todo = {job.index: job for job in jobs if job.index not in finished}
+    waiting = {i: {s for s, _ in job.sources if s not in finished} for i, job in todo.items()}
+    ready = [i for i, w in waiting.items() if not w]
+    heapq.heapify(ready)
+    waiting = {i: w for i, w in waiting.items() if w}
+    running = as_completed()
+    keys: dict[str, Index] = {}
+    alive: dict[Index, list[int]] = {}  # source -> [spill bytes on disk, targets not yet done]
+    progress = Progress()
+
+    def submit() -> None:
+        while ready and running.count() < in_flight:
+            index = heapq.heappop(ready)
+            future = client.submit(task, todo[index], pure=False,
+                                   key=f"volseg-block-{_name(index)}-{time.time_ns()}")
+            keys[future.key] = index
+            running.add(future)
+
+    submit()
+    for future in running:
+        done: BlockDone = future.result()
+        index = keys.pop(future.key)
+        job = todo.pop(index)
+        progress.windows += done.windows
+        progress.blocks += 1
+        pending_targets = sum(t in todo for t, _ in job.targets)
+        if done.spill_bytes and pending_targets:
+            alive[index] = [done.spill_bytes, pending_targets]
+        for source, _ in job.sources:  # this block consumed (and deleted) its sources' spills
+            if source in alive:
+                alive[source][1] -= 1
+                if alive[source][1] <= 0:
+                    del alive[source]
+        for target, _ in job.targets:
+            if target in waiting:
+                waiting[target].discard(index)
+                if not waiting[target]:
+                    del waiting[target]
+                    heapq.heappush(ready, target)
+        progress.spill_bytes_peak = max(progress.spill_bytes_peak, sum(a[0] for a in alive.values()))
+        submit()
+        yield progress
