@@ -84,6 +84,11 @@ def _spawning_without_sigint() -> Iterator[None]:
             signal.signal(signal.SIGINT, previous)
 
 
+def _dashboard_address() -> str | None:
+    """Serve the dashboard only when asked for debug output (``-v``): importing bokeh for it costs seconds."""
+    return ":0" if logging.getLogger("pipeline").isEnabledFor(logging.DEBUG) else None
+
+
 def _local_torch_threads(settings: ClusterSettings) -> int:
     if settings.torch_threads is not None:
         return settings.torch_threads
@@ -132,7 +137,7 @@ def dask_client(settings: ClusterSettings) -> Iterator[Any]:
     with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
         with _spawning_without_sigint():
             cluster = LocalCluster(n_workers=settings.workers, threads_per_worker=settings.threads_per_worker,
-                                   memory_limit=settings.memory_limit, processes=True, dashboard_address=":0",
+                                   memory_limit=settings.memory_limit, processes=True, dashboard_address=_dashboard_address(),
                                    silence_logs=logging.ERROR)
         with cluster, Client(cluster) as client:
             client.register_plugin(IgnoreInterrupt())  # also for workers the nannies restart later
@@ -146,7 +151,7 @@ def _in_process_client(settings: ClusterSettings) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=1, threads_per_worker=settings.threads_per_worker, processes=False,
-                      memory_limit=settings.memory_limit, dashboard_address=":0",
+                      memory_limit=settings.memory_limit, dashboard_address=_dashboard_address(),
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         client.register_plugin(TorchThreads(_local_torch_threads(settings)))
         yield client
