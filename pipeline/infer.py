@@ -66,6 +66,10 @@ def _merge_and_store(partials: list[Partial], lo: tuple[int, ...], hi: tuple[int
     return int(labels.size)
 
 
+def _preprocess_valid(block: np.ndarray, valid: np.ndarray, model: Model, statistics: dict[str, float]) -> np.ndarray:
+    return model.preprocess_block(block, statistics, valid)
+
+
 def _load_network(ref: Any) -> str:
     ref.network()
     return ref.sha256
@@ -139,16 +143,20 @@ def engine_fingerprint(model: Model, *, chunks: Sequence[int] | None, probabilit
 
 def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client: Any,
                   chunks: Sequence[int] | None = None, probabilities: bool = False,
-                  progress: bool = False, ledger: Ledger | None = None) -> InferenceResult:
+                  progress: bool = False, ledger: Ledger | None = None,
+                  valid: zarr.Array | None = None) -> InferenceResult:
     """Segment ``image`` (C, *spatial) from the work store into ``group['labels']``.
 
     With a ``ledger``, blocks it records as finished are kept and not recomputed (resume); the
-    caller guarantees the store was made for the same input, model and parameters.
+    caller guarantees the store was made for the same input, model and parameters. With ``valid``
+    (*spatial, bool), invalid pixels count in no statistic, reach the network as
+    :data:`~pipeline.engine.validity.NEUTRAL`, and windows without a valid pixel are skipped.
     """
     if model.card.kind == "classical":  # weightless methods: same store and block grid, no windows
         from pipeline.engine.classical import run_classical
 
-        return run_classical(image, model, group, client=client, chunks=chunks, probabilities=probabilities)
+        return run_classical(image, model, group, client=client, chunks=chunks, probabilities=probabilities,
+                             valid=valid)
     import dask
     import dask.array as da
     from tqdm import tqdm
@@ -159,7 +167,8 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
     alignment = alignment_for(image.attrs.get("geometry"), model.card)
     settings = InferenceSettings(roi_size=alignment.roi_scan if alignment else model.roi_size,
                                  overlap=parse_overlap(model.overlap, len(spatial)),
-                                 sw_batch_size=model.card.sw_batch_size, alignment=alignment)
+                                 sw_batch_size=model.card.sw_batch_size, alignment=alignment,
+                                 out_channels=model.card.out_channels)
     if alignment is not None:
         logger.info("windows of %s input pixels/voxels, shown to the model as %s %s", list(alignment.roi_scan),
                     list(model.roi_size), model.card.orientation or "")
@@ -172,9 +181,13 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
         block = tuple(chunks) if chunks else balanced_chunks(grid, default_chunks(settings.roi_size),
                                                              TASKS_PER_WORKER * workers)
     raw = da.from_zarr(image)
+    mask = None if valid is None else da.from_zarr(valid).rechunk(raw.chunks[1:])
     with dask.config.set(scheduler=client):  # this run's cluster, not whichever client is the default
-        statistics = model.statistics(raw)
-    x = raw.map_blocks(model.preprocess_block, statistics, dtype=np.float32)
+        statistics = model.statistics(raw, mask)
+    if mask is None:
+        x = raw.map_blocks(model.preprocess_block, statistics, dtype=np.float32)
+    else:
+        x = da.map_blocks(_preprocess_valid, raw, mask, model, statistics, dtype=np.float32)
     dtype = label_dtype(model.card.out_channels)
     if resuming:
         labels = group["labels"]
@@ -188,7 +201,7 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
                                  chunks=(model.card.out_channels, *block), dtype=np.float16,
                                  attributes=dict(image.attrs))
     store = str(group.store.root)
-    plan = merge_tasks(x, model.ref, settings, chunks=block, client=client)
+    plan = merge_tasks(x, model.ref, settings, chunks=block, client=client, valid=mask)
     finished = ledger.names() if ledger is not None else set()
     todo = [task for task in plan if block_name(task.region) not in finished]
     if len(todo) < len(plan):

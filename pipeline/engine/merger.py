@@ -17,7 +17,8 @@ from pipeline.engine.predictor import Partial
 def merge_block(partials: Sequence[Partial], lo: tuple[int, ...], hi: tuple[int, ...]) -> np.ndarray:
     """Blend the outputs for padded span ``[lo, hi)`` from the partials that overlap it.
 
-    Returns float32 (C_out, *block) equal to MONAI's ``output / count_map`` on that span.
+    Returns float32 (C_out, *block) equal to MONAI's ``output / count_map`` on that span, and 0
+    where no window was evaluated (nodata only: see :mod:`pipeline.engine.validity`).
     """
     shape = tuple(h - l for l, h in zip(lo, hi, strict=True))
     channels = partials[0].weighted.shape[0]
@@ -31,4 +32,4 @@ def merge_block(partials: Sequence[Partial], lo: tuple[int, ...], hi: tuple[int,
             dst.append(slice(start - b_lo, stop - b_lo))
         weighted[(slice(None), *dst)] += part.weighted[(slice(None), *src)]
         weights[tuple(dst)] += part.weights[tuple(src)]
-    return weighted / weights
+    return np.divide(weighted, weights, out=np.zeros_like(weighted), where=weights > 0)
