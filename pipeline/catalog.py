@@ -53,13 +53,8 @@ class Segmenter:
     options: frozenset[str] = frozenset()  #: source keys passed on as keyword arguments (bands, vectors)
 
     def load(self) -> Callable[..., Any]:
-        """The segment function; a clear error when its module is not installed (yet)."""
-        try:
-            module = importlib.import_module(self.module)
-        except ModuleNotFoundError as e:
-            if e.name != self.module:
-                raise
-            raise CatalogError(f"{self.module} is not available, so {self.function} cannot run") from e
+        """The segment function, imported on first use."""
+        module = importlib.import_module(self.module)
         function: Callable[..., Any] = getattr(module, self.function)
         return function
 

@@ -76,16 +76,20 @@ def engine_fingerprint(model: Model, *, chunks: Sequence[int] | None, probabilit
 
 def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client: Any,
                   chunks: Sequence[int] | None = None, probabilities: bool = False,
-                  progress: bool = False, ledger: Ledger | None = None) -> InferenceResult:
+                  progress: bool = False, ledger: Ledger | None = None,
+                  valid: zarr.Array | None = None) -> InferenceResult:
     """Segment ``image`` (C, *spatial) from the work store into ``group['labels']``.
 
     With a ``ledger``, blocks it records as finished are kept and not recomputed (resume); the
-    caller guarantees the store was made for the same input, model and parameters.
+    caller guarantees the store was made for the same input, model and parameters. With ``valid``
+    (*spatial, bool, in the same group), invalid pixels count in no statistic, reach the network as
+    :data:`~pipeline.engine.validity.NEUTRAL`, and windows without a valid pixel are skipped.
     """
     if model.card.kind == "classical":  # weightless methods: same store and block grid, no windows
         from pipeline.engine.classical import run_classical
 
-        return run_classical(image, model, group, client=client, chunks=chunks, probabilities=probabilities)
+        return run_classical(image, model, group, client=client, chunks=chunks, probabilities=probabilities,
+                             valid=valid)
     import dask
     import dask.array as da
     from tqdm import tqdm
@@ -96,7 +100,8 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
     alignment = alignment_for(image.attrs.get("geometry"), model.card)
     settings = InferenceSettings(roi_size=alignment.roi_scan if alignment else model.roi_size,
                                  overlap=parse_overlap(model.overlap, len(spatial)),
-                                 sw_batch_size=model.card.sw_batch_size, alignment=alignment)
+                                 sw_batch_size=model.card.sw_batch_size, alignment=alignment,
+                                 out_channels=model.card.out_channels)
     if alignment is not None:
         logger.info("windows of %s input pixels/voxels, shown to the model as %s %s", list(alignment.roi_scan),
                     list(model.roi_size), model.card.orientation or "")
@@ -109,8 +114,9 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
         block = tuple(chunks) if chunks else balanced_chunks(grid, default_chunks(settings.roi_size),
                                                              TASKS_PER_WORKER * threads)
     raw = da.from_zarr(image)
+    mask = None if valid is None else da.from_zarr(valid).rechunk(raw.chunks[1:])
     with dask.config.set(scheduler=client):  # this run's cluster, not whichever client is the default
-        statistics = model.statistics(raw)
+        statistics = model.statistics(raw, mask)
     dtype = label_dtype(model.card.out_channels)
     if resuming:
         labels = group["labels"]
@@ -126,7 +132,8 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
     store = str(group.store.root)
     jobs = block_jobs(plan_blocks(grid, block))
     source = ImageSource(store=store, name=image.path, pads=tuple(a.pad_before for a in grid.axes),
-                         preprocess=model.preprocess_block, statistics=statistics)
+                         preprocess=model.preprocess_block, statistics=statistics,
+                         valid=valid.path if valid is not None else None)
     sink = BlockSink(store=store, spill_dir=str(Path(store).parent / "spill"), dtype=dtype.name,
                      out_channels=model.card.out_channels, probabilities=probabilities, ledger=ledger)
     task = functools.partial(run_block, source=source, network=model.ref, settings=settings, sink=sink)

@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline.cards import ARCHITECTURES, IMPORTED, Label, ModelCard, WindowScale, ZScore, load_card
 from pipeline.choices import unknown_choice
+from pipeline.engine.validity import neutralise
 from pipeline.errors import CardError, ModelError
 from pipeline.hashing import sha256_file
 
@@ -101,20 +102,22 @@ def _load_reason(error: BaseException) -> str:
     return lines[0].split(". ")[0] if lines else type(error).__name__
 
 
-def intensity_statistics(card: ModelCard, array: Any) -> Statistics:
+def intensity_statistics(card: ModelCard, array: Any, valid: Any = None) -> Statistics:
     """Global statistics the card's preprocessing needs (empty for pointwise ones).
 
-    ``array`` may be NumPy or Dask; with Dask the statistics stream over chunks.
+    ``array`` (C, *spatial) may be NumPy or Dask; with Dask the statistics stream over chunks.
+    With ``valid`` (*spatial, bool), only valid pixels count: nodata never shifts the statistics.
     """
     step = card.preprocess
     if not isinstance(step, ZScore):
         return {}
     values = array.astype(np.float64)
+    keep = None if valid is None else np.broadcast_to(valid[None], values.shape)
     if step.threshold is not None:
-        mask = values > step.threshold
-        count = mask.sum()
-        total = (values * mask).sum()
-        squares = ((values * values) * mask).sum()
+        keep = values > step.threshold if keep is None else keep & (values > step.threshold)
+    if keep is not None:
+        values = np.where(keep, values, 0.0)
+        count, total, squares = keep.sum(), values.sum(), (values * values).sum()
     else:
         count, total, squares = values.size, values.sum(), (values * values).sum()
     if hasattr(total, "compute"):
@@ -127,8 +130,14 @@ def intensity_statistics(card: ModelCard, array: Any) -> Statistics:
     return {"mean": mean, "std": std if std > 0 else 1.0}
 
 
-def apply_preprocess(card: ModelCard, block: np.ndarray, statistics: Statistics) -> np.ndarray:
-    """Normalise one chunk (C, *spatial) -> float32, given global ``statistics``."""
+def apply_preprocess(card: ModelCard, block: np.ndarray, statistics: Statistics,
+                     valid: np.ndarray | None = None) -> np.ndarray:
+    """Normalise one chunk (C, *spatial) -> float32, given global ``statistics``; pixels not ``valid``
+    (*spatial) become :data:`~pipeline.engine.validity.NEUTRAL`, whatever their stored value."""
+    return neutralise(_normalise(card, block, statistics), valid)
+
+
+def _normalise(card: ModelCard, block: np.ndarray, statistics: Statistics) -> np.ndarray:
     step = card.preprocess
     data = np.asarray(block, dtype=np.float32)
     if isinstance(step, WindowScale):
@@ -164,15 +173,15 @@ class Model:
     def labels(self) -> dict[int, Label]:
         return self.card.labels
 
-    def statistics(self, array: Any) -> Statistics:
-        return intensity_statistics(self.card, array)
+    def statistics(self, array: Any, valid: Any = None) -> Statistics:
+        return intensity_statistics(self.card, array, valid)
 
-    def preprocess_block(self, block: np.ndarray, statistics: Statistics) -> np.ndarray:
-        return apply_preprocess(self.card, block, statistics)
+    def preprocess_block(self, block: np.ndarray, statistics: Statistics, valid: np.ndarray | None = None) -> np.ndarray:
+        return apply_preprocess(self.card, block, statistics, valid)
 
-    def preprocess(self, array: np.ndarray) -> np.ndarray:
-        """Whole-array preprocessing: (C, *spatial) -> float32 (C, *spatial)."""
-        return apply_preprocess(self.card, array, self.statistics(array))
+    def preprocess(self, array: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """Whole-array preprocessing: (C, *spatial) -> float32 (C, *spatial); invalid pixels neutral."""
+        return apply_preprocess(self.card, array, self.statistics(array, valid), valid)
 
     @property
     def ref(self) -> ModelRef:

@@ -185,8 +185,8 @@ def segment_raster(
         polygons = work.path / f"vectors{vectors_path.suffix.lower()}" if vectors_path else None
         with client_scope(client, cluster or ClusterSettings()) as active:
             image, valid, n_valid = _tile(raster, selected, work, block, sha256, active)
-            result = _infer(raster, image, n_valid, mdl, work, active, block, tuple(chunks) if chunks else None,
-                            progress)
+            result = _infer(raster, image, valid, n_valid, mdl, work, active, block,
+                            tuple(chunks) if chunks else None, progress)
             features = write_vectors(str(group.store.root), raster.geometry, block, polygons, names=mdl.labels,
                                      client=active) if polygons else None
             found = raster_instances(group, parse_classes(instances), mdl.labels, raster.geometry, mask_path,
@@ -223,9 +223,10 @@ def _tile(raster: Raster, bands: tuple[int, ...], work: WorkStore, block: tuple[
     return image, valid, n_valid
 
 
-def _infer(raster: Raster, image: zarr.Array, n_valid: int, model: Model, work: WorkStore, client: Any,
-           block: tuple[int, ...], chunks: tuple[int, ...] | None, progress: bool) -> InferenceResult:
-    """Run the engine, or skip it when the scene has no valid pixel (the mask is then all nodata).
+def _infer(raster: Raster, image: zarr.Array, valid: zarr.Array, n_valid: int, model: Model, work: WorkStore,
+           client: Any, block: tuple[int, ...], chunks: tuple[int, ...] | None, progress: bool) -> InferenceResult:
+    """Run the engine on the valid pixels (nodata counts in no statistic, reaches the network as a neutral
+    value, and windows of nodata only are skipped), or skip it when the scene has no valid pixel.
 
     ``block`` is the tiling chunk (file-aligned); ``chunks`` the user's inference blocks, if any
     (otherwise the engine balances blocks over the workers).
@@ -237,7 +238,7 @@ def _infer(raster: Raster, image: zarr.Array, n_valid: int, model: Model, work: 
         return InferenceResult(labels=labels, probabilities=None, seconds=0.0, windows=0, blocks=0, chunks=block)
     preload_model(client, model)
     return run_inference(image, model, work.group, client=client, chunks=chunks, progress=progress,
-                         ledger=work.ledger)
+                         ledger=work.ledger, valid=valid)
 
 
 def _confusion(labels: zarr.Array, valid: zarr.Array, n_labels: int, truth: Truth | None) -> np.ndarray:

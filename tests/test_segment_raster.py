@@ -59,11 +59,11 @@ def read(path: Path, bands: Sequence[int] | None = None) -> tuple[np.ndarray, np
 
 
 def monai_labels(scene: Path, card: Path | str, bands: Sequence[int] | None = None) -> np.ndarray:
-    """argmax of MONAI's sliding_window_inference on the whole preprocessed scene: the result to match."""
+    """argmax of MONAI's sliding_window_inference on the whole preprocessed scene (nodata neutral): the result to match."""
     model = load_model(card)
-    data, _ = read(scene, bands)
+    data, valid = read(scene, bands)
     with torch.inference_mode():
-        logits = sliding_window_inference(torch.from_numpy(model.preprocess(data))[None], model.roi_size, 4,
+        logits = sliding_window_inference(torch.from_numpy(model.preprocess(data, valid))[None], model.roi_size, 4,
                                           model.network, model.overlap, mode="gaussian")[0]
     return logits.argmax(0).numpy()
 

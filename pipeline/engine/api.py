@@ -57,10 +57,13 @@ def _padded_region(x: Any, lo: Sequence[int], hi: Sequence[int], pads: Sequence[
 
 
 def _predict(region: np.ndarray, padding: list[tuple[int, int]], lo: tuple[int, ...],
-             starts: tuple[tuple[int, ...], ...], network: Any, settings: InferenceSettings) -> Any:
+             starts: tuple[tuple[int, ...], ...], network: Any, settings: InferenceSettings,
+             valid: np.ndarray | None = None) -> Any:
     if any(p != (0, 0) for p in padding):
         region = np.pad(np.asarray(region, dtype=np.float32), padding, mode="constant", constant_values=0)
-    return predict_group(region, lo, starts, network, settings)
+    if valid is not None:  # (1, *span): padding is not data
+        valid = np.pad(np.asarray(valid, dtype=bool), padding, mode="constant", constant_values=False)[0]
+    return predict_group(region, lo, starts, network, settings, valid)
 
 
 @dataclass(frozen=True)
@@ -74,16 +77,19 @@ class MergeTask:
 
 
 def merge_tasks(x: Any, network: Any, settings: InferenceSettings, *, chunks: Sequence[int] | None = None,
-                client: Any = None) -> list[MergeTask]:
+                client: Any = None, valid: Any = None) -> list[MergeTask]:
     """Plan the graph: one predict task per window group, and for each output block the partials it sums.
 
     ``network`` is a torch module or a handle whose ``.network()`` loads one per worker
     (:class:`pipeline.models.ModelRef`). With a distributed ``client``, a torch module is
-    scattered to the workers once instead of travelling with every task.
+    scattered to the workers once instead of travelling with every task. With ``valid``
+    (a boolean Dask array of the spatial shape), windows holding no valid pixel are not evaluated
+    (``settings.out_channels`` must then be set).
     """
     import dask
 
     x = _as_dask(x)
+    valid = None if valid is None else _as_dask(valid)
     grid = window_grid(tuple(int(n) for n in x.shape[1:]), settings.roi_size, settings.overlap)
     plan = plan_blocks(grid, chunks or default_chunks(settings.roi_size))
     if client is not None and not hasattr(network, "network"):
@@ -95,8 +101,9 @@ def merge_tasks(x: Any, network: Any, settings: InferenceSettings, *, chunks: Se
         groups = [a.groups[i] for a, i in zip(plan.axes, key, strict=True)]
         lo, hi = tuple(g.lo for g in groups), tuple(g.hi for g in groups)
         region, padding = _padded_region(x, lo, hi, pads)
+        mask = None if valid is None else _padded_region(valid[None], lo, hi, pads)[0]
         partials[key] = dask.delayed(_predict, pure=True)(
-            region, padding, lo, tuple(g.starts for g in groups), net, settings)
+            region, padding, lo, tuple(g.starts for g in groups), net, settings, mask)
     logger.debug("plan: %d predict tasks, %d windows", len(partials), plan.n_windows)
     tasks = []
     for key in plan.block_keys():

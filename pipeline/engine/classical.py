@@ -149,26 +149,34 @@ def watershed_block(block: np.ndarray, params: WatershedParams, stats: Statistic
 # -- global statistics, streamed over chunks -------------------------------------------------------
 
 
-def otsu_statistics(x: Any, params: OtsuParams) -> Statistics:
-    """Otsu's threshold of a ``bins``-bin histogram over [min, max]: equals
-    ``skimage.filters.threshold_otsu(x.astype(float), nbins=bins)`` on the whole array."""
+def otsu_statistics(x: Any, params: OtsuParams, valid: Any = None) -> Statistics:
+    """Otsu's threshold of a ``bins``-bin histogram over [min, max] of the ``valid`` pixels (all without):
+    equals ``skimage.filters.threshold_otsu(x[valid].astype(float), nbins=bins)``."""
     import dask
     import dask.array as da
     from skimage.filters import threshold_otsu
 
     values = x.astype(np.float64)
-    low, high = (float(v) for v in dask.compute(values.min(), values.max()))
+    lows, highs = (values, values) if valid is None else (da.where(valid, values, np.inf), da.where(valid, values, -np.inf))
+    low, high = (float(v) for v in dask.compute(lows.min(), highs.max()))
+    if low > high:  # no valid pixel: nothing to threshold
+        return {"threshold": 0.0}
     if low == high:
         return {"threshold": low}
-    counts, edges = da.histogram(values, bins=params.bins, range=(low, high))
+    weights = None if valid is None else valid.astype(np.int64)
+    counts, edges = da.histogram(values, bins=params.bins, range=(low, high), weights=weights)
     counts = np.asarray(counts.compute())
     centres = (edges[:-1] + edges[1:]) / 2
     return {"threshold": float(threshold_otsu(hist=(counts, centres)))}
 
 
-def _sample_block(block: np.ndarray, fraction: float, seed: int, index: tuple[int, ...]) -> np.ndarray:
+def _sample_block(block: np.ndarray, fraction: float, seed: int, index: tuple[int, ...],
+                  valid: np.ndarray | None = None) -> np.ndarray:
     rng = np.random.default_rng([seed, *index])
-    return np.asarray(block, dtype=np.float64).ravel()[rng.random(block.size) < fraction]
+    drawn = rng.random(block.size) < fraction
+    if valid is not None:
+        drawn &= np.asarray(valid, dtype=bool).ravel()
+    return np.asarray(block, dtype=np.float64).ravel()[drawn]
 
 
 def kmeans_centres(sample: np.ndarray, params: KMeansParams) -> np.ndarray:
@@ -185,12 +193,15 @@ def kmeans_centres(sample: np.ndarray, params: KMeansParams) -> np.ndarray:
     return np.sort(centres.ravel())
 
 
-def kmeans_statistics(x: Any, params: KMeansParams) -> Statistics:
-    """Centres fitted on about ``sample`` voxels drawn with a seed per block (same sample for any cluster)."""
+def kmeans_statistics(x: Any, params: KMeansParams, valid: Any = None) -> Statistics:
+    """Centres fitted on about ``sample`` voxels drawn with a seed per block (same sample for any cluster),
+    among the ``valid`` ones when given."""
     import dask
 
-    fraction = min(1.0, params.sample / max(1, x.size))
-    parts = [dask.delayed(_sample_block)(x.blocks[index], fraction, params.seed, index)
+    count = x.size if valid is None else int(valid.sum().compute())
+    fraction = min(1.0, params.sample / max(1, count))
+    parts = [dask.delayed(_sample_block)(x.blocks[index], fraction, params.seed, index,
+                                         None if valid is None else valid.blocks[index])
              for index in np.ndindex(*x.numblocks)]
     sample = np.concatenate(dask.compute(*parts))
     return {"centres": kmeans_centres(sample, params).tolist(), "sample_size": int(sample.size)}
@@ -202,7 +213,7 @@ class Method:
 
     local: Callable[[np.ndarray, Any, Statistics], np.ndarray]
     halo: Callable[[Any], int]
-    statistics: Callable[[Any, Any], Statistics] | None = None
+    statistics: Callable[[Any, Any, Any], Statistics] | None = None  #: (x, params, valid or None)
 
 
 METHODS: dict[str, Method] = {
@@ -221,7 +232,7 @@ def segment_array(image: np.ndarray, method: str, params: Any) -> np.ndarray:
 
     x = da.from_array(np.asarray(image), chunks=-1)
     spec = METHODS[method]
-    stats = spec.statistics(x, params) if spec.statistics else {}
+    stats = spec.statistics(x, params, None) if spec.statistics else {}
     labels = spec.local(np.asarray(image), params, stats)
     return finish_array(labels, method, params)
 
@@ -312,8 +323,10 @@ def finish(group: zarr.Group, method: str, params: Any, client: Any) -> None:
 
 
 def run_classical(image: zarr.Array, model: Model, group: zarr.Group, *, client: Any,
-                  chunks: Sequence[int] | None = None, probabilities: bool = False) -> InferenceResult:
-    """Segment ``image`` (C, *spatial) into ``group['labels']`` with the card's classical method."""
+                  chunks: Sequence[int] | None = None, probabilities: bool = False,
+                  valid: zarr.Array | None = None) -> InferenceResult:
+    """Segment ``image`` (C, *spatial) into ``group['labels']`` with the card's classical method;
+    global statistics count only ``valid`` pixels (*spatial, bool) when given."""
     import dask
     import dask.array as da
 
@@ -331,8 +344,9 @@ def run_classical(image: zarr.Array, model: Model, group: zarr.Group, *, client:
     block = tuple(chunks) if chunks else tuple(int(c) for c in image.chunks[1:])
     start = time.perf_counter()
     x = da.from_zarr(image)[0].rechunk(block)
+    mask = None if valid is None else da.from_zarr(valid).rechunk(block)
     with dask.config.set(scheduler=client):  # this run's cluster, not whichever client is the default
-        stats = method.statistics(x, spec.params) if method.statistics else {}
+        stats = method.statistics(x, spec.params, mask) if method.statistics else {}
         if stats:
             logger.info("%s: %s statistics %s", model.name, spec.method, stats)
         halo = method.halo(spec.params)

@@ -29,9 +29,10 @@ def overlap_slices(a: Span, b: Span) -> tuple[tuple[slice, ...], tuple[slice, ..
 
 
 def normalise(sums: np.ndarray) -> np.ndarray:
-    """``(C + 1, *span)`` sums -> ``(C, *span)`` blended outputs: MONAI's ``output / count_map``."""
-    with np.errstate(invalid="ignore", divide="ignore"):  # a voxel no window covered (never in a full grid)
-        return sums[:-1] / sums[-1]
+    """``(C + 1, *span)`` sums -> ``(C, *span)`` blended outputs: MONAI's ``output / count_map``, and 0
+    where no window was evaluated (nodata only: see :mod:`pipeline.engine.validity`)."""
+    weighted, weights = sums[:-1], sums[-1]
+    return np.divide(weighted, weights, out=np.zeros_like(weighted), where=weights > 0)
 
 
 def merge_block(partials: Sequence[Partial], lo: tuple[int, ...], hi: tuple[int, ...]) -> np.ndarray:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.engine.alignment import WindowAlignment
+from pipeline.engine.validity import windows_with_data
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class InferenceSettings:
     amp: bool | None = None  #: None: automatic mixed precision exactly when on CUDA
     #: maps each window (``roi_size`` in scan voxels) to the network's orientation and voxel size and back
     alignment: WindowAlignment | None = None
+    #: the network's output channels: sizes the (empty) result of a task whose windows all hold only nodata
+    out_channels: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +90,13 @@ def predict_group(
     starts: tuple[tuple[int, ...], ...],
     network: Any,
     settings: InferenceSettings,
+    valid: np.ndarray | None = None,
 ) -> Partial:
     """Evaluate every window whose start is in the product of ``starts`` (padded coords).
 
     ``region`` is the preprocessed input (C, *span) for padded span starting at ``lo``,
-    with zeros where MONAI would pad.
+    with zeros where MONAI would pad. With ``valid`` (*span, False where padded), windows
+    holding no valid pixel are skipped: they add neither output nor weight.
     """
     import torch
 
@@ -102,6 +107,12 @@ def predict_group(
     span = region.shape[1:]
     sums: np.ndarray | None = None
     corners = list(itertools.product(*starts))
+    if valid is not None:
+        corners = [c for c, keep in zip(corners, windows_with_data(valid, lo, corners, settings.roi_size),
+                                        strict=True) if keep]
+        if not corners:
+            assert settings.out_channels is not None, "skipping windows needs settings.out_channels"
+            return Partial(lo=lo, sums=np.zeros((settings.out_channels + 1, *span), dtype=np.float32), n_windows=0)
     source = torch.from_numpy(np.ascontiguousarray(region, dtype=np.float32))
     for first in range(0, len(corners), settings.sw_batch_size):
         batch = corners[first : first + settings.sw_batch_size]

@@ -105,10 +105,12 @@ class ImageSource:
     store: str
     name: str
     pads: tuple[int, ...]
-    preprocess: Callable[[np.ndarray, Any], np.ndarray]
+    preprocess: Callable[..., np.ndarray]  #: (block, statistics[, valid]) -> float32 block
     statistics: Any
+    valid: str | None = None  #: name of a boolean (*spatial) validity array; invalid pixels skip windows
 
-    def read(self, span: Span) -> np.ndarray:
+    def read(self, span: Span) -> tuple[np.ndarray, np.ndarray | None]:
+        """The preprocessed span and, with a validity array, its mask (False where padded)."""
         array = _open_array(self.store, self.name, "r")
         index: list[slice] = [slice(None)]
         padding = [(0, 0)]
@@ -116,10 +118,19 @@ class ImageSource:
             start, stop = max(lo - pad, 0), min(hi - pad, size)
             index.append(slice(start, stop))
             padding.append((start - (lo - pad), (hi - pad) - stop))
-        region = np.asarray(self.preprocess(np.asarray(array[tuple(index)]), self.statistics), dtype=np.float32)
+        raw = np.asarray(array[tuple(index)])
+        valid = None
+        if self.valid is not None:
+            valid = np.asarray(_open_array(self.store, self.valid, "r")[tuple(index[1:])], dtype=bool)
+            region = self.preprocess(raw, self.statistics, valid)
+        else:
+            region = self.preprocess(raw, self.statistics)
+        region = np.asarray(region, dtype=np.float32)
         if any(p != (0, 0) for p in padding):
             region = np.pad(region, padding, mode="constant", constant_values=0)
-        return region
+            if valid is not None:
+                valid = np.pad(valid, padding[1:], mode="constant", constant_values=False)
+        return region, valid
 
 
 @dataclass(frozen=True)
@@ -184,7 +195,9 @@ def run_block(job: BlockJob, source: ImageSource, network: Any, settings: Infere
     shape = tuple(h - l for l, h in zip(*job.span, strict=True))
     if job.windows is not None:
         span, starts = job.windows
-        part = predict_group(source.read(span), span[0], starts, network, settings)
+        region, valid = source.read(span)
+        part = predict_group(region, span[0], starts, network, settings, valid)
+        del region
         windows = part.n_windows
         for target, target_span in job.targets:
             where = overlap_slices(span, target_span)

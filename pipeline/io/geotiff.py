@@ -9,7 +9,9 @@ name only once complete.
 Nodata: a pixel is valid when any selected band is valid in GDAL's masks (nodata value,
 internal mask or alpha band), as in GDAL's dataset mask, and every selected band is finite.
 Non-finite values become 0 in the work store (a NaN would spread through every window that
-touches it). Invalid pixels are :data:`NODATA_LABEL` in the mask and count in no metric.
+touches it); the ``valid`` array beside ``image`` is what statistics and preprocessing honour
+(:mod:`pipeline.engine.validity`). Invalid pixels are :data:`NODATA_LABEL` in the mask and count
+in no metric.
 
 Georeference is copied, never invented: no CRS in, no CRS out; a rotated transform is copied
 term for term; a scene placed only by GCPs or RPCs is refused.

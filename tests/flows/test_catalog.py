@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.catalog import SEGMENTERS, load_catalog
+from pipeline.catalog import SEGMENTERS, Segmenter, load_catalog
 from pipeline.errors import CatalogError, OutputError, PipelineError
 from pipeline.manifest import discover
 from tests.factories import make_card
@@ -188,3 +188,11 @@ def test_kinds_come_from_the_segmenter_registry() -> None:
     assert SEGMENTERS["medical"].load().__name__ == "segment_volume"
     assert SEGMENTERS["medical"].stem("scan.v2.nii.gz") == "scan.v2"
     assert SEGMENTERS["geo"].stem("tile.TIF") == "tile"
+
+
+def test_every_segmenter_imports_and_an_import_error_is_not_hidden() -> None:
+    """Both front ends have landed: a broken import is a bug to see, not a source reported as unavailable."""
+    assert SEGMENTERS["geo"].load().__name__ == "segment_raster"
+    missing = Segmenter("tests.flows.no_such_module", "segment", (".tif",), ".tif")
+    with pytest.raises(ModuleNotFoundError, match="tests.flows.no_such_module"):
+        missing.load()

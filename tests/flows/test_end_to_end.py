@@ -187,7 +187,6 @@ def test_second_run_processes_nothing(served_runs: Scenario) -> None:
 
 
 def test_geotiff_source(served_runs: Scenario) -> None:
-    pytest.importorskip("pipeline.segment_raster", reason="pipeline.segment_raster has not landed yet")
     import rasterio
 
     s = served_runs
