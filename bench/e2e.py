@@ -59,14 +59,8 @@ class Row:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     kind = KINDS[args.kind]
-    names = args.sizes.split(",")
-    order = list(kind["sizes"])
-    unknown = [n for n in names if n not in order]
-    if unknown or args.monai_max not in order:
-        sys.exit(f"usage: unknown size {(unknown or [args.monai_max])[0]!r}; choose from {', '.join(order)}")
+    names, order = args.sizes.split(","), list(kind["sizes"])
     available = sorted(os.sched_getaffinity(0))
-    if args.threads > len(available):
-        sys.exit(f"usage: --threads {args.threads} but only {len(available)} cores are available")
     cores = available[: args.threads]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     device = device_description(env)
@@ -129,6 +123,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.sizes = args.sizes or ("sample,1.4M" if args.kind == "volume" else "sample")
     args.ours = args.ours or kind["ours"]
     args.monai_max = args.monai_max or kind["monai_max"]
+    unknown = [n for n in [*args.sizes.split(","), args.monai_max] if n not in kind["sizes"]]
+    if unknown:
+        parser.error(f"unknown {args.kind} size {unknown[0]!r}; choose from {', '.join(kind['sizes'])}")
+    if not 1 <= args.threads <= len(os.sched_getaffinity(0)):
+        parser.error(f"--threads {args.threads}: {len(os.sched_getaffinity(0))} cores are available")
     return args
 
 
@@ -237,7 +236,7 @@ def row_facts(row: Row) -> dict[str, Any]:
         if m is None:
             return None
         return {"rc": m.returncode, "s": round(m.seconds, 2), "pss_mb": round(m.peak_pss_bytes / MB),
-                "rss_mb": round(m.peak_rss_bytes / MB), "processes": m.peak_processes, "samples": m.samples,
+                "rss_mb": round(m.peak_rss_bytes / MB), "processes": m.peak_processes, "samples": m.samples, "pss_reads": m.pss_reads,
                 **({"dir_mb": round(m.peak_dir_bytes / MB, 1)} if m.peak_dir_bytes is not None else {})}
     return {"elements": row.elements, "monai": facts(row.monai), "ours": facts(row.ours),
             "equal_percent": row.equal_percent, "stages": row.stages}
@@ -290,13 +289,14 @@ def section_body(args: argparse.Namespace, rows: list[Row], device: str, cores: 
         f"{machine_cores}); MONAI `torch.set_num_threads({args.threads})`; ours: `{ours}`.",
         *([f"", f"**{args.note}**"] if args.note else []), "",
         table(rows, kind["unit"]), "",
-        "One run each, as subprocesses, timed and sampled from outside (~50 ms): s = wall seconds (imports, "
-        "reading, cluster start, inference, writing, report); PSS = peak of the summed proportional set size "
-        "of the whole process tree (shared pages counted once); RSS = peak of the summed resident sizes "
-        "(shared pages counted per process); work store = peak bytes on disk under our `--work-dir`. "
-        "MONAI's est. = its peak PSS per element on the largest size it ran, times the elements. "
-        f"Labels equal: voxel by voxel against MONAI's mask (target >= {EQUAL_TARGET} %)"
-        + (f"; below target: {', '.join(below)}." if below else "."),
+        "One run each, as subprocesses, timed and sampled from outside (bench/measure.py, ~50 ms): s = wall "
+        "seconds (imports, reading, cluster start, inference, writing, report); PSS = peak of the summed "
+        "proportional set size of the whole process tree (shared pages counted once); RSS = peak of the summed "
+        "resident sizes (shared pages counted per process); work store = peak bytes on disk under our "
+        "`--work-dir`, walked every second. MONAI's est. = its peak PSS per element on the largest size it ran, "
+        "times the elements. Labels equal: voxel by voxel against MONAI's mask (pixels ours marks nodata left "
+        f"out; target >= {EQUAL_TARGET} %)" + (f"; below target: {', '.join(below)}" if below else "")
+        + ". Ours' stages: from its report JSON (`stages`, else `run.seconds_*`, which start after imports).",
     ]
     return "\n".join(lines)
 

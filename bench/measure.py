@@ -1,11 +1,19 @@
 """Run one command and measure it from outside: wall time, exit code, peak PSS and RSS of its process tree.
 
 The command runs in its own session (process group), optionally pinned to some cores (children inherit
-the affinity). A sampler thread walks the tree every ``interval`` s (psutil, children recursive) and sums
-``Pss`` from ``/proc/PID/smaps_rollup`` (shared pages split between the processes that map them, so torch's
-libraries count once for the whole tree) and RSS (shared pages counted in every process: an upper bound).
-Peaks shorter than the interval, or in processes that live less than it, can be missed. Optionally it also
-records the peak bytes allocated under a directory (the work store), walked every ``watch_interval`` s.
+the affinity; the sampler then runs on the other cores, when there are any). Every ``interval`` s a sampler
+thread sums RSS over the tree (psutil, children recursive, the process list refreshed every ``tree_interval``
+s) and, when that could be a new peak, PSS from ``/proc/PID/smaps_rollup`` (shared pages split between the
+processes that map them, so torch's libraries count once for the whole tree). RSS counts shared pages in
+every process: an upper bound.
+
+Reading smaps_rollup walks the page tables: here about 15 ms of kernel time per 300 MB resident, so reading
+it for every process every 50 ms would take a core of a 2-core machine from what is measured. It is read
+only when the tree's PSS could exceed the peak so far (the last PSS sum plus every process's RSS growth since
+then bounds it: a process's PSS grows by at most its new pages) and then at most a fifth of the time
+(``PSS_DUTY``). Peaks shorter than the interval, or in processes living less than it, can be missed.
+Optionally it also records the peak bytes allocated under a directory (the work store), walked every
+``watch_interval`` s.
 """
 
 from __future__ import annotations
@@ -32,7 +40,8 @@ class Measurement:
     peak_rss_bytes: int
     peak_dir_bytes: int | None  #: None when no directory was watched
     peak_processes: int
-    samples: int
+    samples: int  #: RSS samples
+    pss_reads: int  #: of which PSS was read too
     stdout: str
     stderr: str
 
@@ -57,19 +66,6 @@ def tree(root: psutil.Process) -> list[psutil.Process]:
         return []
 
 
-def tree_memory(root: psutil.Process) -> tuple[int, int, int]:
-    """(sum of PSS, sum of RSS, process count) over the live tree under ``root``."""
-    pss = rss = count = 0
-    for process in tree(root):
-        try:
-            rss += process.memory_info().rss
-        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-            continue
-        pss += pss_bytes(process.pid)
-        count += 1
-    return pss, rss, count
-
-
 def dir_bytes(path: Path) -> int:
     """Bytes allocated on disk under ``path`` (st_blocks, so sparse files count what they use); 0 if absent."""
     total = 0
@@ -90,6 +86,46 @@ def dir_bytes(path: Path) -> int:
     return total
 
 
+#: the share of the sampler's time spent reading PSS, at most
+PSS_DUTY = 0.2
+
+
+class TreeSampler:
+    """Peaks of one process tree's PSS and RSS, sampled by :meth:`sample` (see the module docstring)."""
+
+    def __init__(self, root: psutil.Process, tree_interval: float = 0.25) -> None:
+        self.root, self.tree_interval = root, tree_interval
+        self.processes: list[psutil.Process] = []
+        self.next_tree = 0.0
+        self.peak_pss = self.peak_rss = self.peak_processes = self.samples = self.pss_reads = 0
+        self.last_pss = 0  #: PSS sum at the last read
+        self.rss_then: dict[int, int] = {}  #: pid -> RSS at the last PSS read
+        self.next_pss = 0.0
+
+    def sample(self) -> None:
+        now = time.perf_counter()
+        if now >= self.next_tree:
+            self.processes = tree(self.root)
+            self.next_tree = now + self.tree_interval
+        rss: dict[int, int] = {}
+        for process in self.processes:
+            try:
+                rss[process.pid] = process.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+                continue
+        self.samples += 1
+        self.peak_rss = max(self.peak_rss, sum(rss.values()))
+        self.peak_processes = max(self.peak_processes, len(rss))
+        bound = self.last_pss + sum(max(0, r - self.rss_then.get(pid, 0)) for pid, r in rss.items())
+        if bound > self.peak_pss and now >= self.next_pss:
+            cpu = time.thread_time()  # CPU, not wall: on a loaded machine waiting is not cost
+            self.last_pss = sum(pss_bytes(pid) for pid in rss)
+            self.rss_then = rss
+            self.peak_pss = max(self.peak_pss, self.last_pss)
+            self.pss_reads += 1
+            self.next_pss = now + (time.thread_time() - cpu) / PSS_DUTY
+
+
 def measure(command: Sequence[str], *, cores: Sequence[int] | None = None, watch: Path | None = None,
             env: dict[str, str] | None = None, interval: float = 0.05, watch_interval: float = 1.0,
             timeout: float | None = None, log_dir: Path | None = None) -> Measurement:
@@ -103,28 +139,29 @@ def measure(command: Sequence[str], *, cores: Sequence[int] | None = None, watch
     logs = Path(log_dir or tempfile.mkdtemp(prefix="measure-"))
     logs.mkdir(parents=True, exist_ok=True)
     pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
-    peaks = {"pss": 0, "rss": 0, "dir": 0, "processes": 0, "samples": 0}
+    others = set(os.sched_getaffinity(0)) - set(cores or ())
+    peak_dir = 0
     done = threading.Event()
     with open(logs / "stdout", "wb") as out, open(logs / "stderr", "wb") as err:
         start = time.perf_counter()
         proc = subprocess.Popen(list(command), stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True, preexec_fn=pin)
-        root = psutil.Process(proc.pid)
+        sampler = TreeSampler(psutil.Process(proc.pid))
 
         def sample() -> None:
+            nonlocal peak_dir
+            if cores and others:
+                os.sched_setaffinity(0, others)  # this thread only: keep off the measured cores
             next_walk = 0.0
             while not done.is_set():
-                pss, rss, count = tree_memory(root)
-                peaks["pss"], peaks["rss"] = max(peaks["pss"], pss), max(peaks["rss"], rss)
-                peaks["processes"] = max(peaks["processes"], count)
-                peaks["samples"] += 1
+                sampler.sample()
                 if watch is not None and time.perf_counter() >= next_walk:
-                    peaks["dir"] = max(peaks["dir"], dir_bytes(watch))
+                    peak_dir = max(peak_dir, dir_bytes(watch))
                     next_walk = time.perf_counter() + watch_interval
                 done.wait(interval)
 
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
         try:
             returncode = proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -132,11 +169,11 @@ def measure(command: Sequence[str], *, cores: Sequence[int] | None = None, watch
             returncode = proc.wait()
         seconds = time.perf_counter() - start
         done.set()
-        sampler.join()
+        thread.join()
         _kill_group(proc.pid)
-    return Measurement(returncode=returncode, seconds=seconds, peak_pss_bytes=peaks["pss"],
-                       peak_rss_bytes=peaks["rss"], peak_dir_bytes=peaks["dir"] if watch is not None else None,
-                       peak_processes=peaks["processes"], samples=peaks["samples"],
+    return Measurement(returncode=returncode, seconds=seconds, peak_pss_bytes=sampler.peak_pss,
+                       peak_rss_bytes=sampler.peak_rss, peak_dir_bytes=peak_dir if watch is not None else None,
+                       peak_processes=sampler.peak_processes, samples=sampler.samples, pss_reads=sampler.pss_reads,
                        stdout=(logs / "stdout").read_text(errors="replace"),
                        stderr=(logs / "stderr").read_text(errors="replace"))
 
