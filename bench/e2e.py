@@ -114,7 +114,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default=None, help="card for both sides (default: ct-organs / buildings)")
     parser.add_argument("--format", default="nii.gz", choices=["nii.gz", "nii"], help="volume input and mask files")
     parser.add_argument("--note", default="", help="a line to put in the RESULTS.md section")
-    parser.add_argument("--scratch", type=Path, default=None, help="outputs and work stores (default bench/.cache/runs)")
+    parser.add_argument("--scratch", type=Path, default=None,
+                        help="outputs and work stores (default bench/.cache/runs)")
     parser.add_argument("--keep", action="store_true", help="keep each size's outputs and logs")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
@@ -135,7 +136,8 @@ def ours_command(args: argparse.Namespace, source: Path, output: Path, work: Pat
     """``pipeline`` (beside this interpreter) + the template filled in + extras (+ --model, --work-dir)."""
     exe = Path(sys.executable).with_name("pipeline")
     prefix = [str(exe)] if exe.exists() else [sys.executable, "-m", "pipeline.cli"]
-    command = shlex.split(args.ours.format(input=source, output=output, workdir=work)) + shlex.split(args.ours_extra)
+    fill = {"input": source, "output": output, "workdir": work}
+    command = [word.format(**fill) for word in shlex.split(args.ours)] + shlex.split(args.ours_extra)
     if args.model and not {"-m", "--model"} & set(command):
         command += ["--model", args.model]
     if "--work-dir" not in command:
@@ -236,7 +238,8 @@ def row_facts(row: Row) -> dict[str, Any]:
         if m is None:
             return None
         return {"rc": m.returncode, "s": round(m.seconds, 2), "pss_mb": round(m.peak_pss_bytes / MB),
-                "rss_mb": round(m.peak_rss_bytes / MB), "processes": m.peak_processes, "samples": m.samples, "pss_reads": m.pss_reads,
+                "rss_mb": round(m.peak_rss_bytes / MB), "processes": m.peak_processes, "samples": m.samples,
+                "pss_reads": m.pss_reads,
                 **({"dir_mb": round(m.peak_dir_bytes / MB, 1)} if m.peak_dir_bytes is not None else {})}
     return {"elements": row.elements, "monai": facts(row.monai), "ours": facts(row.ours),
             "equal_percent": row.equal_percent, "stages": row.stages}
@@ -264,10 +267,12 @@ def table(rows: list[Row], unit: str) -> str:
         elif r.monai.returncode:
             monai = [f"failed (exit {r.monai.returncode})", "-", "-"]
         else:
-            monai = [f"{r.monai.seconds:.1f}", f"{r.monai.peak_pss_bytes / MB:,.0f}", f"{r.monai.peak_rss_bytes / MB:,.0f}"]
+            m = r.monai
+            monai = [f"{m.seconds:.1f}", f"{m.peak_pss_bytes / MB:,.0f}", f"{m.peak_rss_bytes / MB:,.0f}"]
         o = r.ours
         ours = [f"failed (exit {o.returncode})" if o.returncode else f"{o.seconds:.1f}",
-                f"{o.peak_pss_bytes / MB:,.0f}", f"{o.peak_rss_bytes / MB:,.0f}", f"{(o.peak_dir_bytes or 0) / MB:,.1f}"]
+                f"{o.peak_pss_bytes / MB:,.0f}", f"{o.peak_rss_bytes / MB:,.0f}",
+                f"{(o.peak_dir_bytes or 0) / MB:,.1f}"]
         ok = r.monai is not None and not r.monai.returncode and not o.returncode
         ratio = f"{r.monai.seconds / o.seconds:.2f}" if ok else "-"  # type: ignore[union-attr]
         equal = "-" if r.equal_percent is None else f"{r.equal_percent:.4f}"
@@ -279,8 +284,8 @@ def table(rows: list[Row], unit: str) -> str:
 def section_body(args: argparse.Namespace, rows: list[Row], device: str, cores: list[int], machine_cores: int) -> str:
     kind = KINDS[args.kind]
     command = "python bench/e2e.py " + shlex.join(sys.argv[1:])
-    ours = " ".join(a if a.startswith("{") else shlex.quote(a)
-                    for a in ["pipeline", *ours_command(args, Path("{input}"), Path("{output}"), Path("{workdir}"))[1:]])
+    placeholders = ours_command(args, Path("{input}"), Path("{output}"), Path("{workdir}"))[1:]
+    ours = " ".join(a if a.startswith("{") else shlex.quote(a) for a in ["pipeline", *placeholders])
     below = [r.name for r in rows if r.equal_percent is not None and r.equal_percent < EQUAL_TARGET]
     lines = [
         f"### End to end: {kind['heading']} ({'CUDA' if device.startswith('GPU') else 'CPU'})", "",
