@@ -415,8 +415,8 @@ def make_corpus(dest: Path) -> list[Case]:
     card["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
     (d / "tiny.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
     scan = _nifti(d / "scan.nii.gz", _volume())
-    weights_case(d.name, "weights file of plain text (sha256 matches the card; the unpickler raised KeyError)", scan,
-                 d / "tiny.yaml", "not a torch file", weights)
+    weights_case(d.name, "weights file of plain text (sha256 matches the card; torch's unpickler raised "
+                 "IndexError)", scan, d / "tiny.yaml", "not a torch file", weights)
 
     d = case("weights-dev-zero")
     (d / "tiny.pt").symlink_to("/dev/zero")

@@ -114,16 +114,31 @@ def test_values_beyond_float32_are_refused_quietly(tmp_path: Path, slope: float,
             list(iter_slabs(open_scan(tmp_path / "scan.nii.gz"), 4))
 
 
-def test_nibabel_messages_are_not_printed(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+class _Recorder(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_nibabel_messages_are_not_printed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     scan = _nifti(tmp_path / "scan.nii", _volume())
     raw = bytearray(scan.read_bytes())
     raw[70:72] = np.array([999], "<i2").tobytes()  # datatype code
     scan.write_bytes(bytes(raw))
-    handlers = logging.getLogger("nibabel.global").handlers[:]
-    with pytest.raises(InputError, match="data code 999 not recognized"):
-        open_scan(scan)
-    assert capfd.readouterr().err == ""  # the message is in the error, printed once by the CLI
-    assert logging.getLogger("nibabel.global").handlers == handlers
+    nib_logger = logging.getLogger("nibabel.global")
+    recorder = _Recorder()  # stands for nibabel's own stderr handler
+    nib_logger.addHandler(recorder)
+    try:
+        with caplog.at_level(logging.DEBUG), pytest.raises(InputError, match="data code 999 not recognized"):
+            open_scan(scan)
+    finally:
+        nib_logger.removeHandler(recorder)
+    # the message is in the error, printed once by the CLI: neither nibabel's handler nor ours printed it
+    assert recorder.messages == []
+    assert [r for r in caplog.records if r.name.startswith("nibabel")] == []
 
 
 # ------------------------------------------------------------------------------------------ rasters
