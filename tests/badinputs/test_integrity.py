@@ -301,3 +301,14 @@ def test_control_characters_in_a_message_stay_on_one_line(capsys: pytest.Capture
         fail("x\nerror: fake.nii.gz: file not found\x1b[2K")
     err = capsys.readouterr().err
     assert err == "error: x\\nerror: fake.nii.gz: file not found\\x1b[2K\n"
+
+
+def test_a_yaml_bundle_config_is_bounded_too(tmp_path: Path) -> None:
+    from pipeline.models import load_model
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "models").mkdir()
+    (tmp_path / "configs" / "inference.yaml").write_text(_bomb(6) + "network_def: {_target_: monai.networks.nets.UNet}\n")
+    (tmp_path / "models" / "model.pt").write_bytes(b"")
+    with pytest.raises(ModelError, match=r"inference\.yaml: not a valid YAML bundle config \(expands to"):
+        load_model(tmp_path)
