@@ -31,7 +31,9 @@ from typing import Any
 from pipeline.cards import ModelCard
 from pipeline.errors import CardError, ModelError
 from pipeline.hashing import sha256_file
+from pipeline.io.files import require_regular_file
 from pipeline.models import Model, load_weights
+from pipeline.yamlfile import read_mapping
 
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
 WEIGHTS = Path("models") / "model.pt"
@@ -74,6 +76,8 @@ def _parser(root: Path) -> Any:
     config = bundle_config(root)
     if config is None:
         raise ModelError(f"{root}: not a MONAI bundle (no configs/inference.json)")
+    if config.suffix in {".yaml", ".yml"}:
+        read_mapping(config, "bundle config", ModelError)  # bounded: anchors cannot expand it without limit
     parser = ConfigParser()
     try:
         parser.read_config(str(config))
@@ -82,7 +86,7 @@ def _parser(root: Path) -> Any:
             parser.read_meta(str(metadata))
         parser["bundle_root"] = str(root)
         parser.resolve_macro_and_relative_ids()
-    except (ValueError, OSError, KeyError) as e:
+    except (ValueError, OSError, KeyError, RecursionError) as e:  # RecursionError: JSON nested too deep
         raise ModelError(f"{config}: not a readable bundle config ({str(e).splitlines()[0] if str(e) else e})") from e
     if parser.get("network_def") is None:
         raise ModelError(f"{config}: the bundle config has no 'network_def'")
@@ -260,13 +264,12 @@ def load_torchscript(path: Path, expected_sha256: str) -> Any:
     """``torch.jit.load`` on the CPU after the checksum: TorchScript code only, never a pickle."""
     import torch
 
-    if not path.is_file():
-        raise ModelError(f"{path}: TorchScript file not found")
+    require_regular_file(path, "TorchScript file", ModelError)
     actual = sha256_file(path)
     if actual != expected_sha256:
         raise ModelError(f"{path}: weights sha256 is {actual[:12]}..., the card expects {expected_sha256[:12]}...")
     try:
         network = torch.jit.load(str(path), map_location="cpu")
-    except (RuntimeError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - whatever the reader trips on, the file is not TorchScript
         raise ModelError(f"{path}: not a TorchScript file ({str(e).splitlines()[0] if str(e) else e})") from e
     return network.eval()

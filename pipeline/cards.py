@@ -8,6 +8,7 @@ so a malformed card fails with one line naming the file and the key.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -31,7 +32,12 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
 #: Networks that are not built from a class but imported whole (see :mod:`pipeline.bundles`).
 IMPORTED = ("torchscript", "bundle")
 
-RGB = Annotated[tuple[int, int, int], Field(description="colour as 0-255 RGB")]
+Channel = Annotated[int, Field(ge=0, le=255)]
+RGB = Annotated[tuple[Channel, Channel, Channel], Field(description="colour as 0-255 RGB")]
+#: Most memory one batch of windows may take (inputs + outputs, float32): a card's roi and
+#: sw_batch_size are sized against it, so a typo (roi 4096^3 is 256 GiB per channel) fails as a
+#: card error instead of an allocation. The shipped network cards need 0.75-14 MiB.
+MAX_WINDOW_BYTES = 16 * 2**30
 
 
 class Label(BaseModel):
@@ -247,6 +253,10 @@ class ModelCard(BaseModel):
             raise ValueError(f"roi_size needs {self.spatial_dims} sides, got {self.roi_size}")
         if any(s < 1 for s in self.roi_size):
             raise ValueError(f"roi_size sides must be >= 1, got {self.roi_size}")
+        batch = window_bytes(self.roi_size, self.sw_batch_size, self.in_channels + len(self.labels))
+        if batch > MAX_WINDOW_BYTES:
+            raise ValueError(f"roi_size {list(self.roi_size)} with sw_batch_size {self.sw_batch_size} needs "
+                             f"{batch / 2**30:.3g} GiB per batch of windows (at most {MAX_WINDOW_BYTES // 2**30} GiB)")
         for key, want in (("spatial_dims", self.spatial_dims), ("in_channels", self.in_channels),
                           ("out_channels", len(self.labels))):
             got = self.kwargs.get(key, want)
@@ -300,6 +310,11 @@ class ModelCard(BaseModel):
         """Constructor arguments, with the card's dims and channels filled in."""
         return {"spatial_dims": self.spatial_dims, "in_channels": self.in_channels,
                 "out_channels": self.out_channels, **self.kwargs}
+
+
+def window_bytes(roi_size: tuple[int, ...], batch: int, channels: int) -> int:
+    """float32 bytes of one batch of ``batch`` windows of ``roi_size`` with ``channels`` in + out."""
+    return 4 * math.prod(roi_size) * batch * channels
 
 
 def _describe(error: ValidationError) -> str:

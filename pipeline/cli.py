@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -44,9 +45,19 @@ InstancesOpt = Annotated[list[str] | None, typer.Option("--instances", help="Cla
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    """The single exit path for errors a user can fix."""
-    typer.echo(f"error: {message}", err=True)
+    """The single exit path for errors a user can fix: one line, whatever the file names hold."""
+    typer.echo(f"error: {one_line(message)}", err=True)
     raise typer.Exit(code)
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters (newlines, escapes, line separators) written as Python escapes,
+    so a file named ``x\\nerror: y`` cannot print a second, spoofed line or move the cursor."""
+    return "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) in _CONTROL else c
+                   for c in text)
+
+
+_CONTROL = {"Cc", "Zl", "Zp"}
 
 
 def run(action: Callable[[], T]) -> T:

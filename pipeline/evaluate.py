@@ -12,7 +12,7 @@ from pipeline.errors import InputError
 from pipeline.geometry import VolumeGeometry
 from pipeline.io.atomic import check_output
 from pipeline.io.nifti import iter_slabs, open_scan, read_reference
-from pipeline.metrics import confusion, scores
+from pipeline.metrics import MAX_LABEL, PairCounts, pair_counts, scores
 from pipeline.report import label_rows, write_report
 
 #: Slices per slab when streaming masks (uint8 masks: a 512 x 512 plane x 16 = 4 MiB).
@@ -26,35 +26,29 @@ def _as_labels(path: Path, slab: np.ndarray) -> np.ndarray:
         slab = np.rint(slab)
     if slab.size and slab.min() < 0:
         raise InputError(f"{path}: negative values in a label mask")
+    if slab.size and slab.max() > MAX_LABEL:
+        raise InputError(f"{path}: label value {slab.max():.0f} in a label mask; labels go up to {MAX_LABEL} "
+                         "(2^32 - 1)")
     return slab.astype(np.int64, copy=False)
 
 
-def add_confusion(total: np.ndarray, part: np.ndarray) -> np.ndarray:
-    """Sum two confusion matrices of possibly different sizes."""
-    size = max(total.shape[0], part.shape[0])
-    out = np.zeros((size, size), dtype=np.int64)
-    out[: total.shape[0], : total.shape[0]] += total
-    out[: part.shape[0], : part.shape[0]] += part
-    return out
-
-
 def confusion_against(reference: str | Path, geometry: VolumeGeometry, predicted: SlabReader, *,
-                      n_labels: int | None = None) -> np.ndarray:
-    """Confusion matrix of a reference NIfTI (on ``geometry``'s grid) against ``predicted(k_slice)`` slabs.
+                      n_labels: int | None = None) -> PairCounts:
+    """Counts of (reference, prediction) pairs of a reference NIfTI (on ``geometry``'s grid) against
+    ``predicted(k_slice)`` slabs; ``.dense(n)`` gives the matrix.
 
-    With ``n_labels`` the matrix is that size and reference values >= n_labels are an
-    :class:`InputError`; without, it grows to the largest label seen in either mask.
+    With ``n_labels`` reference values >= n_labels are an :class:`InputError`; without, any label
+    up to :data:`~pipeline.metrics.MAX_LABEL` is counted, in memory for the pairs that occur only.
     """
     ref = read_reference(reference, geometry)
-    total = np.zeros((n_labels or 1,) * 2, dtype=np.int64)
+    total = PairCounts.empty()
     for k, slab in iter_slabs(ref, SLAB):
         truth = _as_labels(ref.path, slab)
         pred = np.asarray(predicted(k)).astype(np.int64)
         if n_labels is not None and truth.size and truth.max() >= n_labels:
             raise InputError(f"{ref.path}: reference has label {int(truth.max())} (slices k={k.start}..{k.stop - 1}), "
                              f"but the model only predicts 0..{n_labels - 1}")
-        size = n_labels or int(max(truth.max(initial=0), pred.max(initial=0))) + 1
-        total = add_confusion(total, confusion(truth, pred, size))
+        total = total + pair_counts(truth, pred)
     return total
 
 
@@ -70,10 +64,10 @@ def evaluate_report(prediction: str | Path, reference: str | Path, *, output: Pa
     if output is not None:
         check_output(output, overwrite=overwrite)
     pred = open_scan(prediction)
-    shape = pred.geometry.shape
-    matrix = confusion_against(reference, pred.geometry, lambda k: _as_labels(
-        pred.path, np.asarray(pred.proxy[..., k]).reshape(*shape[:2], k.stop - k.start)))
-    measured = scores(matrix)
+    slabs = iter_slabs(pred, SLAB)  # read along with the reference's slabs, in the same order
+    counts = confusion_against(reference, pred.geometry, lambda k: _as_labels(pred.path, next(slabs)[1]))
+    next(slabs, None)  # the end of the stream: a .nii.gz's checksum is verified there
+    measured = scores(counts)
     report = {
         "prediction": str(prediction),
         "reference": str(reference),

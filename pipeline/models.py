@@ -24,6 +24,7 @@ from pipeline.choices import unknown_choice
 from pipeline.engine.validity import neutralise
 from pipeline.errors import CardError, ModelError
 from pipeline.hashing import sha256_file
+from pipeline.io.files import require_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -78,14 +79,13 @@ def load_weights(path: Path, expected_sha256: str) -> dict[str, Any]:
     """Load a state_dict safely: checksum first, then ``torch.load(weights_only=True)``."""
     import torch
 
-    if not path.is_file():
-        raise ModelError(f"{path}: weights file not found")
+    require_regular_file(path, "weights file", ModelError)
     actual = sha256_file(path)
     if actual != expected_sha256:
         raise ModelError(f"{path}: weights sha256 is {actual[:12]}..., the card expects {expected_sha256[:12]}...")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - on non-torch bytes the unpickler raises IndexError, KeyError...
         raise ModelError(f"{path}: refused to load weights ({_load_reason(e)})") from e
     if not isinstance(state, dict):
         raise ModelError(f"{path}: weights must be a state_dict, got {type(state).__name__}")
@@ -94,6 +94,9 @@ def load_weights(path: Path, expected_sha256: str) -> dict[str, Any]:
 
 def _load_reason(error: BaseException) -> str:
     """The informative part of torch.load's many-line message: what the unpickler refused, else the first sentence."""
+    if not isinstance(error, pickle.UnpicklingError | RuntimeError | EOFError | ValueError):
+        # torch falls back to its legacy unpickler for non-zip files, which fails on arbitrary bytes
+        return f"not a torch file: the unpickler failed with {type(error).__name__}: {error}"
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     for line in lines:
         if "WeightsUnpickler error:" in line:  # "Unsupported global: GLOBAL builtins.open was not an allowed global"

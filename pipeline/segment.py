@@ -230,7 +230,7 @@ def _build_report(source: NiftiScan, sha256: str, model: Model, mask: Path, refe
                   result: InferenceResult, started: float, workers_rss: int) -> dict[str, Any]:
     n = model.card.out_channels
     if reference:
-        matrix = confusion_against(reference, source.geometry, lambda k: result.labels[:, :, k], n_labels=n)
+        matrix = confusion_against(reference, source.geometry, lambda k: result.labels[:, :, k], n_labels=n).dense(n)
     else:
         matrix = _label_counts(result.labels, n)
     measured = scores(matrix)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.evaluate import add_confusion
-from pipeline.metrics import confusion, scores
+from pipeline.metrics import PairCounts, confusion, pair_counts, scores
 
 
 def test_hand_computed() -> None:
@@ -33,10 +32,10 @@ def test_streaming_equals_whole() -> None:
     rng = np.random.default_rng(0)
     ref, pred = rng.integers(0, 5, size=(2, 30, 20, 10))
     whole = confusion(ref, pred, 5)
-    streamed = np.zeros((1, 1), np.int64)
+    streamed = PairCounts.empty()
     for k in range(0, 10, 3):
-        streamed = add_confusion(streamed, confusion(ref[..., k:k + 3], pred[..., k:k + 3], 5))
-    np.testing.assert_array_equal(whole, streamed)
+        streamed = streamed + pair_counts(ref[..., k:k + 3], pred[..., k:k + 3])
+    np.testing.assert_array_equal(whole, streamed.dense(5))
 
 
 def test_valid_mask_and_range_check() -> None:

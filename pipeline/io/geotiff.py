@@ -40,6 +40,7 @@ from pipeline.cards import Label
 from pipeline.errors import GridMismatchError, InputError, InputNotFoundError, OutputError
 from pipeline.geometry import RasterGeometry, block_slices, same_crs
 from pipeline.io.atomic import atomic_path
+from pipeline.io.files import require_regular_file
 from pipeline.io.store import create_array, write_region
 
 logger = logging.getLogger(__name__)
@@ -93,8 +94,7 @@ def open_raster(path: str | os.PathLike[str]) -> Raster:
         GCPs/RPCs only, or truncated data (the last block cannot be read).
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputNotFoundError(f"{path}: file not found")
+    require_regular_file(path, "file", InputError, missing=InputNotFoundError)
     with _dataset(path) as src:
         geometry = _geometry(path, src)
         _probe(path, src)
@@ -187,15 +187,33 @@ def read_bands(path: Path, bands: Sequence[int], dtype: str, rows: slice, cols: 
     with _dataset(path) as src:
         try:
             data = src.read(list(bands), window=window, out_dtype=dtype)
-            valid = src.read_masks(list(bands), window=window).any(axis=0)
+            masks = src.read_masks(list(bands), window=window)
+            valid = masks.any(axis=0)
         except RasterioError as e:
             raise InputError(f"{path}: cannot read rows {rows.start}..{rows.stop - 1}, cols {cols.start}.."
                              f"{cols.stop - 1} ({_reason(e)}); truncated or corrupt?") from e
     if data.dtype.kind == "f":
         finite = np.isfinite(data)
+        _check_float32_range(path, data, finite & (masks > 0), rows, cols)
         valid &= finite.all(axis=0)
         data[~finite] = 0
     return data, valid
+
+
+#: Largest magnitude a valid pixel may have: inference runs in float32.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_float32_range(path: Path, data: np.ndarray, checked: np.ndarray, rows: slice, cols: slice) -> None:
+    """Refuse finite valid pixels float32 cannot hold (a float64 1e300 would become inf in the network and
+    pass as data); nodata pixels may hold anything (GDAL's float64 nodata is often -1.8e308)."""
+    if data.dtype.itemsize <= 4:
+        return
+    beyond = checked & (np.abs(data) > FLOAT32_MAX)
+    if beyond.any():
+        raise InputError(f"{path}: {int(beyond.sum())} valid pixel values beyond float32 range (largest "
+                         f"{float(np.abs(data[beyond]).max()):.3g}) in rows {rows.start}..{rows.stop - 1}, cols "
+                         f"{cols.start}..{cols.stop - 1}; rescale the raster or mark them nodata")
 
 
 def copy_window(path: str, bands: tuple[int, ...], dtype: str, rows: slice, cols: slice, store: str) -> int | str:

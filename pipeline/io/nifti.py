@@ -12,6 +12,7 @@ import gzip
 import itertools
 import logging
 import math
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,16 +20,20 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from nibabel.volumeutils import apply_read_scaling
 
 from pipeline.errors import InputError, InputNotFoundError
 from pipeline.geometry import VolumeGeometry
 from pipeline.io.atomic import atomic_path
+from pipeline.io.files import require_regular_file
 
 logger = logging.getLogger(__name__)
 
 #: qform and sform may disagree this much (mm, at a corner) before we warn: float32 rounding, or a
 #: rigid qform approximating a slightly sheared sform, is normal.
 QFORM_SFORM_TOLERANCE_MM = 0.1
+#: Largest magnitude a voxel may have: inference runs in float32.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: Refuse volumes with more voxels than this (a corrupt header, not a scan): 2**36 = 68.7 G voxels.
 MAX_VOXELS = 2**36
 NIFTI_INTENT_LABEL = 1002
@@ -53,12 +58,14 @@ def open_scan(path: str | Path) -> NiftiScan:
         Missing file, not NIfTI, not 3D, empty axis, absurd size, non-numeric dtype.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputNotFoundError(f"{path}: file not found")
-    try:
-        image = nib.load(path)
-    except Exception as e:  # nibabel raises ImageFileError, EOFError, OSError, ValueError...
-        raise InputError(f"{path}: not a readable NIfTI file ({_reason(e)})") from e
+    require_regular_file(path, "file", InputError, missing=InputNotFoundError)
+    with _nibabel_messages() as messages:
+        try:
+            image = nib.load(path)
+        except Exception as e:  # nibabel raises ImageFileError, EOFError, OSError, ValueError...
+            raise InputError(f"{path}: not a readable NIfTI file ({_reason(e)})") from e
+    for message in messages:
+        logger.warning("%s: %s", path, message)
     if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
         raise InputError(f"{path}: not a NIfTI image ({type(image).__name__})")
     shape = tuple(int(s) for s in image.shape)
@@ -90,6 +97,30 @@ def open_scan(path: str | Path) -> NiftiScan:
     return NiftiScan(path=path, proxy=image.dataobj, geometry=geometry, dtype=np.dtype(dtype))
 
 
+@contextlib.contextmanager
+def _nibabel_messages() -> Iterator[list[str]]:
+    """Collect what nibabel logs while reading a header instead of letting it print.
+
+    nibabel gives its ``nibabel.global`` logger a handler of its own, so each message printed twice
+    (once more through ours), and header problems it then raises for came out as an extra ``ERROR`` line.
+    The caller reports them once: in its error, or as a warning naming the file.
+    """
+    messages: list[str] = []
+    nib_logger = logging.getLogger("nibabel.global")
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    saved = nib_logger.handlers[:], nib_logger.propagate
+    nib_logger.handlers[:] = [Collect(logging.WARNING)]
+    nib_logger.propagate = False
+    try:
+        yield messages
+    finally:
+        nib_logger.handlers[:], nib_logger.propagate = saved
+
+
 def qform_sform_distance(header: Any, shape: tuple[int, ...]) -> float:
     """How far apart (mm) the qform and the sform put the volume's farthest corner; 0 unless both are set."""
     qform, qform_code = header.get_qform(coded=True)
@@ -117,20 +148,82 @@ def _reason(error: BaseException) -> str:
 def iter_slabs(scan: NiftiScan, thickness: int) -> Iterator[tuple[slice, np.ndarray]]:
     """Yield ``(k-slice, data)`` slabs of ``thickness`` along the last axis, in file order.
 
-    Raises InputError on truncated or corrupt data, and on NaN/inf voxels (we refuse
-    them rather than guess a fill value: a scan with NaNs is broken upstream).
+    One pass over the file through one open stream (a .nii.gz is decompressed once, front to back),
+    ending at its end: there gzip checks the CRC-32 and length in the trailer, so a corrupt
+    compressed body is refused (after the last slab, before the iteration ends), not segmented.
+    Values are those nibabel gives (``scl_slope``/``scl_inter`` applied) cast to ``scan.dtype``,
+    and checked after the cast: NaN/inf voxels, and scaled values float32 cannot hold, are refused
+    rather than guessed at (a scan with NaNs is broken upstream).
+
+    Raises InputError on truncated or corrupt data and on non-finite values.
     """
-    depth = scan.geometry.shape[2]
-    for k0 in range(0, depth, thickness):
-        k = slice(k0, min(k0 + thickness, depth))
-        try:
-            slab = np.asarray(scan.proxy[..., k]).reshape(*scan.geometry.shape[:2], k.stop - k.start)
-        except Exception as e:
-            raise InputError(f"{scan.path}: cannot read voxels at k={k.start}..{k.stop - 1} ({_reason(e)}); truncated or corrupt?") from e
-        if slab.dtype.kind == "f" and not np.isfinite(slab).all():
-            bad = int((~np.isfinite(slab)).sum())
-            raise InputError(f"{scan.path}: {bad} NaN/inf voxels in slices k={k.start}..{k.stop - 1}; fix or mask the scan first")
-        yield k, slab
+    shape = scan.geometry.shape
+    stored = np.dtype(scan.proxy.dtype)
+    depth = shape[2]
+    with _voxel_stream(scan) as fh:
+        for k0 in range(0, depth, thickness):
+            k = slice(k0, min(k0 + thickness, depth))
+            size = shape[0] * shape[1] * (k.stop - k.start) * stored.itemsize
+            where = f"voxels at k={k.start}..{k.stop - 1}"
+            data = _read(scan.path, fh, size, where)
+            raw = np.frombuffer(data, stored).reshape(*shape[:2], k.stop - k.start, order="F")
+            yield k, _values(scan, raw, k)
+        _read(scan.path, fh, -1, "the end of the file")  # gzip: the trailer's CRC and size are checked here
+
+
+@contextlib.contextmanager
+def _voxel_stream(scan: NiftiScan) -> Iterator[Any]:
+    """The file, or its decompressed stream, positioned at the first voxel.
+
+    Compression is chosen by extension, as nibabel does; ``.gz`` through :mod:`gzip` itself, which
+    checks the trailer at the end of the stream (nibabel may use ``indexed_gzip``, built for seeking).
+    """
+    try:
+        fh = gzip.open(scan.path, "rb") if scan.path.name.endswith(".gz") else nib.openers.ImageOpener(scan.path)
+    except OSError as e:
+        raise InputError(f"{scan.path}: cannot read voxels ({e.strerror or e})") from e
+    with fh:
+        _read(scan.path, fh, int(scan.proxy.offset), "the header")
+        yield fh
+
+
+def _read(path: Path, fh: Any, size: int, where: str) -> bytes:
+    """``size`` bytes (all the rest for -1) of ``fh``; short or corrupt reads are an InputError."""
+    try:
+        if size >= 0:
+            data = fh.read(size)
+        else:
+            while fh.read(2**20):
+                pass
+            return b""
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise InputError(f"{path}: cannot read {where} ({_reason(e)}); truncated or corrupt?") from e
+    if len(data) < size:
+        raise InputError(f"{path}: cannot read {where} (the file ends {size - len(data)} bytes early); "
+                         "truncated or corrupt?")
+    return data
+
+
+def _values(scan: NiftiScan, raw: np.ndarray, k: slice) -> np.ndarray:
+    """Scaled values of one slab in ``scan.dtype``, refused when any is not finite after the cast."""
+    if scan.dtype.kind != "f":
+        return raw
+    slope, inter = np.asanyarray(scan.proxy.slope), np.asanyarray(scan.proxy.inter)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, as one line
+        slab = apply_read_scaling(raw, slope, inter).astype(scan.dtype, copy=False)
+        # the network computes in float32: a float64 value beyond its range would become inf there
+        finite = np.isfinite(slab) & (np.abs(slab) <= FLOAT32_MAX)
+    if not finite.all():
+        bad = int(finite.size - np.count_nonzero(finite))
+        if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+            why = f"{bad} NaN/inf voxels"
+        elif float(slope) != 1.0 or float(inter) != 0.0:
+            why = (f"{bad} voxels beyond float32 range once scaled (scl_slope {float(slope):g}, "
+                   f"scl_inter {float(inter):g})")
+        else:
+            why = f"{bad} voxels beyond float32 range"
+        raise InputError(f"{scan.path}: {why} in slices k={k.start}..{k.stop - 1}; fix or mask the scan first")
+    return slab
 
 
 #: Largest slab read at once, in bytes; thinner slabs than a chunk are used for huge planes.

@@ -33,6 +33,7 @@ import zarr
 from pipeline.cards import Label
 from pipeline.errors import GridMismatchError, InputError, InputNotFoundError, OutputError
 from pipeline.geometry import RasterGeometry, block_slices, same_crs
+from pipeline.io.files import require_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -220,8 +221,7 @@ def read_reference_vectors(path: str | os.PathLike[str], geometry: RasterGeometr
     import pyogrio.raw
 
     path = Path(path)
-    if not path.is_file():
-        raise InputNotFoundError(f"{path}: file not found")
+    require_regular_file(path, "file", InputError, missing=InputNotFoundError)
     try:
         meta, _, wkb, fields = pyogrio.raw.read(path)
     except (RuntimeError, ValueError, OSError) as e:

@@ -285,6 +285,54 @@ def make_corpus(dest: Path) -> list[Case]:
     cases.append(Case(d.name, "nifti", "reference with the same shape but another affine (1 mm vs 1.5x1.5x3)",
                       ("evaluate", str(scan), str(ref)), "differs from the scan", str(ref)))
 
+    d = case("nifti-gzip-crc")
+    raw = bytearray(gzip.compress(_nifti(d / "full.nii", _volume()).read_bytes(), compresslevel=0, mtime=0))
+    (d / "full.nii").unlink()
+    raw[len(raw) // 2] ^= 0x01  # stored (level 0) deflate blocks: the body still inflates, to other voxels
+    (d / "scan.nii.gz").write_bytes(bytes(raw))
+    volume(d.name, "`.nii.gz` with one bit flipped in its compressed body (the CRC-32 in the trailer no longer "
+           "matches)", d / "scan.nii.gz", "CRC check failed")
+
+    d = case("nifti-slope-overflow")
+    image = nib.Nifti1Image(_volume(), np.diag([1.5, 1.5, 3.0, 1.0]))
+    image.header.set_slope_inter(1e38, 0.0)
+    nib.save(image, d / "scan.nii.gz")
+    volume(d.name, "int16 scan with `scl_slope` 1e38: scaled values overflow float32 to inf", d / "scan.nii.gz",
+           "beyond float32 range once scaled")
+
+    d = case("nifti-float64-overflow")
+    data = _volume((16, 16, 16), "float64")
+    data[2, 3, 4] = 1e300
+    volume(d.name, "float64 scan with a voxel of 1e300 (inf in float32)", _nifti(d / "scan.nii.gz", data),
+           "beyond float32 range")
+
+    d = case("nifti-unknown-datatype")
+    scan = _patch_header(_nifti(d / "scan.nii", _volume()), 70, np.array([999], "<i2").tobytes())
+    volume(d.name, "datatype code 999 (nibabel logs it, then fails)", scan, "data code 999 not recognized")
+
+    d = case("nifti-newline-name")
+    scan = _nifti(d / "x\nerror: fake.nii.gz", _volume((8, 8, 8, 3)))
+    volume(d.name, "file named `x\\nerror: fake.nii.gz` (4D): the name must not print a second `error:` line",
+           scan, "image is 4D")
+    cases[-1] = Case(**{**cases[-1].__dict__, "names": str(scan).replace("\n", "\\n")})
+
+    d = case("nifti-is-directory")
+    (d / "scan.nii.gz").mkdir()
+    volume(d.name, "the scan path is a directory", d / "scan.nii.gz", "not a regular file (a directory)")
+
+    d = case("nifti-fifo")
+    os.mkfifo(d / "scan.nii.gz")
+    volume(d.name, "the scan path is a FIFO (reading it would block)", d / "scan.nii.gz",
+           "not a regular file (a FIFO)")
+
+    d = case("nifti-label-beyond-2-32")
+    labels = np.zeros((24, 24, 16), np.float32)
+    labels[1, 2, 3] = 1e10
+    scan = _nifti(d / "pred.nii.gz", labels)
+    ref = _nifti(d / "ref.nii.gz", np.zeros((24, 24, 16), np.uint8))
+    cases.append(Case(d.name, "nifti", "`evaluate` on a float mask holding label 1e10 (beyond uint32)",
+                      ("evaluate", str(scan), str(ref)), "labels go up to 4294967295", str(scan)))
+
     # --- GeoTIFF
     d = case("geotiff-wrong-magic")
     (d / "scene.tif").write_bytes(b"MM\x00\x2b" + bytes(300))
@@ -322,6 +370,12 @@ def make_corpus(dest: Path) -> list[Case]:
     raster(d.name, "reference mask of another size (192x96 vs 192x192)", scene, "size 192x96 vs 192x192",
            "-r", str(ref), names=ref)
 
+    d = case("geotiff-float64-overflow")
+    data = np.random.default_rng(0).uniform(0, 255, size=(1, 192, 192))
+    data[0, 100, 50] = 1e300
+    raster(d.name, "float64 scene with a valid pixel of 1e300 (inf in float32)", _raster(d / "scene.tif", data),
+           "beyond float32 range")
+
     # --- weights and cards
     d = case("weights-pickle-code")
     import torch
@@ -354,6 +408,24 @@ def make_corpus(dest: Path) -> list[Case]:
     weights_case(d.name, "card's sha256 does not match its weights", scan, card_path, "weights sha256 is",
                  d / "tiny.pt")
 
+    d = case("weights-not-torch")
+    weights = d / "tiny.pt"
+    weights.write_bytes(b"these bytes are not a torch file\n" * 8)
+    card = yaml.safe_load(card3d.read_text())
+    card["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (d / "tiny.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
+    scan = _nifti(d / "scan.nii.gz", _volume())
+    weights_case(d.name, "weights file of plain text (sha256 matches the card; torch's unpickler raised "
+                 "IndexError)", scan, d / "tiny.yaml", "not a torch file", weights)
+
+    d = case("weights-dev-zero")
+    (d / "tiny.pt").symlink_to("/dev/zero")
+    card = yaml.safe_load(card3d.read_text())
+    (d / "tiny.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
+    scan = _nifti(d / "scan.nii.gz", _volume())
+    weights_case(d.name, "weights file is a link to `/dev/zero` (hashing it would never end)", scan, d / "tiny.yaml",
+                 "not a regular file (a character device)", d / "tiny.pt")
+
     d = case("card-unknown-architecture")
     card = yaml.safe_load(card3d.read_text())
     card["architecture"] = "UNett"
@@ -367,6 +439,36 @@ def make_corpus(dest: Path) -> list[Case]:
     cases.append(Case(d.name, "card", "card with a `!!python/object/apply:os.system` tag",
                       ("models", "show", str(d / "card.yaml")), "not a valid YAML model card", str(d / "card.yaml"),
                       marker=True))
+
+    d = case("card-anchor-bomb")
+    bomb = ["  bomb:", "    l0: &l0 [" + ", ".join(["x"] * 10) + "]"]
+    bomb += [f"    l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 6)]
+    text = card3d.read_text().replace("kwargs:\n", "kwargs:\n" + "\n".join(bomb) + "\n", 1)
+    (d / "card.yaml").write_text(text)
+    cases.append(Case(d.name, "card", f"{len(text)}-byte card whose `kwargs` nest YAML aliases 6 levels deep, x10 "
+                      "each (10^6 nodes)", ("models", "show", str(d / "card.yaml")), "through its aliases",
+                      str(d / "card.yaml")))
+
+    d = case("card-deep-nesting")
+    text = card3d.read_text().replace("kwargs:\n", "kwargs:\n  deep: " + "[" * 20000 + "]" * 20000 + "\n", 1)
+    (d / "card.yaml").write_text(text)
+    cases.append(Case(d.name, "card", "card whose `kwargs` nest lists 20,000 levels deep",
+                      ("models", "show", str(d / "card.yaml")), "nested more than 64 levels deep",
+                      str(d / "card.yaml")))
+
+    d = case("card-huge-roi")
+    card = yaml.safe_load(card3d.read_text())
+    card["roi_size"] = [4096, 4096, 4096]
+    (d / "card.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
+    cases.append(Case(d.name, "card", "roi_size [4096, 4096, 4096] (a 1 TiB window per channel)",
+                      ("models", "show", str(d / "card.yaml")), "GiB per batch of windows", str(d / "card.yaml")))
+
+    d = case("card-colour-999")
+    card = yaml.safe_load(card3d.read_text())
+    card["labels"][1]["color"] = [999, 0, 0]
+    (d / "card.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
+    cases.append(Case(d.name, "card", "label colour [999, 0, 0]", ("models", "show", str(d / "card.yaml")),
+                      "labels.1.color.0", str(d / "card.yaml")))
 
     d = case("card-unknown-name")
     cases.append(Case(d.name, "card", "model name with a typo (`ct-organz`)", ("models", "show", "ct-organz"),
@@ -383,7 +485,7 @@ def make_corpus(dest: Path) -> list[Case]:
     (d / "data_catalog.yaml").mkdir()
     path = d / "data_catalog.yaml"
     cases.append(Case(d.name, "catalog", "the catalog path is a directory", ("catalog", "check", str(path)),
-                      "cannot read the data catalog (Is a directory)", str(path)))
+                      "not a regular file (a directory)", str(path)))
 
     d = case("catalog-dotdot-output")
     path = _catalog(d, source={"output": "../escaped"})
@@ -460,6 +562,8 @@ def snapshot(directory: Path) -> dict[str, str]:
                 found[key] = f"-> {os.readlink(path)}"
             elif path.is_dir():
                 found[key] = "dir"
+            elif not path.is_file():  # a FIFO: reading it would block
+                found[key] = "special"
             else:
                 found[key] = hashlib.sha256(path.read_bytes()).hexdigest()
     return found
@@ -485,7 +589,7 @@ def message_line(case: Case, outcome: Outcome) -> str | None:
 
 
 def _cell(text: str, dest: Path) -> str:
-    return text.replace(str(dest) + "/", "").replace("|", "\\|")
+    return text.replace(str(dest) + "/", "").replace("|", "\\|").replace("\n", "\\n")
 
 
 def table(cases: list[Case], outcomes: dict[str, Outcome], dest: Path) -> str:
@@ -506,14 +610,16 @@ def table(cases: list[Case], outcomes: dict[str, Outcome], dest: Path) -> str:
 
 def write_table(dest: Path) -> None:
     """Run every case and replace the table between the markers in README.md."""
+    from concurrent.futures import ThreadPoolExecutor
+
     cases = make_corpus(dest)
     outcomes = {}
-    for case in cases:
-        if case.root_ignores and os.geteuid() == 0:
-            continue
-        outcomes[case.name] = run_case(case)
-        print(f"{case.name}: exit {outcomes[case.name].exit_code} in {outcomes[case.name].seconds:.1f} s",
-              file=sys.stderr)
+    with ThreadPoolExecutor(3) as pool:  # three at a time, as test_corpus.py runs them
+        futures = {case.name: pool.submit(run_case, case) for case in cases
+                   if not (case.root_ignores and os.geteuid() == 0)}
+        for name, future in futures.items():
+            outcomes[name] = future.result()
+            print(f"{name}: exit {outcomes[name].exit_code} in {outcomes[name].seconds:.1f} s", file=sys.stderr)
     text = README.read_text()
     start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
     README.write_text(text[:start] + "\n" + table(cases, outcomes, Path(dest).resolve()) + "\n" + text[end:])

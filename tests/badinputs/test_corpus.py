@@ -22,18 +22,23 @@ CASE_NAMES = [
     "nifti-truncated-gzip", "nifti-wrong-magic", "nifti-not-gzip", "nifti-4d", "nifti-2d", "nifti-huge-dims",
     "nifti-dims-beyond-data", "nifti-zero-axis", "nifti-nan", "nifti-inf", "nifti-singular-affine",
     "nifti-nonfinite-affine", "nifti-qform-sform-disagree", "nifti-reference-grid", "nifti-reference-affine",
+    "nifti-gzip-crc", "nifti-slope-overflow", "nifti-float64-overflow", "nifti-unknown-datatype",
+    "nifti-newline-name", "nifti-is-directory", "nifti-fifo", "nifti-label-beyond-2-32",
     "geotiff-wrong-magic", "geotiff-zero-bands", "geotiff-complex-band", "geotiff-truncated",
-    "geotiff-broken-tile", "geotiff-reference-crs", "geotiff-reference-grid",
-    "weights-pickle-code", "weights-truncated", "weights-checksum",
-    "card-unknown-architecture", "card-python-tag", "card-unknown-name",
+    "geotiff-broken-tile", "geotiff-reference-crs", "geotiff-reference-grid", "geotiff-float64-overflow",
+    "weights-pickle-code", "weights-truncated", "weights-checksum", "weights-not-torch", "weights-dev-zero",
+    "card-unknown-architecture", "card-python-tag", "card-anchor-bomb", "card-deep-nesting", "card-huge-roi",
+    "card-colour-999", "card-unknown-name",
     "catalog-python-tag", "catalog-is-directory", "catalog-dotdot-output", "catalog-dotdot-glob",
     "catalog-symlink-output",
     "catalog-symlink-subdirectory",
     "output-under-file", "workdir-under-file", "output-dir-readonly", "output-exists",
 ]
 #: Cases that import torch and load the model (or start Dask) before they fail: seconds each, not a fraction.
-SLOW = {"nifti-truncated-gzip", "nifti-nan", "nifti-inf", "geotiff-broken-tile", "geotiff-reference-crs",
-        "geotiff-reference-grid", "weights-pickle-code", "weights-truncated", "weights-checksum",
+SLOW = {"nifti-truncated-gzip", "nifti-nan", "nifti-inf", "nifti-gzip-crc", "nifti-slope-overflow",
+        "nifti-float64-overflow", "geotiff-broken-tile", "geotiff-reference-crs", "geotiff-reference-grid",
+        "geotiff-float64-overflow", "weights-pickle-code", "weights-truncated", "weights-checksum",
+        "weights-not-torch", "weights-dev-zero",
         "output-under-file", "workdir-under-file", "output-dir-readonly", "output-exists"}
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 #: Cases run at once: most of a run is interpreter and torch start-up, cluster start and waiting.
@@ -101,6 +106,7 @@ def test_bad_input(name: str, corpus: Corpus, runs: dict[str, Run]) -> None:
     assert not any(" - ERROR - " in x or x.startswith(("ERROR", "CRITICAL")) for x in outcome.lines), report
     if case.exit_code:
         assert len([x for x in outcome.lines if x.startswith("error:")]) == 1, report
+        assert not [x for x in outcome.lines if x != line and not x.startswith(("INFO", "WARNING"))], report
     assert after == before  # inputs byte-identical; no output, work store, lock or temp file
     if case.marker:
         assert not (dest / name / MARKER).exists(), "the payload ran"
