@@ -23,6 +23,7 @@ import numpy as np
 from pipeline.errors import InputError, InputNotFoundError
 from pipeline.geometry import VolumeGeometry
 from pipeline.io.atomic import atomic_path
+from pipeline.outputs import is_gzip
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ def write_labels(labels: Any, geometry: VolumeGeometry, path: Path, *, label_nam
     offset = header.single_vox_offset
     header.set_data_offset(offset)
     thickness = labels.chunks[-1] if hasattr(labels, "chunks") and isinstance(labels.chunks[-1], int) else 16
-    with atomic_path(path) as tmp, _deterministic_writer(tmp, gz=path.name.endswith(".gz")) as fh:
+    with atomic_path(path) as tmp, _deterministic_writer(tmp, gz=is_gzip(path)) as fh:
         header.write_to(fh)  # header + empty extension flag
         fh.write(b"\x00" * (offset - fh.tell()))
         for k0 in range(0, geometry.shape[2], thickness):
