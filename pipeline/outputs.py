@@ -242,7 +242,7 @@ def _kind(path: Path) -> str | None:
     """What is at ``path`` when it is not something ``--overwrite`` may replace (None: nothing, or a file)."""
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (the parent check says why it cannot be)
         return None
     if stat.S_ISLNK(st.st_mode) and not path.exists():
         return "a dangling symlink"
@@ -280,9 +280,6 @@ def check_outputs(writes: Iterable[Output], reads: Iterable[str | os.PathLike[st
     writes = list(writes)
     inputs = [(Path(r), _identity(Path(r))) for r in reads if r is not None and str(r) != ""]
     for out in writes:
-        suffixes, message = FORMATS[out.format]
-        if not split_suffix(out.path.name, suffixes)[1]:
-            raise OutputError(f"{out.path}: " + message.format(suffix=out.path.suffix))
         ident = _identity(out.path)
         for read, read_ident in inputs:
             if _overlaps(ident, read_ident):
@@ -292,6 +289,9 @@ def check_outputs(writes: Iterable[Output], reads: Iterable[str | os.PathLike[st
         if kind is not None and not (out.store and kind == "a directory" and is_volseg_store(out.path)):
             raise OutputError(f"{out.path}: is {kind}; --overwrite only replaces files "
                               f"{'and stores ' if out.store else ''}volseg wrote")
+        suffixes, message = FORMATS[out.format]
+        if not split_suffix(out.path.name, suffixes)[1]:
+            raise OutputError(f"{out.path}: " + message.format(suffix=out.path.suffix))
         if os.path.lexists(out.path) and not overwrite:
             raise OutputExistsError(f"{out.path}: output exists; pass --overwrite to replace it")
         _check_parent(out.path)

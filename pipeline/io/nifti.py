@@ -103,7 +103,7 @@ def qform_sform_distance(header: Any, shape: tuple[int, ...]) -> float:
 
 def _check_size(path: Path, image: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
     """For uncompressed files, catch truncation before reading anything."""
-    if path.suffix == ".gz":
+    if is_gzip(path):
         return
     needed = int(image.header.get_data_offset()) + math.prod(shape) * dtype.itemsize
     if path.stat().st_size < needed:
