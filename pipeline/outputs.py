@@ -287,8 +287,8 @@ def check_outputs(writes: Iterable[Output], reads: Iterable[str | os.PathLike[st
     for out in writes:
         kind = _kind(out.path)
         if kind is not None and not (out.store and kind == "a directory" and is_volseg_store(out.path)):
-            raise OutputError(f"{out.path}: is {kind}; --overwrite only replaces files "
-                              f"{'and stores ' if out.store else ''}volseg wrote")
+            what = "a file or a Zarr store volseg wrote" if out.store else "a file"
+            raise OutputError(f"{out.path}: is {kind}, not {what}; --overwrite replaces only those")
         suffixes, message = FORMATS[out.format]
         if not split_suffix(out.path.name, suffixes)[1]:
             raise OutputError(f"{out.path}: " + message.format(suffix=out.path.suffix))

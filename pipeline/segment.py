@@ -47,6 +47,7 @@ from pipeline.sidecars import write_sidecars
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class SegmentationResult:
     """Where the outputs went, and the report that was written."""

@@ -51,7 +51,6 @@ from pipeline.io.store import WorkStore, create_array, work_store
 from pipeline.io.vectors import read_reference_vectors, write_vectors
 from pipeline.metrics import Scores, confusion, scores
 from pipeline.models import Model, load_model
-from pipeline.report import label_rows, write_report
 from pipeline.outputs import (
     check_outputs,
     created_parents,
@@ -61,6 +60,7 @@ from pipeline.outputs import (
     report_json_path,
     vector_reads,
 )
+from pipeline.report import label_rows, write_report
 from pipeline.segment import SegmentationResult, aligned_windows, client_scope, run_facts
 from pipeline.sidecars import write_sidecars
 

@@ -467,7 +467,7 @@ def make_corpus(dest: Path) -> list[Case]:
     (d / "results" / "old" / "mask.nii.gz").write_bytes(b"an earlier result")
     output(d.name, "`-o results --overwrite`: `results/` is a directory holding files",
            segment("segment-volume", scan, "-o", str(d / "results"), "--overwrite"),
-           "is a directory; --overwrite only replaces files", d / "results")
+           "is a directory, not a file; --overwrite replaces only those", d / "results")
 
     d = case("output-store-not-ours")
     scan = _nifti(d / "scan.nii.gz", _volume())
@@ -475,7 +475,7 @@ def make_corpus(dest: Path) -> list[Case]:
     (d / "scan_seg.ome.zarr" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}')
     output(d.name, "`--ome-zarr --overwrite`: `scan_seg.ome.zarr` is a Zarr store volseg did not write",
            segment("segment-volume", scan, "--ome-zarr", "--overwrite"),
-           "is a directory; --overwrite only replaces files and stores volseg wrote", d / "scan_seg.ome.zarr")
+           "is a directory, not a file or a Zarr store volseg wrote", d / "scan_seg.ome.zarr")
 
     d = case("output-is-reference")
     scan = _nifti(d / "scan.nii.gz", _volume())

@@ -142,7 +142,7 @@ def test_outputs_inside_a_bundle_and_reads_inside_an_output_store(tmp_path: Path
 def test_only_files_and_our_stores_are_replaced(tmp_path: Path) -> None:
     mask = tmp_path / "m.nii.gz"
     mask.mkdir()
-    with pytest.raises(OutputError, match="is a directory; --overwrite only replaces files"):
+    with pytest.raises(OutputError, match="is a directory, not a file; --overwrite replaces only those"):
         check_outputs(volume_outputs(mask), [], overwrite=True)
     mask.rmdir()
     os.mkfifo(mask)
@@ -158,7 +158,7 @@ def test_only_files_and_our_stores_are_replaced(tmp_path: Path) -> None:
     store.mkdir()
     (store / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {"napari": {}}}')
     writes = volume_outputs(mask, ome_zarr=True)
-    with pytest.raises(OutputError, match="only replaces files and stores volseg wrote"):
+    with pytest.raises(OutputError, match="not a file or a Zarr store volseg wrote"):
         check_outputs(writes, [], overwrite=True)
     mark_store(store, "ome-zarr")
     with pytest.raises(OutputExistsError, match="m.ome.zarr: output exists"):
