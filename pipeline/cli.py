@@ -137,6 +137,10 @@ def segment_volume_cmd(
     instances: InstancesOpt = None,
 ) -> None:
     """Segment a NIfTI scan: writes <scan>_seg.nii.gz and <scan>_seg.report.json/.csv."""
+    from pipeline.outputs import preflight_volume
+
+    run(lambda: preflight_volume(scan, output=output, reference=reference, model=model, overwrite=overwrite, html=html,
+                                 ome_zarr=ome_zarr, probabilities=probabilities, instances=instances))
     from pipeline.cluster import ClusterSettings
     from pipeline.segment import segment_volume
 
@@ -181,6 +185,10 @@ def segment_raster_cmd(
 
     --reference also takes vectors (.geojson, .gpkg), rasterised onto the scene's grid.
     """
+    from pipeline.outputs import preflight_raster
+
+    run(lambda: preflight_raster(scene, output=output, reference=reference, model=model, vectors=vectors,
+                                 overwrite=overwrite, html=html, ome_zarr=ome_zarr, instances=instances))
     from pipeline.cluster import ClusterSettings
     from pipeline.segment_raster import segment_raster
 

@@ -10,9 +10,9 @@ import numpy as np
 
 from pipeline.errors import InputError
 from pipeline.geometry import VolumeGeometry
-from pipeline.io.atomic import check_output
 from pipeline.io.nifti import iter_slabs, open_scan, read_reference
 from pipeline.metrics import MAX_LABEL, PairCounts, pair_counts, scores
+from pipeline.outputs import check_outputs, created_parents, report_outputs
 from pipeline.report import label_rows, write_report
 
 #: Slices per slab when streaming masks (uint8 masks: a 512 x 512 plane x 16 = 4 MiB).
@@ -61,8 +61,8 @@ def check_reference_labels(reference: str | Path, geometry: VolumeGeometry, n_la
 def evaluate_report(prediction: str | Path, reference: str | Path, *, output: Path | None = None,
                     overwrite: bool = False) -> dict[str, Any]:
     """Scores of two NIfTI label masks, in the same layout as ``segment_volume``'s report (no run facts)."""
-    if output is not None:
-        check_output(output, overwrite=overwrite)
+    writes = report_outputs(Path(output)) if output is not None else []
+    check_outputs(writes, [prediction, reference], overwrite=overwrite)
     pred = open_scan(prediction)
     slabs = iter_slabs(pred, SLAB)  # read along with the reference's slabs, in the same order
     counts = confusion_against(reference, pred.geometry, lambda k: _as_labels(pred.path, next(slabs)[1]))
@@ -76,5 +76,6 @@ def evaluate_report(prediction: str | Path, reference: str | Path, *, output: Pa
         "mean_pixel_accuracy": measured.mean_pixel_accuracy,
     }
     if output is not None:
-        write_report(report, output)
+        with created_parents(writes):
+            write_report(report, Path(output))
     return report

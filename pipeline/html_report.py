@@ -30,7 +30,8 @@ import numpy as np
 from pipeline.cards import Label
 from pipeline.geometry import VolumeGeometry
 from pipeline.io.atomic import atomic_path
-from pipeline.viewer_files import hex_color, mask_stem
+from pipeline.outputs import html_report_path  # noqa: F401  (named in one place)
+from pipeline.viewer_files import hex_color
 
 #: Elements read (strided) to find the largest structure.
 FOCUS_BUDGET = 2_000_000
@@ -50,11 +51,6 @@ NODATA = 255
 
 #: ``(rows, cols) -> (labels, valid)``: a raster reference, window by window.
 Truth = Callable[[slice, slice], tuple[np.ndarray, np.ndarray]]
-
-
-def html_report_path(mask: Path) -> Path:
-    """``scan_seg.nii.gz`` -> ``scan_seg.report.html`` (beside the JSON report)."""
-    return mask.with_name(f"{mask_stem(mask)}.report.html")
 
 
 # ---------------------------------------------------------------- pure helpers

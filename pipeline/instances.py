@@ -28,6 +28,7 @@ from pipeline.errors import SettingsError
 from pipeline.geometry import RasterGeometry, VolumeGeometry, block_slices
 from pipeline.io.atomic import atomic_path
 from pipeline.io.store import write_region
+from pipeline.outputs import instance_csv_path, instance_mask_path
 
 TARGET = "instances"
 
@@ -58,27 +59,6 @@ def check_instances(values: Iterable[str] | None, labels: dict[int, Label]) -> l
     names = parse_classes(values)
     resolve_classes(names, labels)
     return names
-
-
-def instance_mask_path(mask: Path) -> Path:
-    """``scan_seg.nii.gz`` -> ``scan_seg_instances.nii.gz``; ``scene_seg.tif`` -> ``scene_seg_instances.tif``."""
-    for suffix in (".nii.gz", ".nii", ".tiff", ".tif"):
-        if mask.name.endswith(suffix):
-            return mask.with_name(mask.name[: -len(suffix)] + "_instances" + suffix)
-    return mask.with_name(mask.name + "_instances")
-
-
-def instance_csv_path(mask: Path) -> Path:
-    """``scan_seg.nii.gz`` -> ``scan_seg.instances.csv`` (beside ``scan_seg.report.csv``)."""
-    stem = instance_mask_path(mask).name
-    for suffix in (".nii.gz", ".nii", ".tiff", ".tif"):
-        stem = stem.removesuffix(suffix)
-    return mask.with_name(stem.removesuffix("_instances") + ".instances.csv")
-
-
-def instance_paths(mask: Path, classes: Sequence[str] | None) -> list[Path]:
-    """The files ``--instances`` adds (none without classes), to check before any work."""
-    return [instance_mask_path(mask), instance_csv_path(mask)] if classes else []
 
 
 def _shift_into(store: str, source: str, target: str, region: tuple[slice, ...], offset: int) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from pipeline.cards import Label
 from pipeline.io.atomic import atomic_path
 from pipeline.metrics import Scores
+from pipeline.outputs import report_csv_path
 
 CSV_FIELDS = ("label", "name", "voxels", "volume_ml", "reference_voxels", "reference_volume_ml", "dice", "iou")
 
@@ -62,7 +63,7 @@ def write_report(report: dict[str, Any], json_path: Path) -> Path:
 
     The CSV columns are the keys of the label rows (:data:`CSV_FIELDS` for volumes).
     """
-    csv_path = json_path.with_name(json_path.name.removesuffix(".json") + ".csv")
+    csv_path = report_csv_path(json_path)
     buffer = io.StringIO()
     fields = list(report["labels"][0]) if report["labels"] else list(CSV_FIELDS)
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")

@@ -7,6 +7,7 @@ store to :func:`pipeline.infer.run_inference`, streams the mask out and scores i
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -25,18 +26,26 @@ from pipeline.errors import CardError, InputError
 from pipeline.evaluate import check_reference_labels, confusion_against
 from pipeline.hashing import sha256_file
 from pipeline.infer import InferenceResult, engine_fingerprint, preload_model, run_inference
-from pipeline.instances import check_instances, instance_paths, parse_classes, volume_instances
-from pipeline.io.atomic import atomic_path, check_output
+from pipeline.instances import check_instances, parse_classes, volume_instances
+from pipeline.io.atomic import atomic_path
 from pipeline.io.nifti import NiftiScan, open_scan, stream_to_array, write_labels
 from pipeline.io.store import WorkStore, create_array, work_store
 from pipeline.metrics import scores
 from pipeline.models import Model, load_model
+from pipeline.outputs import (
+    check_outputs,
+    created_parents,
+    default_volume_output,
+    mark_store,
+    model_reads,
+    probabilities_path,
+    report_json_path,
+    volume_outputs,
+)
 from pipeline.report import code_version, label_rows, write_report
-from pipeline.sidecars import sidecar_paths, write_sidecars
+from pipeline.sidecars import write_sidecars
 
 logger = logging.getLogger(__name__)
-
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 @dataclass(frozen=True)
@@ -57,26 +66,6 @@ class SegmentationResult:
         run = self.report["run"]
         return (f"{self.mask}: {run['seconds_total']:.1f} s, {run['mvox_per_s']:.2f} Mvox/s, "
                 f"peak RSS {run['peak_rss_mb']:.0f} MB (driver + workers), {run['windows']} windows")
-
-
-def default_output(scan: Path, suffix: str = "_seg") -> Path:
-    """``scan.nii.gz`` -> ``scan_seg.nii.gz`` beside it."""
-    name = scan.name
-    for ext in NIFTI_SUFFIXES:
-        if name.endswith(ext):
-            return scan.with_name(name[: -len(ext)] + suffix + ext)
-    return scan.with_name(name + suffix + ".nii.gz")
-
-
-def _stem(path: Path) -> str:
-    for ext in (*NIFTI_SUFFIXES, ".tif", ".tiff"):
-        if path.name.endswith(ext):
-            return path.name[: -len(ext)]
-    return path.stem
-
-
-def report_path(mask: Path) -> Path:
-    return mask.with_name(_stem(mask) + ".report.json")
 
 
 def peak_rss_bytes() -> int:
@@ -156,22 +145,21 @@ def segment_volume(
     source = open_scan(scan)
     mdl = model if isinstance(model, Model) else load_model(model)
     _check_model(mdl)
-    mask_path = Path(output) if output else default_output(source.path)
-    json_path = report_path(mask_path)
-    probs_path = mask_path.with_name(_stem(mask_path) + "_probabilities.zarr") if probabilities else None
-    for path in filter(None, (mask_path, json_path, probs_path,
-                              *sidecar_paths(mask_path, "volume", html=html, ome_zarr=ome_zarr),
-                              *instance_paths(mask_path, check_instances(instances, mdl.labels)))):
-        check_output(path, overwrite=overwrite)
-    if mask_path.resolve() == source.path.resolve():
-        raise InputError(f"{mask_path}: output would overwrite the input scan")
+    mask_path = Path(output) if output else default_volume_output(source.path)
+    json_path = report_json_path(mask_path)
+    probs_path = probabilities_path(mask_path) if probabilities else None
+    writes = volume_outputs(mask_path, html=html, ome_zarr=ome_zarr, probabilities=probabilities,
+                            instances=bool(check_instances(instances, mdl.labels)))
+    guard = functools.partial(check_outputs, writes, [source.path, reference, *model_reads(mdl)], overwrite=overwrite)
+    guard()
     if reference:
         check_reference_labels(reference, source.geometry, mdl.card.out_channels)  # fail before the expensive part
     aligned = aligned_windows(source.path, source.geometry.to_attrs(), mdl)
     sha256 = sha256_file(source.path)
     block = tuple(chunks) if chunks else None
     fingerprint = {"input_sha256": sha256, **engine_fingerprint(mdl, chunks=block, probabilities=probabilities)}
-    with work_store(Path(work_dir) if work_dir else mask_path.parent, mask_path, fingerprint) as work:
+    with created_parents(writes), \
+            work_store(Path(work_dir) if work_dir else mask_path.parent, mask_path, fingerprint, check=guard) as work:
         group = work.group
         image = _tile_scan(source, work, block or default_chunks(aligned), sha256)
         with client_scope(client, cluster or ClusterSettings()) as active:
@@ -186,6 +174,7 @@ def segment_volume(
         if probs_path is not None:
             with atomic_path(probs_path) as tmp:
                 shutil.copytree(work.path / "work.zarr" / "probabilities", tmp)
+                mark_store(tmp, "probabilities")
         report = _build_report(source, sha256, mdl, mask_path, reference, result, started, workers_rss)
         if found is not None:
             report["instances"] = found

@@ -26,14 +26,12 @@ import zarr
 
 from pipeline.cluster import ClusterSettings, worker_peak_rss
 from pipeline.engine.api import default_chunks
-from pipeline.errors import CardError, InputError, OutputError
+from pipeline.errors import CardError, InputError
 from pipeline.geometry import RasterGeometry
 from pipeline.hashing import sha256_file
 from pipeline.infer import InferenceResult, engine_fingerprint, preload_model, run_inference
-from pipeline.instances import check_instances, instance_paths, parse_classes, raster_instances
-from pipeline.io.atomic import check_output
+from pipeline.instances import check_instances, parse_classes, raster_instances
 from pipeline.io.geotiff import (
-    MASK_SUFFIXES,
     NODATA_LABEL,
     Raster,
     crs_name,
@@ -50,12 +48,21 @@ from pipeline.io.geotiff import (
     write_mask,
 )
 from pipeline.io.store import WorkStore, create_array, work_store
-from pipeline.io.vectors import check_vector_output, read_reference_vectors, write_vectors
+from pipeline.io.vectors import read_reference_vectors, write_vectors
 from pipeline.metrics import Scores, confusion, scores
 from pipeline.models import Model, load_model
+from pipeline.outputs import (
+    check_outputs,
+    created_parents,
+    default_raster_output,
+    model_reads,
+    raster_outputs,
+    report_json_path,
+    vector_reads,
+)
 from pipeline.report import label_rows, write_report
-from pipeline.segment import SegmentationResult, aligned_windows, client_scope, report_path, run_facts
-from pipeline.sidecars import sidecar_paths, write_sidecars
+from pipeline.segment import SegmentationResult, aligned_windows, client_scope, run_facts
+from pipeline.sidecars import write_sidecars
 
 logger = logging.getLogger(__name__)
 
@@ -70,28 +77,12 @@ LABEL_READ_BYTES = 32
 Truth = Callable[[slice, slice], tuple[np.ndarray, np.ndarray]]
 
 
-def default_raster_output(scene: Path) -> Path:
-    """``scene.tif`` (or ``.vrt``...) -> ``scene_seg.tif`` beside it."""
-    return scene.with_name(f"{scene.stem}_seg.tif")
-
-
 def _check_model(model: Model) -> None:
     if model.card.spatial_dims != 2:
         raise CardError(f"model {model.name!r} is {model.card.spatial_dims}D; segment-raster needs a 2D model")
     if model.card.out_channels > NODATA_LABEL:
         raise CardError(f"model {model.name!r} has {model.card.out_channels} labels; a raster mask holds at most "
                         f"{NODATA_LABEL} ({NODATA_LABEL} marks nodata)")
-
-
-def _check_outputs(scene: Path, mask: Path, vectors: Path | None, overwrite: bool) -> None:
-    if mask.suffix.lower() not in MASK_SUFFIXES:
-        raise OutputError(f"{mask}: the mask is a Cloud-Optimized GeoTIFF; name it .tif or .tiff")
-    if vectors is not None:
-        check_vector_output(vectors)
-    for path in filter(None, (mask, report_path(mask), vectors)):
-        check_output(path, overwrite=overwrite)
-        if path.resolve() == scene.resolve():
-            raise InputError(f"{path}: output would overwrite the input scene")
 
 
 def open_truth(reference: str | os.PathLike[str], geometry: RasterGeometry, model: Model) -> Truth:
@@ -170,17 +161,19 @@ def segment_raster(
     logger.debug("%s: model %s on bands %s", raster.path, mdl.name, ",".join(map(str, selected)))
     mask_path = Path(output) if output else default_raster_output(raster.path)
     vectors_path = Path(vectors) if vectors else None
-    _check_outputs(raster.path, mask_path, vectors_path, overwrite)
-    for path in (*sidecar_paths(mask_path, "raster", html=html, ome_zarr=ome_zarr),
-                 *instance_paths(mask_path, check_instances(instances, mdl.labels))):
-        check_output(path, overwrite=overwrite)
+    writes = raster_outputs(mask_path, html=html, ome_zarr=ome_zarr, vectors=vectors_path,
+                            instances=bool(check_instances(instances, mdl.labels)))
+    reads = [raster.path, *(vector_reads(reference) if reference else ()), *model_reads(mdl)]
+    guard = functools.partial(check_outputs, writes, reads, overwrite=overwrite)
+    guard()
     truth = open_truth(reference, raster.geometry, mdl) if reference else None  # fail before the expensive part
     sha256 = sha256_file(raster.path)
     window = aligned_windows(raster.path, raster.geometry.to_attrs(), mdl)
     block = tuple(chunks) if chunks else raster_chunks(raster.geometry, default_chunks(window))
     fingerprint = {"input_sha256": sha256, "bands": list(selected),
                    **engine_fingerprint(mdl, chunks=tuple(chunks) if chunks else None, probabilities=False)}
-    with work_store(Path(work_dir) if work_dir else mask_path.parent, mask_path, fingerprint) as work:
+    with created_parents(writes), \
+            work_store(Path(work_dir) if work_dir else mask_path.parent, mask_path, fingerprint, check=guard) as work:
         group = work.group
         polygons = work.path / f"vectors{vectors_path.suffix.lower()}" if vectors_path else None
         with client_scope(client, cluster or ClusterSettings()) as active:
@@ -201,10 +194,10 @@ def segment_raster(
         report = _build_report(raster, sha256, mdl, mask_path, vectors_path, reference, matrix, result, facts)
         if found is not None:
             report["instances"] = found
-        csv_path = write_report(report, report_path(mask_path))
+        csv_path = write_report(report, report_json_path(mask_path))
         side = write_sidecars(report, group, mdl, mask_path, geometry=raster.geometry, reference=truth, html=html,
                               ome_zarr=ome_zarr)
-    return SegmentationResult(mask=mask_path, report_json=report_path(mask_path), report_csv=csv_path,
+    return SegmentationResult(mask=mask_path, report_json=report_json_path(mask_path), report_csv=csv_path,
                               probabilities=None, report=report, vectors=vectors_path, html=side.html,
                               viewer_files=side.viewer_files, ome_zarr=side.ome_zarr)
 

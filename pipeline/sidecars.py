@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.geometry import RasterGeometry, VolumeGeometry
-from pipeline.html_report import html_report_path, raster_report, volume_report
+from pipeline.html_report import raster_report, volume_report
 from pipeline.models import Model
-from pipeline.viewer_files import mask_stem, viewer_paths, write_viewer_files
+from pipeline.outputs import html_report_path, ome_zarr_path
+from pipeline.viewer_files import write_viewer_files
 
 logger = logging.getLogger(__name__)
 
@@ -27,21 +28,6 @@ class Sidecars:
     html: Path | None = None
     viewer_files: tuple[Path, ...] = ()
     ome_zarr: Path | None = None
-
-
-def ome_zarr_path(mask: Path) -> Path:
-    """``scan_seg.nii.gz`` -> ``scan_seg.ome.zarr``."""
-    return mask.with_name(f"{mask_stem(mask)}.ome.zarr")
-
-
-def sidecar_paths(mask: Path, kind: str, *, html: bool, ome_zarr: bool = False) -> list[Path]:
-    """Every sidecar a run will write, so callers can check them before the expensive part."""
-    paths = list(viewer_paths(mask, kind))
-    if html:
-        paths.append(html_report_path(mask))
-    if ome_zarr:
-        paths.append(ome_zarr_path(mask))
-    return paths
 
 
 def _window(model: Model) -> tuple[float, float] | None:

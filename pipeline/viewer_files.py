@@ -26,6 +26,7 @@ from pathlib import Path
 
 from pipeline.cards import Label
 from pipeline.io.atomic import atomic_path
+from pipeline.outputs import mask_stem, viewer_paths  # noqa: F401  (named in one place)
 
 #: Raster mask value for nodata pixels (see :data:`pipeline.io.geotiff.NODATA_LABEL`).
 RASTER_NODATA = 255
@@ -100,26 +101,6 @@ def qgis_style(labels: Mapping[int, Label], *, nodata: int | None = RASTER_NODAT
     ET.indent(root)
     body = ET.tostring(root, encoding="unicode")
     return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + body + "\n"
-
-
-def mask_stem(mask: Path) -> str:
-    """``scan_seg.nii.gz`` -> ``scan_seg``; sidecars are named after it."""
-    for ext in (".nii.gz", ".nii", ".tiff", ".tif"):
-        if mask.name.endswith(ext):
-            return mask.name[: -len(ext)]
-    return mask.stem
-
-
-def viewer_paths(mask: Path, kind: str) -> tuple[Path, ...]:
-    """The sidecars written beside ``mask``: ITK-SNAP + Slicer for volumes, QGIS style for rasters.
-
-    QGIS loads ``<name>.qml`` beside ``<name>.tif`` by itself; ITK-SNAP and Slicer take the files
-    through their "load label descriptions" / colour table menus.
-    """
-    stem = mask_stem(mask)
-    if kind == "raster":
-        return (mask.with_name(f"{stem}.qml"),)
-    return mask.with_name(f"{stem}.itksnap.txt"), mask.with_name(f"{stem}.ctbl")
 
 
 def write_viewer_files(mask: Path, labels: Mapping[int, Label], kind: str) -> tuple[Path, ...]:

@@ -34,7 +34,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     _remove(tmp)
     try:
         yield tmp
-        if path.is_dir() and not path.is_symlink():
+        if tmp.is_dir() and path.is_dir() and not path.is_symlink():  # a store replaces a store, never a file a dir
             shutil.rmtree(path)
         os.replace(tmp, path)
     except BaseException:

@@ -26,6 +26,7 @@ from pipeline.errors import InputError, InputNotFoundError
 from pipeline.geometry import VolumeGeometry
 from pipeline.io.atomic import atomic_path
 from pipeline.io.files import require_regular_file
+from pipeline.outputs import is_gzip
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def qform_sform_distance(header: Any, shape: tuple[int, ...]) -> float:
 
 def _check_size(path: Path, image: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
     """For uncompressed files, catch truncation before reading anything."""
-    if path.suffix == ".gz":
+    if is_gzip(path):
         return
     needed = int(image.header.get_data_offset()) + math.prod(shape) * dtype.itemsize
     if path.stat().st_size < needed:
@@ -259,7 +260,7 @@ def write_labels(labels: Any, geometry: VolumeGeometry, path: Path, *, label_nam
     offset = header.single_vox_offset
     header.set_data_offset(offset)
     thickness = labels.chunks[-1] if hasattr(labels, "chunks") and isinstance(labels.chunks[-1], int) else 16
-    with atomic_path(path) as tmp, _deterministic_writer(tmp, gz=path.name.endswith(".gz")) as fh:
+    with atomic_path(path) as tmp, _deterministic_writer(tmp, gz=is_gzip(path)) as fh:
         header.write_to(fh)  # header + empty extension flag
         fh.write(b"\x00" * (offset - fh.tell()))
         for k0 in range(0, geometry.shape[2], thickness):

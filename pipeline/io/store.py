@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from pipeline.errors import (
 )
 from pipeline.io.atomic import atomic_path, sweep_partials
 from pipeline.io.lock import lock_holder, output_lock
+from pipeline.outputs import lock_path
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +116,13 @@ _NOT_RESUMABLE = (InputError, CardError, ModelError, SettingsError, OutputExists
 
 
 @contextlib.contextmanager
-def work_store(root: Path, output: Path, fingerprint: dict[str, Any]) -> Iterator[WorkStore]:
-    """Open (resume) or create the work store for ``output``, under its exclusive lock.
+def work_store(root: Path, output: Path, fingerprint: dict[str, Any], *,
+               check: Callable[[], None] | None = None) -> Iterator[WorkStore]:
+    """Open (resume) or create the work store for ``output``, under the output's exclusive lock.
+
+    The lock is keyed on the output (:func:`pipeline.outputs.lock_path`), not on ``root``: two runs
+    writing one output exclude each other whatever their work directories. ``check`` (the output
+    guard) runs again once the lock is held, so a run that finished meanwhile is not replaced.
 
     A store left by an interrupted run with the same ``fingerprint`` (input sha256, model, engine
     parameters, code) is resumed; one with any other fingerprint is discarded, never mixed. The
@@ -128,11 +134,13 @@ def work_store(root: Path, output: Path, fingerprint: dict[str, Any]) -> Iterato
     except OSError as e:
         raise OutputError(f"{root}: cannot create the work directory ({e.strerror or e})") from e
     path = work_dir_for(root, output)
-    lock = path.with_name(path.name + ".lock")
+    lock = lock_path(output)
     with output_lock(lock) as held:
         if not held:
             raise OutputBusyError(f"{output}: another run is writing it ({lock_holder(lock)}); "
                                   "wait for it to finish")
+        if check is not None:
+            check()
         sweep_partials(output.parent)
         store = _open(path, fingerprint)
         try:

@@ -519,7 +519,7 @@ def make_corpus(dest: Path) -> list[Case]:
     scan = _nifti(d / "scan.nii.gz", _volume())
     (d / "notes.txt").write_text("a regular file, not a directory\n")
     volume(d.name, "`-o notes.txt/mask.nii.gz`: the output directory is a regular file (ENOTDIR, holds as root)",
-           scan, "output directory does not exist", "-o", str(d / "notes.txt" / "mask.nii.gz"))
+           scan, "not a directory, cannot hold mask.nii.gz", "-o", str(d / "notes.txt" / "mask.nii.gz"))
     cases[-1] = Case(**{**cases[-1].__dict__, "area": "output", "names": str(d / "notes.txt")})
 
     d = case("workdir-under-file")
@@ -542,6 +542,100 @@ def make_corpus(dest: Path) -> list[Case]:
     (d / "scan_seg.nii.gz").write_bytes(b"previous result")
     volume(d.name, "the mask exists and --overwrite is not given", scan, "output exists; pass --overwrite")
     cases[-1] = Case(**{**cases[-1].__dict__, "area": "output", "names": str(d / "scan_seg.nii.gz")})
+
+    def output(name: str, wrong: str, argv: tuple[str, ...], message: str, names: Path) -> None:
+        cases.append(Case(name, "output", wrong, argv, message, str(names)))
+
+    def segment(kind: str, source: Path, *extra: str) -> tuple[str, ...]:
+        card = card3d if kind == "segment-volume" else card2d
+        return (kind, str(source), "-m", str(card), "--workers", "1", *extra)
+
+    d = case("output-report-csv-exists")
+    scan = _nifti(d / "scan.nii.gz", _volume())
+    (d / "scan_seg.report.csv").write_text("the user's own table\n")
+    output(d.name, "`scan_seg.report.csv` (the user's file) exists beside the scan, no --overwrite",
+           segment("segment-volume", scan), "output exists; pass --overwrite", d / "scan_seg.report.csv")
+
+    d = case("output-upper-case-instances")
+    scene = _raster(d / "scene.tif", _scene())
+    (d / "scene_seg_instances.TIF").write_bytes(b"previous instance map")
+    output(d.name, "`-o scene_seg.TIF --instances class1`: `scene_seg_instances.TIF` exists (upper-case suffix)",
+           segment("segment-raster", scene, "-o", str(d / "scene_seg.TIF"), "--instances", "class1"),
+           "output exists; pass --overwrite", d / "scene_seg_instances.TIF")
+
+    d = case("output-is-directory")
+    scan = _nifti(d / "scan.nii.gz", _volume())
+    (d / "results" / "old").mkdir(parents=True)
+    (d / "results" / "old" / "mask.nii.gz").write_bytes(b"an earlier result")
+    output(d.name, "`-o results --overwrite`: `results/` is a directory holding files",
+           segment("segment-volume", scan, "-o", str(d / "results"), "--overwrite"),
+           "is a directory, not a file; --overwrite replaces only those", d / "results")
+
+    d = case("output-store-not-ours")
+    scan = _nifti(d / "scan.nii.gz", _volume())
+    (d / "scan_seg.ome.zarr").mkdir()
+    (d / "scan_seg.ome.zarr" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}')
+    output(d.name, "`--ome-zarr --overwrite`: `scan_seg.ome.zarr` is a Zarr store volseg did not write",
+           segment("segment-volume", scan, "--ome-zarr", "--overwrite"),
+           "is a directory, not a file or a Zarr store volseg wrote", d / "scan_seg.ome.zarr")
+
+    d = case("output-is-reference")
+    scan = _nifti(d / "scan.nii.gz", _volume())
+    ref = _nifti(d / "ref.nii.gz", np.zeros((24, 24, 16), np.uint8))
+    (d / "sub").mkdir()
+    output(d.name, "`-o sub/../ref.nii.gz -r ref.nii.gz --overwrite`: the mask would replace the reference",
+           segment("segment-volume", scan, "-r", str(ref), "-o", str(d / "sub" / ".." / "ref.nii.gz"), "--overwrite"),
+           "output would overwrite an input of this run", ref)
+
+    d = case("output-instances-is-scan")
+    scan = _nifti(d / "m_instances.nii.gz", _volume())
+    output(d.name, "scan `m_instances.nii.gz`, `-o m.nii.gz --instances class1 --overwrite`: the instance map "
+           "would replace the scan", segment("segment-volume", scan, "-o", str(d / "m.nii.gz"), "--instances",
+                                             "class1", "--overwrite"),
+           "output would overwrite an input of this run", scan)
+
+    d = case("output-symlink-to-scan")
+    scan = _nifti(d / "scan.nii.gz", _volume())
+    (d / "alias.nii.gz").symlink_to("scan.nii.gz")
+    output(d.name, "`-o alias.nii.gz --overwrite`, `alias.nii.gz` a symlink to the scan",
+           segment("segment-volume", scan, "-o", str(d / "alias.nii.gz"), "--overwrite"),
+           "output would overwrite an input of this run", d / "alias.nii.gz")
+
+    d = case("evaluate-output-is-prediction")
+    pred = _nifti(d / "pred.nii.gz", np.zeros((24, 24, 16), np.uint8))
+    ref = _nifti(d / "ref.nii.gz", np.zeros((24, 24, 16), np.uint8))
+    output(d.name, "`pipeline evaluate pred.nii.gz ref.nii.gz -o pred.nii.gz --overwrite`: JSON would replace "
+           "the prediction", ("evaluate", str(pred), str(ref), "-o", str(pred), "--overwrite"),
+           "output would overwrite an input of this run", pred)
+
+    d = case("vectors-is-reference")
+    scene = _raster(d / "scene.tif", _scene())
+    ref = d / "ref.geojson"
+    ref.write_text('{"type": "FeatureCollection", "features": []}\n')
+    output(d.name, "`segment-raster scene.tif -r ref.geojson --vectors ref.geojson --overwrite`: the polygons "
+           "would replace the reference footprints",
+           segment("segment-raster", scene, "-r", str(ref), "--vectors", str(ref), "--overwrite"),
+           "output would overwrite an input of this run", ref)
+
+    d = case("output-dangling-symlink")
+    scan = _nifti(d / "scan.nii.gz", _volume())
+    (d / "mask.nii.gz").symlink_to(d / "gone" / "mask.nii.gz")
+    output(d.name, "`-o mask.nii.gz`, a dangling symlink, no --overwrite",
+           segment("segment-volume", scan, "-o", str(d / "mask.nii.gz")), "is a dangling symlink", d / "mask.nii.gz")
+
+    d = case("output-wrong-suffix")
+    scan = _nifti(d / "scan.nii.gz", _volume())
+    output(d.name, "`-o mask.txt`: a NIfTI mask under a `.txt` name",
+           segment("segment-volume", scan, "-o", str(d / "mask.txt")), "the mask is NIfTI; name it .nii.gz or .nii",
+           d / "mask.txt")
+
+    d = case("output-new-directory-failed-run")
+    data = _volume((16, 16, 16), "float32")
+    data[3, 4, 5] = np.nan
+    scan = _nifti(d / "scan.nii.gz", data)
+    output(d.name, "`-o out/new/mask.nii.gz` (directories created) on a scan that fails (NaN voxel): the new "
+           "directories are removed again", segment("segment-volume", scan, "-o", str(d / "out" / "new" / "mask.nii.gz")),
+           "NaN/inf voxels", scan)
     return cases
 
 

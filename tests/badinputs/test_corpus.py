@@ -33,13 +33,15 @@ CASE_NAMES = [
     "catalog-symlink-output",
     "catalog-symlink-subdirectory",
     "output-under-file", "workdir-under-file", "output-dir-readonly", "output-exists",
+    "output-report-csv-exists", "output-upper-case-instances", "output-is-directory", "output-store-not-ours",
+    "output-is-reference", "output-instances-is-scan", "output-symlink-to-scan", "evaluate-output-is-prediction",
+    "vectors-is-reference", "output-dangling-symlink", "output-wrong-suffix", "output-new-directory-failed-run",
 ]
 #: Cases that import torch and load the model (or start Dask) before they fail: seconds each, not a fraction.
 SLOW = {"nifti-truncated-gzip", "nifti-nan", "nifti-inf", "nifti-gzip-crc", "nifti-slope-overflow",
         "nifti-float64-overflow", "geotiff-broken-tile", "geotiff-reference-crs", "geotiff-reference-grid",
         "geotiff-float64-overflow", "weights-pickle-code", "weights-truncated", "weights-checksum",
-        "weights-not-torch", "weights-dev-zero",
-        "output-under-file", "workdir-under-file", "output-dir-readonly", "output-exists"}
+        "weights-not-torch", "weights-dev-zero", "workdir-under-file", "output-new-directory-failed-run"}
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 #: Cases run at once: most of a run is interpreter and torch start-up, cluster start and waiting.
 PARALLEL = 3
