@@ -26,6 +26,7 @@ import zarr
 
 from pipeline.cluster import ClusterSettings, worker_peak_rss
 from pipeline.engine.api import default_chunks
+from pipeline.engine.windows import parse_overlap
 from pipeline.errors import CardError, InputError, OutputError
 from pipeline.geometry import RasterGeometry
 from pipeline.hashing import sha256_file
@@ -53,8 +54,17 @@ from pipeline.io.store import WorkStore, create_array, work_store
 from pipeline.io.vectors import check_vector_output, read_reference_vectors, write_vectors
 from pipeline.metrics import Scores, confusion, scores
 from pipeline.models import Model, load_model
+from pipeline.plan_estimate import clip_chunks, estimate_plan
 from pipeline.report import label_rows, write_report
-from pipeline.segment import SegmentationResult, aligned_windows, client_scope, report_path, run_facts
+from pipeline.segment import (
+    SegmentationResult,
+    planned_workers,
+    aligned_windows,
+    check_capacity,
+    client_scope,
+    report_path,
+    run_facts,
+)
 from pipeline.sidecars import sidecar_paths, write_sidecars
 
 logger = logging.getLogger(__name__)
@@ -174,19 +184,25 @@ def segment_raster(
     for path in (*sidecar_paths(mask_path, "raster", html=html, ome_zarr=ome_zarr),
                  *instance_paths(mask_path, check_instances(instances, mdl.labels))):
         check_output(path, overwrite=overwrite)
+    window = aligned_windows(raster.path, raster.geometry.to_attrs(), mdl)
+    chunks = clip_chunks(chunks, raster.geometry.shape)
+    root = Path(work_dir) if work_dir else mask_path.parent
+    check_capacity(estimate_plan(raster.geometry.shape, roi=window, overlap=parse_overlap(mdl.overlap, 2), chunks=chunks,
+                                 default=default_chunks(window), in_channels=len(selected),
+                                 itemsize=np.dtype(raster.geometry.dtype).itemsize, classes=mdl.card.out_channels,
+                                 workers=planned_workers(cluster, client), valid_mask=True),
+                   source=raster.path, work_root=root, cluster=cluster, client=client)
     truth = open_truth(reference, raster.geometry, mdl) if reference else None  # fail before the expensive part
     sha256 = sha256_file(raster.path)
-    window = aligned_windows(raster.path, raster.geometry.to_attrs(), mdl)
-    block = tuple(chunks) if chunks else raster_chunks(raster.geometry, default_chunks(window))
+    block = chunks or raster_chunks(raster.geometry, default_chunks(window))
     fingerprint = {"input_sha256": sha256, "bands": list(selected),
-                   **engine_fingerprint(mdl, chunks=tuple(chunks) if chunks else None, probabilities=False)}
-    with work_store(Path(work_dir) if work_dir else mask_path.parent, mask_path, fingerprint) as work:
+                   **engine_fingerprint(mdl, chunks=chunks, probabilities=False)}
+    with work_store(root, mask_path, fingerprint) as work:
         group = work.group
         polygons = work.path / f"vectors{vectors_path.suffix.lower()}" if vectors_path else None
         with client_scope(client, cluster or ClusterSettings()) as active:
             image, valid, n_valid = _tile(raster, selected, work, block, sha256, active)
-            result = _infer(raster, image, n_valid, mdl, work, active, block, tuple(chunks) if chunks else None,
-                            progress)
+            result = _infer(raster, image, n_valid, mdl, work, active, block, chunks, progress)
             features = write_vectors(str(group.store.root), raster.geometry, block, polygons, names=mdl.labels,
                                      client=active) if polygons else None
             found = raster_instances(group, parse_classes(instances), mdl.labels, raster.geometry, mask_path,
