@@ -31,7 +31,8 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
 #: Networks that are not built from a class but imported whole (see :mod:`pipeline.bundles`).
 IMPORTED = ("torchscript", "bundle")
 
-RGB = Annotated[tuple[int, int, int], Field(description="colour as 0-255 RGB")]
+Channel = Annotated[int, Field(ge=0, le=255)]
+RGB = Annotated[tuple[Channel, Channel, Channel], Field(description="colour as 0-255 RGB")]
 
 
 class Label(BaseModel):

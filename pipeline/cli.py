@@ -290,10 +290,11 @@ def report_cmd(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    prediction: Annotated[Path, typer.Argument(help="Predicted label mask (NIfTI).")],
+    prediction: Annotated[Path, typer.Argument(help="Predicted label mask (NIfTI, or GeoTIFF with a GeoTIFF reference).")],
     reference: Annotated[Path, typer.Argument(help="Reference label mask on the same grid.")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSON report here (CSV beside it).")] = None,
     overwrite: OverwriteOpt = False,
+    model: Annotated[str | None, typer.Option("--model", "-m", metavar="NAME|PATH", help="Name the labels from this model card (default: a volseg GeoTIFF's class tags, else label_<n>).")] = None,
     verbose: VerboseOpt = 0,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -301,7 +302,7 @@ def evaluate_cmd(
     """Dice, IoU, pixel accuracy for two label masks; prints JSON (and writes it with -o)."""
     from pipeline.evaluate import evaluate_report
 
-    report = run(lambda: evaluate_report(prediction, reference, output=output, overwrite=overwrite))
+    report = run(lambda: evaluate_report(prediction, reference, output=output, overwrite=overwrite, model=model))
     typer.echo(json.dumps(report, indent=2))
 
 

@@ -25,7 +25,9 @@ CASE_NAMES = [
     "geotiff-wrong-magic", "geotiff-zero-bands", "geotiff-complex-band", "geotiff-truncated",
     "geotiff-broken-tile", "geotiff-reference-crs", "geotiff-reference-grid",
     "weights-pickle-code", "weights-truncated", "weights-checksum",
-    "card-unknown-architecture", "card-python-tag", "card-unknown-name",
+    "card-unknown-architecture", "card-python-tag", "card-unknown-name", "card-colour-out-of-range",
+    "option-memory-limit-nonsense", "option-memory-limit-tiny", "option-dask-address", "option-workers-unbounded",
+    "option-chunk-size-one", "option-after-subcommand-unknown", "option-raster-too-big",
     "catalog-python-tag", "catalog-is-directory", "catalog-dotdot-output", "catalog-dotdot-glob",
     "catalog-symlink-output",
     "catalog-symlink-subdirectory",
@@ -34,7 +36,8 @@ CASE_NAMES = [
 #: Cases that import torch and load the model (or start Dask) before they fail: seconds each, not a fraction.
 SLOW = {"nifti-truncated-gzip", "nifti-nan", "nifti-inf", "geotiff-broken-tile", "geotiff-reference-crs",
         "geotiff-reference-grid", "weights-pickle-code", "weights-truncated", "weights-checksum",
-        "output-under-file", "workdir-under-file", "output-dir-readonly", "output-exists"}
+        "output-under-file", "workdir-under-file", "output-dir-readonly", "output-exists",
+        "card-colour-out-of-range", "option-chunk-size-one", "option-raster-too-big"}
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 #: Cases run at once: most of a run is interpreter and torch start-up, cluster start and waiting.
 PARALLEL = 3
@@ -80,7 +83,7 @@ def test_case_names_match_the_generator(corpus: Corpus) -> None:
     assert list(cases) == CASE_NAMES
     assert len(cases) >= 20
     areas = {case.area for case in cases.values()}
-    assert {"nifti", "geotiff", "card", "weights", "catalog", "output"} <= areas
+    assert {"nifti", "geotiff", "card", "weights", "catalog", "output", "option"} <= areas
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in CASE_NAMES])
