@@ -32,6 +32,7 @@ class OneLineErrors(TyperGroup):
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
+        _state.update(debug=False, verbose=0, quiet=False)  # each invocation starts from the defaults
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except getattr(click_errors, "NoArgsIsHelpError", ()) as e:
