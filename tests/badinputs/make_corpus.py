@@ -531,6 +531,18 @@ def _cell(text: str, dest: Path) -> str:
     return text.replace(str(dest) + "/", "").replace("|", "\\|")
 
 
+def _shown(argv: tuple[str, ...]) -> list[str]:
+    """The arguments without the ``--workers 1`` every case passes (to keep the corpus light)."""
+    shown, rest = [], list(argv)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--workers" and rest[:1] == ["1"]:
+            rest.pop(0)
+        else:
+            shown.append(arg)
+    return shown
+
+
 def table(cases: list[Case], outcomes: dict[str, Outcome], dest: Path) -> str:
     rows = ["| case | input | what is wrong | command | exit | message (measured) | s |",
             "|---|---|---|---|---|---|---|"]
@@ -541,7 +553,7 @@ def table(cases: list[Case], outcomes: dict[str, Outcome], dest: Path) -> str:
                         "permission bits) | |")
             continue
         line = message_line(case, outcome) or " / ".join(outcome.lines[-2:])
-        command = "pipeline " + " ".join(_cell(a, dest) for a in case.argv if a not in {"--workers", "1"})
+        command = "pipeline " + " ".join(_cell(a, dest) for a in _shown(case.argv))
         rows.append(f"| {case.name} | {case.area} | {_cell(case.wrong, dest)} | `{command}` | {outcome.exit_code} | "
                     f"`{_cell(line, dest)}` | {outcome.seconds:.1f} |")
     return "\n".join(rows)
