@@ -202,7 +202,7 @@ def dask_client(settings: ClusterSettings) -> Iterator[Any]:
             cluster = LocalCluster(n_workers=settings.workers, threads_per_worker=settings.threads_per_worker,
                                    memory_limit=settings.memory_limit, processes=True, dashboard_address=":0",
                                    silence_logs=logging.ERROR)
-        with cluster, Client(cluster) as client:
+        with _driver_logs_restored(), cluster, Client(cluster) as client:
             client.register_plugin(IgnoreInterrupt())  # also for workers the nannies restart later
             client.register_plugin(TorchThreads(_local_torch_threads(settings)))
             try:
@@ -211,17 +211,34 @@ def dask_client(settings: ClusterSettings) -> Iterator[Any]:
                 _quiet_shutdown(client)
 
 
+#: Loggers that report a cluster's shutdown races (heartbeats to a closed scheduler, a nanny killing a
+#: slow worker) as errors and warnings after the run's result is already safe.
+SHUTDOWN_LOGGERS = ("distributed.worker", "distributed.nanny", "distributed.core", "distributed.comm")
+
+
 def _silence_worker_logs() -> None:
-    for name in ("distributed.worker", "distributed.nanny", "distributed.core", "distributed.comm"):
+    for name in SHUTDOWN_LOGGERS:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _quiet_shutdown(client: Any) -> None:
-    """Silence the workers' logs before the cluster closes: a worker whose heartbeat races the
-    scheduler's shutdown logs "Failed to communicate with scheduler during heartbeat" with a
-    traceback (about 1 run in 20) after the run has succeeded. Errors during the run are unaffected."""
+    """Silence shutdown logs in the workers and in this process (the nannies) before the cluster closes:
+    a worker whose heartbeat races the scheduler's shutdown logs "Failed to communicate with scheduler
+    during heartbeat" with a traceback (about 1 run in 20) after the run has succeeded. Errors during
+    the run are unaffected; :func:`_driver_logs_restored` restores this process's levels after the close."""
     with contextlib.suppress(Exception):
         client.run(_silence_worker_logs, on_error="ignore")
+    _silence_worker_logs()
+
+
+@contextlib.contextmanager
+def _driver_logs_restored() -> Iterator[None]:
+    levels = {name: logging.getLogger(name).level for name in SHUTDOWN_LOGGERS}
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def dashboard_link(client: Any) -> str | None:

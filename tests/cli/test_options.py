@@ -122,3 +122,23 @@ def test_evaluate_names_nifti_labels_from_the_card(data_dir: Path) -> None:
     assert result.exit_code == 0, result.output
     names = [row["name"] for row in json.loads(result.stdout)["labels"]]
     assert names[:3] == ["background", "liver", "spleen"] and not any(n.startswith("label_") for n in names)
+
+
+def test_shutdown_races_are_silenced_in_workers_and_driver_then_restored() -> None:
+    """The heartbeat traceback (~1 run in 20) and the nanny's "still alive ... killing" after a successful run."""
+    from pipeline.cluster import SHUTDOWN_LOGGERS, _driver_logs_restored, _quiet_shutdown
+
+    ran: list[str] = []
+
+    class Client:  # what dask_client's client does with client.run: call it in each worker
+        def run(self, function: object, on_error: str) -> None:
+            ran.append(on_error)
+            function()  # type: ignore[operator]
+
+    heartbeat = logging.getLogger("distributed.worker")
+    heartbeat.setLevel(logging.NOTSET)
+    with _driver_logs_restored():
+        _quiet_shutdown(Client())
+        assert ran == ["ignore"]
+        assert all(logging.getLogger(name).level == logging.CRITICAL for name in SHUTDOWN_LOGGERS)
+    assert heartbeat.level == logging.NOTSET  # a flow's next scan logs worker errors again
