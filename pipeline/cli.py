@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import unicodedata
 from collections.abc import Callable
@@ -16,28 +17,98 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from pipeline.errors import PipelineError
 
-app = typer.Typer(help="Chunked, Dask-parallel MONAI segmentation of huge volumes and rasters.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-models_app = typer.Typer(help="List and inspect model cards.", no_args_is_help=True)
+try:  # typer >= 0.26 vendors click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer on click
+    from click import exceptions as click_errors  # type: ignore[no-redef]
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (unknown option, bad value, missing argument) as one ``error:`` line, exit 2,
+    instead of click's usage box; help for a bare group or command as usual."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        _state.update(debug=False, verbose=0, quiet=False)  # each invocation starts from the defaults
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except getattr(click_errors, "NoArgsIsHelpError", ()) as e:
+            if not standalone_mode:
+                raise
+            e.show()
+            sys.exit(e.exit_code)
+        except click_errors.ClickException as e:  # UsageError and BadParameter included
+            if not standalone_mode:
+                raise
+            typer.echo(f"error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except (typer.Abort, getattr(click_errors, "Abort", typer.Abort)):
+            if not standalone_mode:
+                raise
+            typer.echo("error: aborted", err=True)
+            sys.exit(1)
+        if standalone_mode:
+            sys.exit(code if isinstance(code, int) else 0)
+        return code
+
+
+#: Plain help (no boxes, no ``<bool>`` metavars) and plain errors.
+_PLAIN: dict[str, Any] = {"no_args_is_help": True, "rich_markup_mode": None, "pretty_exceptions_enable": False}
+app = typer.Typer(help="Chunked, Dask-parallel MONAI segmentation of huge volumes and rasters.", cls=OneLineErrors,
+                  add_completion=False, **_PLAIN)
+models_app = typer.Typer(help="List and inspect model cards.", **_PLAIN)
 app.add_typer(models_app, name="models")
-catalog_app = typer.Typer(help="Validate the data catalog.", no_args_is_help=True)
+catalog_app = typer.Typer(help="Validate the data catalog.", **_PLAIN)
 app.add_typer(catalog_app, name="catalog")
 
-_state = {"debug": False}
+_state: dict[str, Any] = {"debug": False, "verbose": 0, "quiet": False}
 T = TypeVar("T")
+_USER_DASK_LOGGING = os.environ.get("DASK_LOGGING__DISTRIBUTED")
 
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Model card name or path (default: ct-organs for volumes, buildings for rasters).")]
+
+def configure_logging() -> None:
+    """Log levels from -q/-v (given before or after the subcommand): warnings by default, INFO with -v,
+    DEBUG with -vv (and Dask's INFO), only errors with -q."""
+    verbose, quiet = _state["verbose"], _state["quiet"]
+    ours = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    others = logging.ERROR if quiet else (logging.INFO if verbose >= 2 else logging.WARNING)
+    if _USER_DASK_LOGGING is None:  # distributed configures its loggers from Dask config when first imported
+        os.environ["DASK_LOGGING__DISTRIBUTED"] = logging.getLevelName(others).lower()
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(others)
+    logging.getLogger("pipeline").setLevel(ours)
+
+
+def _set_state(key: str) -> Callable[[Any], Any]:
+    def callback(value: Any) -> Any:
+        if key == "verbose":
+            _state[key] = max(_state[key], value)
+        elif value:
+            _state[key] = True
+        configure_logging()
+        return value
+    return callback
+
+
+VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, expose_value=False, callback=_set_state("verbose"),
+                                         help="More logging (-v: progress facts such as the Dask dashboard, -vv: debug and Dask).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", expose_value=False, callback=_set_state("quiet"), help="Only errors.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", expose_value=False, callback=_set_state("debug"), help="Show tracebacks for errors.")]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", metavar="NAME|PATH", help="Model card name or path, a MONAI bundle or a TorchScript file (default: ct-organs).")]
+RasterModelOpt = Annotated[str | None, typer.Option("--model", "-m", metavar="NAME|PATH", help="Model card name or path, a MONAI bundle or a TorchScript file (default: buildings).")]
 OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Output mask path (default: beside the input).")]
 ReferenceOpt = Annotated[Path | None, typer.Option("--reference", "-r", help="Reference mask on the same grid, for Dice/IoU.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", "-w", min=0, help="Local Dask worker processes (0: threads in this process, the fastest on one machine).")]
 ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="Threads per Dask worker.")]
-MemoryOpt = Annotated[str, typer.Option("--memory-limit", help="Memory limit per local worker, e.g. 4GiB (auto: RAM / workers).")]
-AddressOpt = Annotated[str | None, typer.Option("--dask-address", help="Use an existing Dask scheduler, e.g. tcp://host:8786.")]
-ChunkOpt = Annotated[str | None, typer.Option("--chunk-size", help="Block side in voxels: one int or one per axis, e.g. 128 or 160,160,64.")]
+MemoryOpt = Annotated[str, typer.Option("--memory-limit", metavar="SIZE", help="Memory limit per local worker, e.g. 4GiB (auto: RAM / workers).")]
+AddressOpt = Annotated[str | None, typer.Option("--dask-address", metavar="ADDRESS", help="Use an existing Dask scheduler, e.g. tcp://host:8786.")]
+ChunkOpt = Annotated[str | None, typer.Option("--chunk-size", metavar="N[,N,N]", help="Block side in voxels: one int or one per axis (i,j,k), e.g. 128 or 160,160,64 (default: 128, at least 2 windows; clipped to the scan).")]
+RasterChunkOpt = Annotated[str | None, typer.Option("--chunk-size", metavar="N[,N]", help="Block side in pixels: one int or rows,cols, e.g. 768 or 1024,512 (default: 768, at least 2 windows; clipped to the scene).")]
 WorkDirOpt = Annotated[Path | None, typer.Option("--work-dir", help="Directory for the Zarr work store (default: beside the output).")]
 HtmlOpt = Annotated[bool, typer.Option("--html/--no-html", help="Write <mask>.report.html (images, legend, metrics, plots).")]
 OmeZarrOpt = Annotated[bool, typer.Option("--ome-zarr", help="Also write <mask>.ome.zarr (NGFF image + labels) for napari / neuroglancer.")]
@@ -102,20 +173,9 @@ def parse_chunks(text: str | None, ndim: int) -> tuple[int, ...] | None:
 
 
 @app.callback()
-def main(
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging (-v: debug, -vv: Dask too).")] = 0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
-) -> None:
-    import os
-
-    ours = logging.ERROR if quiet else (logging.INFO if verbose == 0 else logging.DEBUG)
-    others = logging.ERROR if quiet else (logging.INFO if verbose >= 2 else logging.WARNING)
-    # distributed configures its loggers from Dask config when first imported: set it before that
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", logging.getLevelName(others).lower())
-    logging.basicConfig(level=others, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("pipeline").setLevel(ours)
-    _state["debug"] = debug
+def main(verbose: VerboseOpt = 0, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+    """-q/-v/--debug here apply to every subcommand (they are also accepted after it)."""
+    configure_logging()
 
 
 @app.command("segment-volume")
@@ -135,6 +195,9 @@ def segment_volume_cmd(
     html: HtmlOpt = True,
     ome_zarr: OmeZarrOpt = False,
     instances: InstancesOpt = None,
+    verbose: VerboseOpt = 0,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Segment a NIfTI scan: writes <scan>_seg.nii.gz and <scan>_seg.report.json/.csv."""
     from pipeline.outputs import preflight_volume
@@ -144,12 +207,12 @@ def segment_volume_cmd(
     from pipeline.cluster import ClusterSettings
     from pipeline.segment import segment_volume
 
-    settings = ClusterSettings(address=dask_address, workers=workers, threads_per_worker=threads,
-                               memory_limit=memory_limit)
+    chunks = parse_chunks(chunk_size, 3)
     result = run(lambda: segment_volume(
         scan, model=model, output=output, reference=reference, overwrite=overwrite, work_dir=work_dir,
-        chunks=parse_chunks(chunk_size, 3), cluster=settings, probabilities=probabilities, progress=True, html=html,
-        ome_zarr=ome_zarr, instances=instances))
+        chunks=chunks, cluster=ClusterSettings(address=dask_address, workers=workers, threads_per_worker=threads,
+                                               memory_limit=memory_limit),
+        probabilities=probabilities, progress=True, html=html, ome_zarr=ome_zarr, instances=instances))
     _print_result(result)
 
 
@@ -165,7 +228,7 @@ def parse_bands(text: str | None) -> tuple[int, ...] | None:
 @app.command("segment-raster")
 def segment_raster_cmd(
     scene: Annotated[Path, typer.Argument(help="Input raster: GeoTIFF, COG or VRT.")],
-    model: ModelOpt = None,
+    model: RasterModelOpt = None,
     output: OutputOpt = None,
     reference: ReferenceOpt = None,
     overwrite: OverwriteOpt = False,
@@ -173,13 +236,16 @@ def segment_raster_cmd(
     threads: ThreadsOpt = 1,
     memory_limit: MemoryOpt = "auto",
     dask_address: AddressOpt = None,
-    chunk_size: ChunkOpt = None,
+    chunk_size: RasterChunkOpt = None,
     work_dir: WorkDirOpt = None,
     bands: Annotated[str | None, typer.Option("--bands", help="1-based bands in model order, e.g. 3,2,1 (default: the card's, else all).")] = None,
     vectors: Annotated[Path | None, typer.Option("--vectors", help="Also write polygons per class (.gpkg or .geojson).")] = None,
     html: HtmlOpt = True,
     ome_zarr: OmeZarrOpt = False,
     instances: InstancesOpt = None,
+    verbose: VerboseOpt = 0,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Segment a raster: writes <scene>_seg.tif (COG) and <scene>_seg.report.json/.csv.
 
@@ -192,12 +258,13 @@ def segment_raster_cmd(
     from pipeline.cluster import ClusterSettings
     from pipeline.segment_raster import segment_raster
 
-    settings = ClusterSettings(address=dask_address, workers=workers, threads_per_worker=threads,
-                               memory_limit=memory_limit)
+    chunks, selected = parse_chunks(chunk_size, 2), parse_bands(bands)
     result = run(lambda: segment_raster(
-        scene, model=model, output=output, reference=reference, bands=parse_bands(bands), vectors=vectors,
-        overwrite=overwrite, work_dir=work_dir, chunks=parse_chunks(chunk_size, 2), cluster=settings, progress=True,
-        html=html, ome_zarr=ome_zarr, instances=instances))
+        scene, model=model, output=output, reference=reference, bands=selected, vectors=vectors,
+        overwrite=overwrite, work_dir=work_dir, chunks=chunks,
+        cluster=ClusterSettings(address=dask_address, workers=workers, threads_per_worker=threads,
+                                memory_limit=memory_limit),
+        progress=True, html=html, ome_zarr=ome_zarr, instances=instances))
     _print_result(result)
     if result.vectors:
         typer.echo(f"vectors: {result.vectors} ({result.report['features']} polygons)")
@@ -205,7 +272,7 @@ def segment_raster_cmd(
 
 def _print_result(result: Any) -> None:
     typer.echo(f"mask:   {result.mask}")
-    typer.echo(f"report: {result.report_json} (+ {result.report_csv.name})")
+    typer.echo(f"report: {result.report_json} (+ {result.report_csv})")
     if result.probabilities:
         typer.echo(f"probabilities: {result.probabilities}")
     if getattr(result, "html", None):
@@ -215,7 +282,7 @@ def _print_result(result: Any) -> None:
     if result.report.get("instances"):
         found = result.report["instances"]
         typer.echo(f"instances: {found['mask']} ({found['count']} objects of {', '.join(found['classes'])}; "
-                   f"table {Path(found['csv']).name})")
+                   f"table {found['csv']})")
     for row in result.report["labels"]:
         if row["dice"] is not None:
             typer.echo(f"  {row['name']:<16} dice {row['dice']:.3f}  iou {row['iou']:.3f}")
@@ -227,6 +294,9 @@ def report_cmd(
     output_dir: Annotated[Path, typer.Argument(help="A run's output directory (searched recursively for *.report.json).")],
     dice_threshold: Annotated[float, typer.Option("--dice-threshold", min=0.0, max=1.0, help="Flag labels whose Dice is below this.")] = 0.5,
     overwrite: OverwriteOpt = False,
+    verbose: VerboseOpt = 0,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Batch summary: <dir>/index.html + <dir>/summary.csv over every report, outliers flagged."""
     from pipeline.batch_report import batch_report
@@ -240,15 +310,19 @@ def report_cmd(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    prediction: Annotated[Path, typer.Argument(help="Predicted label mask (NIfTI).")],
+    prediction: Annotated[Path, typer.Argument(help="Predicted label mask (NIfTI, or GeoTIFF with a GeoTIFF reference).")],
     reference: Annotated[Path, typer.Argument(help="Reference label mask on the same grid.")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSON report here (CSV beside it).")] = None,
     overwrite: OverwriteOpt = False,
+    model: Annotated[str | None, typer.Option("--model", "-m", metavar="NAME|PATH", help="Name the labels from this model card (default: a volseg GeoTIFF's class tags, else label_<n>).")] = None,
+    verbose: VerboseOpt = 0,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Dice, IoU, pixel accuracy for two label masks; prints JSON (and writes it with -o)."""
     from pipeline.evaluate import evaluate_report
 
-    report = run(lambda: evaluate_report(prediction, reference, output=output, overwrite=overwrite))
+    report = run(lambda: evaluate_report(prediction, reference, output=output, overwrite=overwrite, model=model))
     typer.echo(json.dumps(report, indent=2))
 
 
@@ -262,6 +336,9 @@ def train_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Seed for init, crops and flips.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA + AMP when present), cpu, cuda, cuda:1 ...")] = "auto",
     threads: Annotated[int, typer.Option("--threads", min=1, help="torch CPU threads (1 = byte-reproducible).")] = 1,
+    verbose: VerboseOpt = 0,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Train a card's network on a catalog dataset; writes weights, sha256 and the filled card. Resumes."""
     from pipeline.train import train
@@ -277,7 +354,7 @@ def train_cmd(
 
 
 @models_app.command("list")
-def models_list() -> None:
+def models_list(verbose: VerboseOpt = 0, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """Name, domain, dims and labels of every card in models/."""
     from pipeline.cards import load_card
     from pipeline.models import available_models
@@ -294,7 +371,8 @@ def models_list() -> None:
 
 
 @models_app.command("show")
-def models_show(name: Annotated[str, typer.Argument(help="Card name or path, a MONAI bundle directory or a TorchScript file.")]) -> None:
+def models_show(name: Annotated[str, typer.Argument(help="Card name or path, a MONAI bundle directory or a TorchScript file.")],
+                verbose: VerboseOpt = 0, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """Print a model card as JSON (for a bundle directory: the card made from its metadata)."""
     from pipeline.bundles import imported_path
     from pipeline.cards import load_card
@@ -311,7 +389,8 @@ def models_show(name: Annotated[str, typer.Argument(help="Card name or path, a M
 
 
 @catalog_app.command("check")
-def catalog_check(path: Annotated[Path, typer.Argument(help="The data catalog.")] = Path("data_catalog.yaml")) -> None:
+def catalog_check(path: Annotated[Path, typer.Argument(help="The data catalog.")] = Path("data_catalog.yaml"),
+                  verbose: VerboseOpt = 0, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """Validate a data catalog and list the scans the next flow run would segment (nothing is run)."""
     from pipeline.catalog import load_catalog
     from pipeline.manifest import discover

@@ -1,4 +1,4 @@
-"""Compare label masks on one grid, streaming slab by slab along the last axis."""
+"""Compare label masks on one grid, streaming slab by slab (NIfTI) or window by window (GeoTIFF)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.cards import Label
 from pipeline.errors import InputError
 from pipeline.geometry import VolumeGeometry
 from pipeline.io.nifti import iter_slabs, open_scan, read_reference
@@ -58,11 +59,29 @@ def check_reference_labels(reference: str | Path, geometry: VolumeGeometry, n_la
                       n_labels=n_labels)
 
 
+#: Suffixes read as raster masks (GDAL); anything else is read as NIfTI.
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
+
+
 def evaluate_report(prediction: str | Path, reference: str | Path, *, output: Path | None = None,
-                    overwrite: bool = False) -> dict[str, Any]:
-    """Scores of two NIfTI label masks, in the same layout as ``segment_volume``'s report (no run facts)."""
+                    overwrite: bool = False, model: str | None = None) -> dict[str, Any]:
+    """Scores of two label masks on one grid (two NIfTI masks, or two rasters), in the layout of
+    ``segment_volume`` / ``segment_raster``'s reports (no run facts).
+
+    Labels are named from ``model``'s card when given, else from a volseg raster mask's class tags,
+    else ``label_<n>``. Raster nodata pixels (255 in volseg masks) of either mask are left out.
+    """
     writes = report_outputs(Path(output)) if output is not None else []
     check_outputs(writes, [prediction, reference], overwrite=overwrite)
+    names = _card_labels(model) if model else {}
+    if Path(prediction).suffix.lower() in RASTER_SUFFIXES:
+        report = _raster_report(Path(prediction), Path(reference), names)
+        if output is not None:
+            with created_parents(writes):
+                write_report(report, Path(output))
+        return report
+    if Path(reference).suffix.lower() in RASTER_SUFFIXES:
+        raise InputError(f"{reference}: a raster reference for a NIfTI prediction; compare two NIfTI masks or two rasters")
     pred = open_scan(prediction)
     slabs = iter_slabs(pred, SLAB)  # read along with the reference's slabs, in the same order
     counts = confusion_against(reference, pred.geometry, lambda k: _as_labels(pred.path, next(slabs)[1]))
@@ -71,7 +90,7 @@ def evaluate_report(prediction: str | Path, reference: str | Path, *, output: Pa
     report = {
         "prediction": str(prediction),
         "reference": str(reference),
-        "labels": label_rows(measured, {}, pred.geometry.voxel_volume_ml, has_reference=True),
+        "labels": label_rows(measured, names, pred.geometry.voxel_volume_ml, has_reference=True),
         "pixel_accuracy": measured.pixel_accuracy,
         "mean_pixel_accuracy": measured.mean_pixel_accuracy,
     }
@@ -79,3 +98,48 @@ def evaluate_report(prediction: str | Path, reference: str | Path, *, output: Pa
         with created_parents(writes):
             write_report(report, Path(output))
     return report
+
+
+def _card_labels(model: str) -> dict[int, Label]:
+    """The card's labels, read from the card alone (no weights are loaded)."""
+    from pipeline.bundles import imported_path
+    from pipeline.cards import load_card
+    from pipeline.models import load_model, resolve_card_path
+
+    imported = imported_path(model)
+    if imported is not None and imported.is_dir():
+        return dict(load_model(imported).card.labels)
+    return dict(load_card(resolve_card_path(imported or model)).labels)
+
+
+def _raster_report(prediction: Path, reference: Path, names: dict[int, Label]) -> dict[str, Any]:
+    from pipeline.io.geotiff import open_raster, open_reference, read_labels, read_windows
+
+    pred = open_raster(prediction)
+    if pred.geometry.count != 1:
+        raise InputError(f"{pred.path}: prediction has {pred.geometry.count} bands; pass a single-band label mask")
+    ref = open_reference(reference, pred.geometry)
+    total = PairCounts.empty()
+    for rows, cols in read_windows(pred.geometry.shape, (512, 512), 32):
+        predicted, pred_valid = read_labels(pred.path, rows, cols)
+        truth, ref_valid = read_labels(ref.path, rows, cols)
+        total = total + pair_counts(truth.astype(np.int64), predicted.astype(np.int64), pred_valid & ref_valid)
+    measured = scores(total)
+    report = {
+        "prediction": str(prediction),
+        "reference": str(reference),
+        "labels": label_rows(measured, names or _class_tags(pred.path), pred.geometry.pixel_area, has_reference=True,
+                             count_key="pixels", size_key="area"),
+        "pixel_accuracy": measured.pixel_accuracy,
+        "mean_pixel_accuracy": measured.mean_pixel_accuracy,
+    }
+    return report
+
+
+def _class_tags(path: Path) -> dict[int, Label]:
+    """Class names a volseg raster mask carries as ``CLASS_<value>`` band tags (empty for other rasters)."""
+    import rasterio
+
+    with rasterio.open(path) as src:
+        tags = src.tags(1)
+    return {int(k[6:]): Label(name=v) for k, v in tags.items() if k.startswith("CLASS_") and k[6:].isdigit()}

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.cluster import ClusterSettings, dashboard_link, dask_client, worker_peak_rss
+from pipeline.cluster import ClusterSettings, dashboard_link, dask_client, memory_limit_bytes, worker_peak_rss
 from pipeline.engine.alignment import alignment_for
 from pipeline.engine.api import default_chunks
+from pipeline.engine.windows import parse_overlap
 from pipeline.errors import CardError, InputError
 from pipeline.evaluate import check_reference_labels, confusion_against
 from pipeline.hashing import sha256_file
@@ -42,6 +43,7 @@ from pipeline.outputs import (
     report_json_path,
     volume_outputs,
 )
+from pipeline.plan_estimate import PlanEstimate, check_plan, clip_chunks, estimate_plan
 from pipeline.report import code_version, label_rows, write_report
 from pipeline.sidecars import write_sidecars
 
@@ -64,7 +66,8 @@ class SegmentationResult:
 
     def summary(self) -> str:
         run = self.report["run"]
-        return (f"{self.mask}: {run['seconds_total']:.1f} s, {run['mvox_per_s']:.2f} Mvox/s, "
+        unit = "Mpx/s" if "pixel_area" in self.report else "Mvox/s"  # rasters report pixels, volumes voxels
+        return (f"{self.mask}: {run['seconds_total']:.1f} s, {run['mvox_per_s']:.2f} {unit}, "
                 f"peak RSS {run['peak_rss_mb']:.0f} MB (driver + workers), {run['windows']} windows")
 
 
@@ -155,11 +158,16 @@ def segment_volume(
     if reference:
         check_reference_labels(reference, source.geometry, mdl.card.out_channels)  # fail before the expensive part
     aligned = aligned_windows(source.path, source.geometry.to_attrs(), mdl)
+    block = clip_chunks(chunks, source.geometry.shape)
+    root = Path(work_dir) if work_dir else mask_path.parent
+    check_capacity(estimate_plan(source.geometry.shape, roi=aligned, overlap=parse_overlap(mdl.overlap, 3), chunks=block,
+                                 default=default_chunks(aligned), in_channels=1, itemsize=source.dtype.itemsize,
+                                 classes=mdl.card.out_channels, workers=planned_workers(cluster, client),
+                                 processes=local_processes(cluster, client), probabilities=probabilities),
+                   source=source.path, work_root=root, cluster=cluster, client=client)
     sha256 = sha256_file(source.path)
-    block = tuple(chunks) if chunks else None
     fingerprint = {"input_sha256": sha256, **engine_fingerprint(mdl, chunks=block, probabilities=probabilities)}
-    with created_parents(writes), \
-            work_store(Path(work_dir) if work_dir else mask_path.parent, mask_path, fingerprint, check=guard) as work:
+    with created_parents(writes), work_store(root, mask_path, fingerprint, check=guard) as work:
         group = work.group
         image = _tile_scan(source, work, block or default_chunks(aligned), sha256)
         with client_scope(client, cluster or ClusterSettings()) as active:
@@ -184,6 +192,39 @@ def segment_volume(
     return SegmentationResult(mask=mask_path, report_json=json_path, report_csv=csv_path,
                               probabilities=probs_path, report=report, html=side.html,
                               viewer_files=side.viewer_files, ome_zarr=side.ome_zarr)
+
+
+def planned_workers(cluster: ClusterSettings | None, client: Any) -> int:
+    """Task slots the run will have (worker threads in all): the client's, the local cluster's, or 1 for a
+    scheduler not yet reached."""
+    if client is not None:
+        return max(1, sum(int(w.get("nthreads", 1)) for w in client.scheduler_info().get("workers", {}).values()))
+    settings = cluster or ClusterSettings()
+    return 1 if settings.address else max(1, settings.workers) * settings.threads_per_worker
+
+
+def local_processes(cluster: ClusterSettings | None, client: Any) -> int:
+    """Local worker processes the run will start (0: in-process threads, or someone else's cluster)."""
+    settings = cluster or ClusterSettings()
+    return 0 if client is not None or settings.address else settings.workers
+
+
+def check_capacity(plan: PlanEstimate, *, source: Path, work_root: Path, cluster: ClusterSettings | None,
+                   client: Any) -> None:
+    """:func:`pipeline.plan_estimate.check_plan` with this run's memory limit: a local cluster's (auto:
+    RAM / workers) and RAM, a given client's workers' own limits, nothing for a scheduler not yet reached."""
+    import psutil
+
+    settings = cluster or ClusterSettings()
+    limit = ram = None
+    if client is not None:
+        limits = [w.get("memory_limit") or 0 for w in client.scheduler_info().get("workers", {}).values()]
+        limit = min(limits) if limits and min(limits) > 0 else None
+    elif not settings.address:
+        ram = psutil.virtual_memory().total
+        limit = memory_limit_bytes(settings.memory_limit) or ram // max(1, settings.workers)
+    logger.debug("%s: plan %s", source, plan.describe())
+    check_plan(plan, source=source, work_root=work_root, memory_limit=limit, ram=ram)
 
 
 @contextlib.contextmanager

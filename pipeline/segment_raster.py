@@ -26,7 +26,8 @@ import zarr
 
 from pipeline.cluster import ClusterSettings, worker_peak_rss
 from pipeline.engine.api import default_chunks
-from pipeline.errors import CardError, InputError
+from pipeline.engine.windows import parse_overlap
+from pipeline.errors import CardError, InputError, OutputError
 from pipeline.geometry import RasterGeometry
 from pipeline.hashing import sha256_file
 from pipeline.infer import InferenceResult, engine_fingerprint, preload_model, run_inference
@@ -60,8 +61,17 @@ from pipeline.outputs import (
     report_json_path,
     vector_reads,
 )
+from pipeline.plan_estimate import clip_chunks, estimate_plan
 from pipeline.report import label_rows, write_report
-from pipeline.segment import SegmentationResult, aligned_windows, client_scope, run_facts
+from pipeline.segment import (
+    SegmentationResult,
+    local_processes,
+    aligned_windows,
+    check_capacity,
+    client_scope,
+    planned_workers,
+    run_facts,
+)
 from pipeline.sidecars import write_sidecars
 
 logger = logging.getLogger(__name__)
@@ -166,20 +176,26 @@ def segment_raster(
     reads = [raster.path, *(vector_reads(reference) if reference else ()), *model_reads(mdl)]
     guard = functools.partial(check_outputs, writes, reads, overwrite=overwrite)
     guard()
+    window = aligned_windows(raster.path, raster.geometry.to_attrs(), mdl)
+    chunks = clip_chunks(chunks, raster.geometry.shape)
+    root = Path(work_dir) if work_dir else mask_path.parent
+    check_capacity(estimate_plan(raster.geometry.shape, roi=window, overlap=parse_overlap(mdl.overlap, 2), chunks=chunks,
+                                 default=default_chunks(window), in_channels=len(selected),
+                                 itemsize=np.dtype(raster.geometry.dtype).itemsize, classes=mdl.card.out_channels,
+                                 workers=planned_workers(cluster, client), valid_mask=True,
+                                 processes=local_processes(cluster, client)),
+                   source=raster.path, work_root=root, cluster=cluster, client=client)
     truth = open_truth(reference, raster.geometry, mdl) if reference else None  # fail before the expensive part
     sha256 = sha256_file(raster.path)
-    window = aligned_windows(raster.path, raster.geometry.to_attrs(), mdl)
-    block = tuple(chunks) if chunks else raster_chunks(raster.geometry, default_chunks(window))
+    block = chunks or raster_chunks(raster.geometry, default_chunks(window))
     fingerprint = {"input_sha256": sha256, "bands": list(selected),
-                   **engine_fingerprint(mdl, chunks=tuple(chunks) if chunks else None, probabilities=False)}
-    with created_parents(writes), \
-            work_store(Path(work_dir) if work_dir else mask_path.parent, mask_path, fingerprint, check=guard) as work:
+                   **engine_fingerprint(mdl, chunks=chunks, probabilities=False)}
+    with created_parents(writes), work_store(root, mask_path, fingerprint, check=guard) as work:
         group = work.group
         polygons = work.path / f"vectors{vectors_path.suffix.lower()}" if vectors_path else None
         with client_scope(client, cluster or ClusterSettings()) as active:
             image, valid, n_valid = _tile(raster, selected, work, block, sha256, active)
-            result = _infer(raster, image, valid, n_valid, mdl, work, active, block,
-                            tuple(chunks) if chunks else None, progress)
+            result = _infer(raster, image, valid, n_valid, mdl, work, active, block, chunks, progress)
             features = write_vectors(str(group.store.root), raster.geometry, block, polygons, names=mdl.labels,
                                      client=active) if polygons else None
             found = raster_instances(group, parse_classes(instances), mdl.labels, raster.geometry, mask_path,

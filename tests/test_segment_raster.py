@@ -301,7 +301,7 @@ def test_cli_end_to_end(tmp_path: Path, data_dir: Path, rgb_card: Path, client2:
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "vectors: " in result.stdout
-    assert "Mvox/s" in result.stdout
+    assert "Mpx/s" in result.stdout and "Mvox/s" not in result.stdout  # pixels, not voxels
     features = json.loads((tmp_path / "v.geojson").read_text())
     assert features["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32618"
     assert len(features["features"]) == json.loads((tmp_path / "s_seg.report.json").read_text())["features"]

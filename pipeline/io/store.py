@@ -126,8 +126,9 @@ def work_store(root: Path, output: Path, fingerprint: dict[str, Any], *,
 
     A store left by an interrupted run with the same ``fingerprint`` (input sha256, model, engine
     parameters, code) is resumed; one with any other fingerprint is discarded, never mixed. The
-    store is removed after success and after input/model errors; after an interruption or an
-    infrastructure failure it is kept, and the error says how to resume.
+    store is removed after success, after input/model/settings errors and after any other error a
+    rerun would repeat; after an interruption or an infrastructure failure (see :func:`_resumable`)
+    it is kept, and the error says how to resume.
     """
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -151,11 +152,22 @@ def work_store(root: Path, output: Path, fingerprint: dict[str, Any], *,
             shutil.rmtree(path, ignore_errors=True)
             raise
         except BaseException as e:
+            if not _resumable(e):  # a bad setting or a bug: a rerun would fail the same way
+                shutil.rmtree(path, ignore_errors=True)
+                raise
             if _storage_failure(e):
                 raise OutputError(f"{e.filename or output}: {e.strerror or e}; {_kept(store)}") from e
             logger.warning("work store kept for resuming: %s", path)  # transient OSErrors stay as they are
             raise
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _resumable(error: BaseException) -> bool:
+    """A failure a rerun can finish: the file system or network failed (OSError, timeouts, lost
+    connections), memory ran out, a worker was lost, or the process is exiting (SystemExit)."""
+    from distributed import KilledWorker
+
+    return isinstance(error, OSError | MemoryError | KilledWorker | SystemExit | GeneratorExit)
 
 
 def _storage_failure(error: BaseException) -> bool:

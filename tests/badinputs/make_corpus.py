@@ -474,6 +474,49 @@ def make_corpus(dest: Path) -> list[Case]:
     cases.append(Case(d.name, "card", "model name with a typo (`ct-organz`)", ("models", "show", "ct-organz"),
                       "unknown model 'ct-organz'", "ct-organz"))
 
+    d = case("card-colour-out-of-range")
+    card_path = _copy_card(card3d, d)
+    card = yaml.safe_load(card_path.read_text())
+    card["labels"][1]["color"] = [999, 0, 0]
+    card_path.write_text(yaml.safe_dump(card, sort_keys=False))
+    scan = _nifti(d / "scan.nii.gz", _volume())
+    cases.append(Case(d.name, "card", "label colour `[999, 0, 0]` (was found only when the viewer files were "
+                      "written, after the mask)", ("segment-volume", str(scan), "-m", str(card_path), "--workers", "1"),
+                      "labels.1.color.0", str(card_path)))
+
+    # --- options (``segment-volume`` / ``segment-raster``): refused before anything is read or written
+    def option(name: str, wrong: str, message: str, names: str, *extra: str, exit_code: int = 1) -> None:
+        scan = _nifti(case(name) / "scan.nii.gz", _volume())
+        cases.append(Case(name, "option", wrong, ("segment-volume", str(scan), "-m", str(card3d), "--workers", "1",
+                                                  *extra), message, names or str(scan), exit_code=exit_code))
+
+    option("option-memory-limit-nonsense", "`--memory-limit nonsense`", "is not a size like 4GiB", "'nonsense'",
+           "--memory-limit", "nonsense")
+    option("option-memory-limit-tiny", "`--memory-limit 1KiB` (the nanny restarted the worker forever)",
+           "is below the 512.00 MiB a worker needs", "'1KiB'", "--memory-limit", "1KiB")
+    option("option-dask-address", "`--dask-address 'nonsense!!'`", "is not tcp://host:port", "'nonsense!!'",
+           "--dask-address", "nonsense!!")
+    option("option-workers-unbounded", "`--workers 4096`", "workers must be 1..", "got 4096", "--workers", "4096")
+    option("option-chunk-size-one", "`--chunk-size 1` on a 24x24x16 scan (9216 blocks for 4 windows; ran past 150 s)",
+           "would be all scheduling overhead", "", "--chunk-size", "1")
+    option("option-after-subcommand-unknown", "an unknown option after the subcommand (a usage error, exit 2)",
+           "No such option: --frobnicate", "--frobnicate", "--frobnicate", exit_code=2)
+
+    d = case("option-raster-too-big")
+    import rasterio
+    from rasterio.transform import Affine
+
+    card4 = _card(d, "four-band", spatial_dims=2, in_channels=4, roi_size=(32, 32), n_labels=2,
+                  preprocess={"kind": "window", "a_min": 0, "a_max": 255})
+    scene = d / "sparse.tif"
+    with rasterio.open(scene, "w", driver="GTiff", width=200_000, height=200_000, count=4, dtype="float64",
+                       crs="EPSG:32616", transform=Affine(0.5, 0, 500000.0, 0, -0.5, 4000000.0), tiled=True,
+                       blockxsize=1024, blockysize=1024, compress="deflate", sparse_ok=True, bigtiff="yes"):
+        pass  # nothing written: every tile is sparse (a 200,000 x 200,000 x 4 float64 scene in ~1 MB)
+    cases.append(Case(d.name, "option", "sparse 200,000 x 200,000 x 4-band float64 GeoTIFF (1.3 TB of pixels): "
+                      "tiling started with no size check", ("segment-raster", str(scene), "-m", str(card4),
+                                                            "--workers", "1"), "work store up to", str(scene)))
+
     # --- data catalog (``pipeline catalog check``)
     d = case("catalog-python-tag")
     path = _catalog(d)
@@ -686,6 +729,18 @@ def _cell(text: str, dest: Path) -> str:
     return text.replace(str(dest) + "/", "").replace("|", "\\|").replace("\n", "\\n")
 
 
+def _shown(argv: tuple[str, ...]) -> list[str]:
+    """The arguments without the ``--workers 1`` every case passes (to keep the corpus light)."""
+    shown, rest = [], list(argv)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--workers" and rest[:1] == ["1"]:
+            rest.pop(0)
+        else:
+            shown.append(arg)
+    return shown
+
+
 def table(cases: list[Case], outcomes: dict[str, Outcome], dest: Path) -> str:
     rows = ["| case | input | what is wrong | command | exit | message (measured) | s |",
             "|---|---|---|---|---|---|---|"]
@@ -696,7 +751,7 @@ def table(cases: list[Case], outcomes: dict[str, Outcome], dest: Path) -> str:
                         "permission bits) | |")
             continue
         line = message_line(case, outcome) or " / ".join(outcome.lines[-2:])
-        command = "pipeline " + " ".join(_cell(a, dest) for a in case.argv if a not in {"--workers", "1"})
+        command = "pipeline " + " ".join(_cell(a, dest) for a in _shown(case.argv))
         rows.append(f"| {case.name} | {case.area} | {_cell(case.wrong, dest)} | `{command}` | {outcome.exit_code} | "
                     f"`{_cell(line, dest)}` | {outcome.seconds:.1f} |")
     return "\n".join(rows)

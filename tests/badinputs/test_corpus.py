@@ -28,7 +28,9 @@ CASE_NAMES = [
     "geotiff-broken-tile", "geotiff-reference-crs", "geotiff-reference-grid", "geotiff-float64-overflow",
     "weights-pickle-code", "weights-truncated", "weights-checksum", "weights-not-torch", "weights-dev-zero",
     "card-unknown-architecture", "card-python-tag", "card-anchor-bomb", "card-deep-nesting", "card-huge-roi",
-    "card-colour-999", "card-unknown-name",
+    "card-colour-999", "card-unknown-name", "card-colour-out-of-range", "option-memory-limit-nonsense",
+    "option-memory-limit-tiny", "option-dask-address", "option-workers-unbounded", "option-chunk-size-one",
+    "option-after-subcommand-unknown", "option-raster-too-big",
     "catalog-python-tag", "catalog-is-directory", "catalog-dotdot-output", "catalog-dotdot-glob",
     "catalog-symlink-output",
     "catalog-symlink-subdirectory",
@@ -38,10 +40,11 @@ CASE_NAMES = [
     "vectors-is-reference", "output-dangling-symlink", "output-wrong-suffix", "output-new-directory-failed-run",
 ]
 #: Cases that import torch and load the model (or start Dask) before they fail: seconds each, not a fraction.
-SLOW = {"nifti-truncated-gzip", "nifti-nan", "nifti-inf", "nifti-gzip-crc", "nifti-slope-overflow",
-        "nifti-float64-overflow", "geotiff-broken-tile", "geotiff-reference-crs", "geotiff-reference-grid",
-        "geotiff-float64-overflow", "weights-pickle-code", "weights-truncated", "weights-checksum",
-        "weights-not-torch", "weights-dev-zero", "workdir-under-file", "output-new-directory-failed-run"}
+SLOW = {"card-colour-out-of-range", "geotiff-broken-tile", "geotiff-float64-overflow", "geotiff-reference-crs",
+        "geotiff-reference-grid", "nifti-float64-overflow", "nifti-gzip-crc", "nifti-inf", "nifti-nan",
+        "nifti-slope-overflow", "nifti-truncated-gzip", "option-chunk-size-one", "option-raster-too-big",
+        "output-new-directory-failed-run", "weights-checksum", "weights-dev-zero", "weights-not-torch",
+        "weights-pickle-code", "weights-truncated", "workdir-under-file"}
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 #: Cases run at once: most of a run is interpreter and torch start-up, cluster start and waiting.
 PARALLEL = 3
@@ -87,7 +90,7 @@ def test_case_names_match_the_generator(corpus: Corpus) -> None:
     assert list(cases) == CASE_NAMES
     assert len(cases) >= 20
     areas = {case.area for case in cases.values()}
-    assert {"nifti", "geotiff", "card", "weights", "catalog", "output"} <= areas
+    assert {"nifti", "geotiff", "card", "weights", "catalog", "output", "option"} <= areas
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in CASE_NAMES])

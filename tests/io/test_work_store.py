@@ -87,3 +87,24 @@ def test_sweep_removes_partials_of_dead_writers_only(tmp_path: Path) -> None:
         path.write_bytes(b"x")
     assert sweep_partials(tmp_path) == [stale]
     assert live.exists() and other.exists() and not stale.exists()
+
+
+@pytest.mark.parametrize("error", [ValueError("Could not interpret 'nonsense' as a byte unit"),
+                                   TypeError("a bug"), RuntimeError("a bug")])
+def test_errors_a_rerun_would_repeat_remove_the_store(tmp_path: Path, error: Exception) -> None:
+    """Configuration errors and bugs used to leave a store "kept for resuming" that could never resume."""
+    output = tmp_path / "mask.nii.gz"
+    with pytest.raises(type(error)), work_store(tmp_path, output, PRINT) as work:
+        work.ledger.mark("image")
+        raise error
+    assert not work_dir_for(tmp_path, output).exists()
+
+
+def test_a_lost_worker_keeps_the_store(tmp_path: Path) -> None:
+    from distributed import KilledWorker
+
+    output = tmp_path / "mask.nii.gz"
+    with pytest.raises(KilledWorker), work_store(tmp_path, output, PRINT) as work:
+        work.ledger.mark("image")
+        raise KilledWorker("merge-1", "tcp://127.0.0.1:1", 3)
+    assert (work_dir_for(tmp_path, output) / "done" / "image").exists()
