@@ -41,6 +41,7 @@ WorkDirOpt = Annotated[Path | None, typer.Option("--work-dir", help="Directory f
 HtmlOpt = Annotated[bool, typer.Option("--html/--no-html", help="Write <mask>.report.html (images, legend, metrics, plots).")]
 OmeZarrOpt = Annotated[bool, typer.Option("--ome-zarr", help="Also write <mask>.ome.zarr (NGFF image + labels) for napari / neuroglancer.")]
 InstancesOpt = Annotated[list[str] | None, typer.Option("--instances", help="Class name(s) whose connected objects get their own ids (repeatable or comma list): <mask>_instances + <mask>.instances.csv.")]
+TrustOpt = Annotated[bool, typer.Option("--trust", help="Trust a MONAI bundle's config: let it run code beyond monai classes and harmless expressions. Only for bundles whose code you would run.")]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -124,6 +125,7 @@ def segment_volume_cmd(
     html: HtmlOpt = True,
     ome_zarr: OmeZarrOpt = False,
     instances: InstancesOpt = None,
+    trust: TrustOpt = False,
 ) -> None:
     """Segment a NIfTI scan: writes <scan>_seg.nii.gz and <scan>_seg.report.json/.csv."""
     from pipeline.cluster import ClusterSettings
@@ -134,7 +136,7 @@ def segment_volume_cmd(
     result = run(lambda: segment_volume(
         scan, model=model, output=output, reference=reference, overwrite=overwrite, work_dir=work_dir,
         chunks=parse_chunks(chunk_size, 3), cluster=settings, probabilities=probabilities, progress=True, html=html,
-        ome_zarr=ome_zarr, instances=instances))
+        ome_zarr=ome_zarr, instances=instances, trust=trust))
     _print_result(result)
 
 
@@ -165,6 +167,7 @@ def segment_raster_cmd(
     html: HtmlOpt = True,
     ome_zarr: OmeZarrOpt = False,
     instances: InstancesOpt = None,
+    trust: TrustOpt = False,
 ) -> None:
     """Segment a raster: writes <scene>_seg.tif (COG) and <scene>_seg.report.json/.csv.
 
@@ -178,7 +181,7 @@ def segment_raster_cmd(
     result = run(lambda: segment_raster(
         scene, model=model, output=output, reference=reference, bands=parse_bands(bands), vectors=vectors,
         overwrite=overwrite, work_dir=work_dir, chunks=parse_chunks(chunk_size, 2), cluster=settings, progress=True,
-        html=html, ome_zarr=ome_zarr, instances=instances))
+        html=html, ome_zarr=ome_zarr, instances=instances, trust=trust))
     _print_result(result)
     if result.vectors:
         typer.echo(f"vectors: {result.vectors} ({result.report['features']} polygons)")

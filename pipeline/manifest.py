@@ -109,6 +109,7 @@ class ScanJob:
     reference: Path | None = None
     bands: tuple[int, ...] | None = None
     vectors: Path | None = None  #: polygon output (geo), beside the mask
+    trust: bool = False  #: the source trusts its bundle's config (``trust: true``)
 
     @property
     def name(self) -> str:
@@ -135,6 +136,8 @@ class ScanJob:
             kwargs["bands"] = self.bands
         if self.vectors is not None:
             kwargs["vectors"] = self.vectors
+        if self.trust:
+            kwargs["trust"] = True
         return kwargs
 
 
@@ -248,12 +251,19 @@ def classify(job: ScanJob, manifest: Manifest | None) -> ScanStatus | None:
 
 
 def _model(catalog: Catalog, index: int, source: Source) -> tuple[str, str, str]:
-    """(card path, model name, weights sha256) for a source; cheap: reads the card, not the weights."""
+    """(card path, model name, weights sha256) for a source; cheap: reads the card, not the weights
+    (a MONAI bundle directory without a volseg card: its directory name and its weights' sha256)."""
+    from pipeline.bundles import WEIGHTS, imported_path
     from pipeline.cards import load_card
     from pipeline.models import resolve_card_path
 
     try:
-        path = resolve_card_path(source.model)
+        bundle = imported_path(source.model)
+        if bundle is not None and bundle.is_dir():
+            if not (bundle / WEIGHTS).is_file():
+                raise CardError(f"{bundle}: bundle has no {WEIGHTS}")
+            return str(bundle), bundle.name, sha256_file(bundle / WEIGHTS)
+        path = resolve_card_path(bundle or source.model)
         card = load_card(path)
     except CardError as e:
         raise catalog.error(index, "model", str(e)) from e
@@ -289,7 +299,8 @@ def _job(catalog: Catalog, source: Source, scan: Path, model: tuple[str, str, st
     return ScanJob(source=source.name, kind=source.kind, scan=scan, output=output, model=model[0],
                    model_name=model[1], model_sha256=model[2],
                    input=FileRecord.of(scan, previous.input if previous else None),
-                   work_dir=catalog.work_dir / source.name, reference=reference, bands=source.bands, vectors=vectors)
+                   work_dir=catalog.work_dir / source.name, reference=reference, bands=source.bands, vectors=vectors,
+                   trust=source.trust)
 
 
 def discover(catalog: Catalog, *, source: str | None = None) -> Plan:
