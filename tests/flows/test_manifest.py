@@ -313,3 +313,22 @@ def test_geo_jobs_pass_bands_and_write_vectors_inside_the_output_root(tmp_path: 
     assert kwargs["reference"] == tmp_path / "tiles" / "t1_ref.tif"
     assert kwargs["overwrite"] is True
     assert kwargs["work_dir"] == tmp_path / "work" / "geo"
+
+
+def test_a_bundle_source_with_trust_passes_it_to_the_segmenter(tmp_path: Path) -> None:
+    """``trust: true`` reaches the segment call; a bundle directory's identity is its weights' sha256."""
+    from pipeline.hashing import sha256_file
+
+    bundle = tmp_path / "bundle"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "configs" / "inference.json").write_text("{}")
+    (bundle / "models").mkdir()
+    (bundle / "models" / "model.pt").write_bytes(b"weights")
+    scan_files(tmp_path / "scans", "a.nii.gz")
+    source = {"name": "ct", "kind": "medical", "directory": "scans", "model": "./bundle"}
+    for trust in (True, False):
+        path = write_catalog(tmp_path, [{**source, "trust": trust}])
+        [job] = discover(load_catalog(path)).pending
+        assert job.model == str(bundle.resolve())
+        assert job.model_sha256 == sha256_file(bundle / "models" / "model.pt")
+        assert job.segment_kwargs(None).get("trust", False) is trust
