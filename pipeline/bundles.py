@@ -27,7 +27,10 @@ each window to them (:mod:`pipeline.engine.alignment`) rather than resampling th
 
 from __future__ import annotations
 
+import contextlib
 import re
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +75,15 @@ def imported_path(name_or_path: Any) -> Path | None:
 # ---------------------------------------------------------------- bundles
 
 
+@contextlib.contextmanager
+def _monai_quiet() -> Iterator[None]:
+    """Silence MONAI's renaming notices about a bundle's own metadata (``optional_packages_version`` is now
+    ``required_packages_version``): not the user's to act on, and an error must stay one line."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected deprecated name", category=UserWarning)
+        yield
+
+
 def _parser(root: Path) -> Any:
     from monai.bundle import ConfigParser
 
@@ -80,12 +92,13 @@ def _parser(root: Path) -> Any:
         raise ModelError(f"{root}: not a MONAI bundle (no configs/inference.json)")
     parser = ConfigParser()
     try:
-        parser.read_config(str(config))
-        metadata = root / "configs" / "metadata.json"
-        if metadata.is_file():
-            parser.read_meta(str(metadata))
-        parser["bundle_root"] = str(root)
-        parser.resolve_macro_and_relative_ids()
+        with _monai_quiet():
+            parser.read_config(str(config))
+            metadata = root / "configs" / "metadata.json"
+            if metadata.is_file():
+                parser.read_meta(str(metadata))
+            parser["bundle_root"] = str(root)
+            parser.resolve_macro_and_relative_ids()
     except (ValueError, OSError, KeyError) as e:
         raise ModelError(f"{config}: not a readable bundle config ({str(e).splitlines()[0] if str(e) else e})") from e
     if parser.get("network_def") is None:
@@ -137,7 +150,8 @@ def build_bundle_network(root: Path, *, trust: bool = False) -> Any:
                          "pass --trust (trust: true in a catalog source, load_model(..., trust=True)) "
                          "only if you would run its code")
     try:
-        return parser.get_parsed_content("network_def", instantiate=True)
+        with _monai_quiet():
+            return parser.get_parsed_content("network_def", instantiate=True)
     except Exception as e:  # the config names the class; any failure to build it is the bundle's
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelError(f"{root}: cannot build the bundle's network_def ({reason})") from e
