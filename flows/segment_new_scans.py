@@ -34,6 +34,8 @@ from pipeline.manifest import (
 #: Scans in flight at once; each one's tiles already spread over the whole Dask cluster.
 SCANS_AT_ONCE = 2
 ARTIFACT_KEY = "segment-new-scans"
+#: Outcomes that leave a scan without a mask in this run.
+UNFINISHED = (ScanStatus.FAILED, ScanStatus.RETRY)
 
 
 def _error(state: State[Any]) -> BaseException | None:
@@ -61,7 +63,7 @@ def _outcome(job: ScanJob, future: PrefectFuture[ScanOutcome]) -> ScanOutcome:
     if future.state.is_completed():
         return future.result()
     outcome = ScanOutcome.failed(job, _error(future.state))
-    get_run_logger().warning("%s failed: %s", job.scan, outcome.reason)
+    get_run_logger().warning("%s %s: %s", job.scan, outcome.status, outcome.reason)
     return outcome
 
 
@@ -79,7 +81,7 @@ def publish(outcomes: list[ScanOutcome], plan: Plan) -> dict[str, Any]:
                              description="Links to the report files of this run.")
     summary: dict[str, Any] = {str(s): [o.scan for o in outcomes if o.status is s] for s in ScanStatus}
     summary["up_to_date_before"] = plan.up_to_date
-    summary["failure_reasons"] = {o.scan: o.reason for o in outcomes if o.status is ScanStatus.FAILED}
+    summary["failure_reasons"] = {o.scan: o.reason for o in outcomes if o.status in UNFINISHED}
     return summary
 
 
@@ -93,8 +95,9 @@ def segment_new_scans(catalog: str = "data_catalog.yaml", source: str | None = N
     Final state: **Completed** when every scan was segmented, skipped, or rejected for its input
     (a ``PipelineError``: listed with its reason in the artifacts and not retried until the file,
     model or code changes; a bad file is a data problem, not a pipeline failure). **Failed** when
-    any scan failed for another reason after its retries (infrastructure or a bug): that needs an
-    operator. A catalog error fails the run before any scan starts.
+    any scan failed for another reason after its retries (infrastructure, a bug, or storage trouble
+    such as a full disk: ``retry`` in the artifacts, no manifest, so the next run segments it): that
+    needs an operator. A catalog error fails the run before any scan starts.
     """
     _configure_logging()
     settings = load_catalog(catalog)
@@ -106,7 +109,7 @@ def segment_new_scans(catalog: str = "data_catalog.yaml", source: str | None = N
             futures = [segment_scan.submit(job, client) for job in plan.pending]
             outcomes += [_outcome(job, future) for job, future in zip(plan.pending, futures, strict=True)]
     summary = publish(outcomes, plan)
-    broken = [o for o in outcomes if o.status is ScanStatus.FAILED and not o.user_error]
+    broken = [o for o in outcomes if o.status in UNFINISHED and not o.user_error]
     if broken:
         return Failed(message=f"{len(broken)} scan(s) failed in the pipeline: {broken[0].scan}: {broken[0].reason}",
                       data=summary)

@@ -14,20 +14,27 @@
   on the CPU after the card's sha256 is checked.
 
 Trust: building a bundle's network runs its config. ``_target_`` can name any Python callable and
-``$`` expressions are ``eval``'d, so by default only ``monai.*`` targets (or MONAI's short names)
-and no expressions, macros of code (``_requires_``) or ``_mode_`` are allowed in ``network_def``
-and everything it references. ``trust=True`` lifts that: only pass it for bundles whose code you
-would run. TorchScript runs only TorchScript code (no pickle), so it needs no such flag.
+``$`` expressions are ``eval``'d, so by default only ``monai.*`` targets (or MONAI's short names),
+harmless expressions (literals, arithmetic, references, ``len``...: :mod:`pipeline.bundle_config`)
+and no macros of code (``_requires_``) or ``_mode_`` are allowed in ``network_def`` and everything it
+references. ``trust=True`` (``--trust``, ``trust: true`` in a catalog source) lifts that: only pass it
+for bundles whose code you would run. TorchScript runs only TorchScript code (no pickle), so it needs
+no such flag. The card's values (roi, overlap, intensity steps, spacing) are read with ``@`` references
+and harmless expressions resolved as ``ConfigParser`` resolves them.
 A bundle's ``Orientationd`` / ``Spacingd`` become the card's ``orientation`` / ``spacing``: volseg aligns
 each window to them (:mod:`pipeline.engine.alignment`) rather than resampling the scan.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline.bundle_config import BundleValues, harmless
 from pipeline.cards import ModelCard
 from pipeline.errors import CardError, ModelError
 from pipeline.hashing import sha256_file
@@ -70,6 +77,15 @@ def imported_path(name_or_path: Any) -> Path | None:
 # ---------------------------------------------------------------- bundles
 
 
+@contextlib.contextmanager
+def _monai_quiet() -> Iterator[None]:
+    """Silence MONAI's renaming notices about a bundle's own metadata (``optional_packages_version`` is now
+    ``required_packages_version``): not the user's to act on, and an error must stay one line."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected deprecated name", category=UserWarning)
+        yield
+
+
 def _parser(root: Path) -> Any:
     from monai.bundle import ConfigParser
 
@@ -80,12 +96,13 @@ def _parser(root: Path) -> Any:
         read_mapping(config, "bundle config", ModelError)  # bounded: anchors cannot expand it without limit
     parser = ConfigParser()
     try:
-        parser.read_config(str(config))
-        metadata = root / "configs" / "metadata.json"
-        if metadata.is_file():
-            parser.read_meta(str(metadata))
-        parser["bundle_root"] = str(root)
-        parser.resolve_macro_and_relative_ids()
+        with _monai_quiet():
+            parser.read_config(str(config))
+            metadata = root / "configs" / "metadata.json"
+            if metadata.is_file():
+                parser.read_meta(str(metadata))
+            parser["bundle_root"] = str(root)
+            parser.resolve_macro_and_relative_ids()
     except (ValueError, OSError, KeyError, RecursionError) as e:  # RecursionError: JSON nested too deep
         raise ModelError(f"{config}: not a readable bundle config ({str(e).splitlines()[0] if str(e) else e})") from e
     if parser.get("network_def") is None:
@@ -121,7 +138,7 @@ def untrusted_parts(parser: Any, root: str = "network_def") -> list[str]:
             elif isinstance(node, list):
                 stack.extend((f"{where}::{i}", v) for i, v in enumerate(node))
             elif isinstance(node, str):
-                if node.startswith("$"):
+                if node.startswith("$") and not harmless(node):
                     found.append(f"{where}: expression {node[:60]!r}")
                 todo.extend(ReferenceResolver.match_refs_pattern(node))
     return found
@@ -134,9 +151,11 @@ def build_bundle_network(root: Path, *, trust: bool = False) -> Any:
     if risky and not trust:
         raise ModelError(f"{root}: bundle config would run code outside monai ({risky[0]}"
                          f"{f' and {len(risky) - 1} more' if len(risky) > 1 else ''}); "
-                         "load it with load_model(..., trust=True) only if you would run its code")
+                         "pass --trust (trust: true in a catalog source, load_model(..., trust=True)) "
+                         "only if you would run its code")
     try:
-        return parser.get_parsed_content("network_def", instantiate=True)
+        with _monai_quiet():
+            return parser.get_parsed_content("network_def", instantiate=True)
     except Exception as e:  # the config names the class; any failure to build it is the bundle's
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelError(f"{root}: cannot build the bundle's network_def ({reason})") from e
@@ -153,57 +172,118 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _preprocessing_steps(parser: Any) -> list[tuple[str, dict[str, Any]]]:
-    """Every ``(transform class name, config)`` in the bundle's ``preprocessing``, however nested."""
-    steps: list[tuple[str, dict[str, Any]]] = []
-    stack = [parser.get("preprocessing")]
-    while stack:
-        node = stack.pop()
+def _preprocessing_steps(parser: Any) -> list[tuple[str, str]]:
+    """``(transform class name, config id)`` of every transform in the bundle's ``preprocessing``, in order."""
+    steps: list[tuple[str, str]] = []
+
+    def visit(node: Any, ident: str) -> None:
         if isinstance(node, dict):
-            steps.append((str(node.get("_target_", "")).rsplit(".", 1)[-1], node))
-            stack.extend(node.values())
+            if "_target_" in node:
+                steps.append((str(node["_target_"]).rsplit(".", 1)[-1], ident))
+            for key, value in node.items():
+                visit(value, f"{ident}::{key}")
         elif isinstance(node, list):
-            stack.extend(node)
+            for index, value in enumerate(node):
+                visit(value, f"{ident}::{index}")
+
+    visit(parser.get("preprocessing"), "preprocessing")
     return steps
 
 
-def bundle_alignment(parser: Any) -> dict[str, Any]:
+def bundle_alignment(parser: Any, values: BundleValues | None = None) -> dict[str, Any]:
     """The bundle's ``Orientationd`` axcodes and ``Spacingd`` pixdim as card ``orientation`` / ``spacing``:
     volseg aligns each window to them (:mod:`pipeline.engine.alignment`) instead of resampling the scan."""
+    values = values or BundleValues(parser)
     found: dict[str, Any] = {}
-    for target, step in _preprocessing_steps(parser):
-        codes, pixdim = step.get("axcodes"), step.get("pixdim")
-        if target in ("Orientationd", "Orientation") and isinstance(codes, str):
-            found["orientation"] = codes.upper()
-        if target in ("Spacingd", "Spacing") and isinstance(pixdim, list) and all(map(_number, pixdim)):
-            found["spacing"] = [float(v) for v in pixdim]
+    for target, ident in _preprocessing_steps(parser):
+        if target in ("Orientationd", "Orientation"):
+            codes = values.get(f"{ident}::axcodes")
+            if isinstance(codes, str):
+                found["orientation"] = codes.upper()
+        if target in ("Spacingd", "Spacing"):
+            pixdim = values.get(f"{ident}::pixdim")
+            if isinstance(pixdim, list | tuple) and pixdim and all(_number(v) is not None for v in pixdim):
+                found["spacing"] = [float(v) for v in pixdim]
     return found
 
 
-def bundle_preprocess(parser: Any) -> dict[str, Any]:
-    """The intensity step of the bundle's ``preprocessing`` as a card ``preprocess`` (window or zscore)."""
-    for target, step in _preprocessing_steps(parser):
-        if target in ("ScaleIntensityRanged", "ScaleIntensityRange"):
-            values = {k: _number(step.get(k)) for k in ("a_min", "a_max", "b_min", "b_max")}
-            if None not in values.values():
-                return {"kind": "window", **values}
-        if target in ("NormalizeIntensityd", "NormalizeIntensity") and not step.get("channel_wise"):
-            return {"kind": "zscore", "threshold": 0.0 if step.get("nonzero") else None}
-    raise CardError("cannot tell the bundle's intensity preprocessing (no ScaleIntensityRanged with numbers or "
-                    "NormalizeIntensityd); write a volseg card for it (architecture: bundle)")
+def _intensity_step(target: str, get: Any) -> dict[str, Any] | None:
+    """One MONAI intensity transform as a card step; None for other transforms; CardError when unsupported."""
+    name = target.removesuffix("d")
+    if name == "ScaleIntensityRange":
+        step = {k: _number(get(k, default)) for k, default in
+                (("a_min", None), ("a_max", None), ("b_min", None), ("b_max", None))}
+        if None in step.values():
+            raise CardError(f"{target} needs numeric a_min, a_max, b_min, b_max")
+        return {"kind": "window", **step, "clip": bool(get("clip", False))}
+    if name == "ScaleIntensity":
+        if get("factor") is not None:
+            raise CardError(f"{target} with factor is not supported (only minv/maxv min-max scaling)")
+        minv, maxv = get("minv", 0.0), get("maxv", 1.0)
+        minv, maxv = (0.0, 1.0) if minv is None or maxv is None else (_number(minv), _number(maxv))
+        if minv is None or maxv is None:
+            raise CardError(f"{target} needs numeric minv/maxv")
+        return {"kind": "minmax", "minv": minv, "maxv": maxv, "channel_wise": bool(get("channel_wise", False))}
+    if name == "NormalizeIntensity":
+        if get("subtrahend") is not None or get("divisor") is not None:
+            raise CardError(f"{target} with a fixed subtrahend/divisor is not supported")
+        return {"kind": "zscore", "nonzero": bool(get("nonzero", False)),
+                "channel_wise": bool(get("channel_wise", False))}
+    if name == "ScaleIntensityRangePercentiles":
+        step = {k: _number(get(k)) for k in ("lower", "upper", "b_min", "b_max")}
+        if None in step.values():
+            raise CardError(f"{target} needs numeric lower, upper, b_min, b_max")
+        return {"kind": "percentiles", **step, "clip": bool(get("clip", False)),
+                "relative": bool(get("relative", False)), "channel_wise": bool(get("channel_wise", False))}
+    return None
 
 
-def bundle_card(root: Path, parser: Any, sha256: str) -> ModelCard:
-    """A card made from the bundle's own config and metadata."""
+def bundle_preprocess(parser: Any, values: BundleValues | None = None) -> dict[str, Any]:
+    """The intensity steps of the bundle's ``preprocessing``, in order, as a card ``preprocess``: one step
+    (window, minmax, zscore, percentiles) or a ``chain`` of them."""
+    values = values or BundleValues(parser)
+    steps = []
+    for target, ident in _preprocessing_steps(parser):
+        step = _intensity_step(target, lambda key, default=None, i=ident: values.get(f"{i}::{key}", default))
+        if step is not None:
+            steps.append(step)
+    if not steps:
+        raise CardError("cannot tell the bundle's intensity preprocessing (no ScaleIntensityRanged, ScaleIntensityd, "
+                        "NormalizeIntensityd or ScaleIntensityRangePercentilesd); write a volseg card for it "
+                        "(architecture: bundle)")
+    return steps[0] if len(steps) == 1 else {"kind": "chain", "steps": steps}
+
+
+def bundle_roi(parser: Any, values: BundleValues, inputs: dict[str, Any]) -> Any:
+    """The window the network sees: the inferer's ``roi_size``; else the metadata's input ``spatial_shape``;
+    else, for a ``SimpleInferer`` bundle (whole image, resized), its ``Resized`` ``spatial_size``: the size
+    it was trained on, which volseg slides over a raster too big to resize whole."""
+    roi = values.get("inferer::roi_size") or inputs.get("spatial_shape")
+    if roi:
+        return roi
+    for target, ident in _preprocessing_steps(parser):
+        if target in ("Resized", "Resize"):
+            return values.get(f"{ident}::spatial_size")
+    return None
+
+
+def bundle_card(root: Path, parser: Any, sha256: str, *, trust: bool = False) -> ModelCard:
+    """A card made from the bundle's own config and metadata (references and harmless expressions resolved)."""
+    values = BundleValues(parser, trust=trust)
     meta = parser.get("_meta_") or {}
     data_format = meta.get("network_data_format") or {}
     inputs = next(iter((data_format.get("inputs") or {}).values()), {})
     outputs = next(iter((data_format.get("outputs") or {}).values()), {})
-    inferer = parser.get("inferer") or {}
-    roi = inferer.get("roi_size") or inputs.get("spatial_shape")
-    if not isinstance(roi, list) or not all(isinstance(s, int) for s in roi):
-        raise CardError(f"{root}: the bundle states no numeric roi (inferer.roi_size or metadata spatial_shape); "
-                        "write a volseg card for it")
+    try:
+        roi = bundle_roi(parser, values, inputs)
+        overlap, batch = values.get("inferer::overlap", 0.25), values.get("inferer::sw_batch_size", 4)
+        preprocess = bundle_preprocess(parser, values)
+        alignment = bundle_alignment(parser, values) if isinstance(roi, list) and len(roi) == 3 else {}
+    except CardError as e:
+        raise CardError(f"{root}: {e}") from e
+    if not isinstance(roi, list) or not roi or not all(isinstance(s, int) for s in roi):
+        raise CardError(f"{root}: the bundle states no numeric roi (inferer.roi_size, metadata spatial_shape or a "
+                        "Resized spatial_size); write a volseg card for it")
     names = outputs.get("channel_def") or {}
     count = int(outputs.get("num_channels") or len(names) or 0)
     if count < 1:
@@ -212,17 +292,12 @@ def bundle_card(root: Path, parser: Any, sha256: str) -> ModelCard:
               for i in range(count)}
     name = re.sub(r"[^a-z0-9_.-]+", "-", str(meta.get("name") or root.name).lower()).strip("-.") or "bundle"
     try:
-        preprocess = bundle_preprocess(parser)
-    except CardError as e:
-        raise CardError(f"{root}: {e}") from e
-    try:
         return ModelCard.model_validate({
             "name": name, "description": str(meta.get("description", "")), "architecture": "bundle",
             "domain": "medical" if len(roi) == 3 else "geo", "spatial_dims": len(roi),
             "in_channels": int(inputs.get("num_channels") or 1), "labels": labels, "roi_size": roi,
-            "overlap": float(inferer.get("overlap", 0.25)), "sw_batch_size": int(inferer.get("sw_batch_size", 4)),
-            "preprocess": preprocess, "weights": str(WEIGHTS), "sha256": sha256,
-            **(bundle_alignment(parser) if len(roi) == 3 else {}),
+            "overlap": overlap, "sw_batch_size": batch,
+            "preprocess": preprocess, "weights": str(WEIGHTS), "sha256": sha256, **alignment,
             "training": {"source": f"MONAI bundle {meta.get('name', root.name)} {meta.get('version', '')}".strip()}})
     except ValueError as e:
         raise CardError(f"{root}: bundle metadata does not make a valid card ({str(e).splitlines()[0]})") from e
@@ -237,7 +312,7 @@ def load_bundle(root: Path, card: ModelCard | None = None, card_path: Path | Non
     network = build_bundle_network(root, trust=trust)
     sha256 = card.sha256 if card is not None and card.sha256 else sha256_file(weights)
     if card is None:
-        card = bundle_card(root, _parser(root), sha256)
+        card = bundle_card(root, _parser(root), sha256, trust=trust)
     try:
         network.load_state_dict(_bundle_state(weights, sha256), strict=True)
     except RuntimeError as e:

@@ -127,11 +127,14 @@ class Source(BaseModel):
     kind: str
     directory: Path
     glob: str = "*"
-    model: str = Field(min_length=1, description="model card name (models/), or a card path relative to the catalog")
+    model: str = Field(min_length=1, description="model card name (models/), or a card path or MONAI bundle "
+                       "directory relative to the catalog")
     reference: NamingRule | None = None
     vectors: str | None = Field(default=None, description="geo only: also write polygons, as 'gpkg' or 'geojson'")
     bands: tuple[Annotated[int, Field(ge=1)], ...] | None = Field(default=None, description="geo only: 1-based")
     output: str | None = Field(default=None, description="directory under output_root; default: the source name")
+    trust: bool = Field(default=False, description="the model is a MONAI bundle whose config may run code beyond "
+                        "monai classes and harmless expressions (see pipeline.bundles); only for code you would run")
 
     @field_validator("kind")
     @classmethod

@@ -113,6 +113,7 @@ WorkDirOpt = Annotated[Path | None, typer.Option("--work-dir", help="Directory f
 HtmlOpt = Annotated[bool, typer.Option("--html/--no-html", help="Write <mask>.report.html (images, legend, metrics, plots).")]
 OmeZarrOpt = Annotated[bool, typer.Option("--ome-zarr", help="Also write <mask>.ome.zarr (NGFF image + labels) for napari / neuroglancer.")]
 InstancesOpt = Annotated[list[str] | None, typer.Option("--instances", help="Class name(s) whose connected objects get their own ids (repeatable or comma list): <mask>_instances + <mask>.instances.csv.")]
+TrustOpt = Annotated[bool, typer.Option("--trust", help="Trust a MONAI bundle's config: let it run code beyond monai classes and harmless expressions. Only for bundles whose code you would run.")]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -195,6 +196,7 @@ def segment_volume_cmd(
     html: HtmlOpt = True,
     ome_zarr: OmeZarrOpt = False,
     instances: InstancesOpt = None,
+    trust: TrustOpt = False,
     verbose: VerboseOpt = 0,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -212,7 +214,7 @@ def segment_volume_cmd(
         scan, model=model, output=output, reference=reference, overwrite=overwrite, work_dir=work_dir,
         chunks=chunks, cluster=ClusterSettings(address=dask_address, workers=workers, threads_per_worker=threads,
                                                memory_limit=memory_limit),
-        probabilities=probabilities, progress=True, html=html, ome_zarr=ome_zarr, instances=instances))
+        probabilities=probabilities, progress=True, html=html, ome_zarr=ome_zarr, instances=instances, trust=trust))
     _print_result(result)
 
 
@@ -243,6 +245,7 @@ def segment_raster_cmd(
     html: HtmlOpt = True,
     ome_zarr: OmeZarrOpt = False,
     instances: InstancesOpt = None,
+    trust: TrustOpt = False,
     verbose: VerboseOpt = 0,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -264,7 +267,7 @@ def segment_raster_cmd(
         overwrite=overwrite, work_dir=work_dir, chunks=chunks,
         cluster=ClusterSettings(address=dask_address, workers=workers, threads_per_worker=threads,
                                 memory_limit=memory_limit),
-        progress=True, html=html, ome_zarr=ome_zarr, instances=instances))
+        progress=True, html=html, ome_zarr=ome_zarr, instances=instances, trust=trust))
     _print_result(result)
     if result.vectors:
         typer.echo(f"vectors: {result.vectors} ({result.report['features']} polygons)")

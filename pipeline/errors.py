@@ -8,6 +8,14 @@ The CLI prints ``error: <message>`` for these and exits non-zero, without a trac
 
 from __future__ import annotations
 
+import errno
+import os
+
+#: File-system failures of the storage under a run (space, quota, permissions, read-only or failing disk): the
+#: operator's to fix, never the input's. Other OSErrors (network, lost workers) stay what they are.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
+                            errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.EFBIG})
+
 
 class PipelineError(Exception):
     """Root of all errors a user can act on."""
@@ -43,6 +51,37 @@ class OutputExistsError(PipelineError, FileExistsError):
 
 class OutputError(PipelineError, OSError):
     """An output cannot be written (path escapes its root, unwritable directory)."""
+
+
+class StorageError(OutputError):
+    """The storage under a run failed (disk full, quota, I/O error, permissions): the operator's to fix.
+
+    Unlike other output errors, the same input may well succeed once space is freed, so flows
+    retry it and never record it as the scan's failure. ``errno`` is the file system's error number.
+    """
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = code
+
+    def __reduce__(self) -> tuple[type, tuple[str, int | None]]:  # keep the errno across processes (Dask, Prefect)
+        return type(self), (str(self), self.errno)
+
+    @property
+    def summary(self) -> str:
+        """``storage: <errno text> (<message>)``: the one-line cause a run's artifact row shows."""
+        text = (str(self).strip().splitlines() or [""])[0]
+        return f"storage: {os.strerror(self.errno)} ({text})" if self.errno else f"storage: {text}"
+
+
+def storage_failure(error: BaseException | None) -> bool:
+    """A raw file-system error of the storage (``ENOSPC``, ``EIO``, ``EACCES``...), not yet reported as ours."""
+    return isinstance(error, OSError) and not isinstance(error, PipelineError) and error.errno in STORAGE_ERRNOS
+
+
+def as_storage_error(error: OSError, path: object) -> StorageError:
+    """``error`` as a one-line :class:`StorageError` naming the file: ``<file>: <strerror>``."""
+    return StorageError(f"{error.filename or path}: {error.strerror or error}", error.errno)
 
 
 class SettingsError(PipelineError, ValueError):

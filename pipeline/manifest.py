@@ -10,7 +10,9 @@ that exists always describes complete outputs. The rules, in :func:`discover`:
   up to date (a new code version alone does not re-run huge volumes);
 - a ``failed`` manifest (the input was rejected with a :class:`PipelineError`) with the same
   input, reference, model and code version: reported again, not retried, since it would fail the
-  same way. Failures of any other kind leave no manifest and are retried on the next run.
+  same way. Failures of any other kind leave no manifest and are retried on the next run, storage
+  failures (:class:`StorageError`: a full or failing disk, permissions) included: they are the
+  operator's, not the scan's.
 
 The sha256 of an input is only recomputed when its size or mtime differ from the manifest's,
 so a nightly run over thousands of large volumes does not re-read them all.
@@ -35,7 +37,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.catalog import SEGMENTERS, Catalog, Source
-from pipeline.errors import CardError, PipelineError
+from pipeline.errors import CardError, PipelineError, StorageError, as_storage_error, storage_failure
 from pipeline.hashing import sha256_file
 from pipeline.io.atomic import atomic_path
 from pipeline.io.lock import lock_holder, output_lock
@@ -48,6 +50,7 @@ class ScanStatus(StrEnum):
 
     DONE = "done"  #: segmented in this run
     FAILED = "failed"  #: failed in this run
+    RETRY = "retry"  #: the storage failed under it (disk full, I/O error, permissions): no manifest, next run retries
     FAILED_BEFORE = "failed-before"  #: failed earlier with a PipelineError, nothing changed since: not retried
     BUSY = "busy"  #: another run holds its output lock
     UP_TO_DATE = "up-to-date"  #: finished (by another run) between discovery and this run's turn
@@ -106,6 +109,7 @@ class ScanJob:
     reference: Path | None = None
     bands: tuple[int, ...] | None = None
     vectors: Path | None = None  #: polygon output (geo), beside the mask
+    trust: bool = False  #: the source trusts its bundle's config (``trust: true``)
 
     @property
     def name(self) -> str:
@@ -132,6 +136,8 @@ class ScanJob:
             kwargs["bands"] = self.bands
         if self.vectors is not None:
             kwargs["vectors"] = self.vectors
+        if self.trust:
+            kwargs["trust"] = True
         return kwargs
 
 
@@ -156,7 +162,16 @@ class ScanOutcome:
 
     @classmethod
     def failed(cls, job: ScanJob, error: BaseException | None) -> ScanOutcome:
-        """A failure; anything but a PipelineError also names its type (it is a pipeline problem)."""
+        """A failure; anything but a PipelineError also names its type (it is a pipeline problem).
+
+        Storage trouble (a :class:`StorageError` or a raw ``ENOSPC``/``EIO``/``EACCES``...) is ``retry``,
+        never the input's fault, with the reason ``storage: <errno text> (<message>)``.
+        """
+        if storage_failure(error):
+            error = as_storage_error(error, job.output)  # type: ignore[arg-type]  # an OSError, checked above
+        if isinstance(error, StorageError):
+            return cls(source=job.source, scan=str(job.scan), status=ScanStatus.RETRY, output=str(job.output),
+                       reason=error.summary, user_error=False)
         user_error = isinstance(error, PipelineError)
         text = (str(error).strip().splitlines() or [""])[0] if error is not None else ""
         reason = text if user_error or error is None else f"{type(error).__name__}: {text}".rstrip(": ")
@@ -236,12 +251,19 @@ def classify(job: ScanJob, manifest: Manifest | None) -> ScanStatus | None:
 
 
 def _model(catalog: Catalog, index: int, source: Source) -> tuple[str, str, str]:
-    """(card path, model name, weights sha256) for a source; cheap: reads the card, not the weights."""
+    """(card path, model name, weights sha256) for a source; cheap: reads the card, not the weights
+    (a MONAI bundle directory without a volseg card: its directory name and its weights' sha256)."""
+    from pipeline.bundles import WEIGHTS, imported_path
     from pipeline.cards import load_card
     from pipeline.models import resolve_card_path
 
     try:
-        path = resolve_card_path(source.model)
+        bundle = imported_path(source.model)
+        if bundle is not None and bundle.is_dir():
+            if not (bundle / WEIGHTS).is_file():
+                raise CardError(f"{bundle}: bundle has no {WEIGHTS}")
+            return str(bundle), bundle.name, sha256_file(bundle / WEIGHTS)
+        path = resolve_card_path(bundle or source.model)
         card = load_card(path)
     except CardError as e:
         raise catalog.error(index, "model", str(e)) from e
@@ -277,7 +299,8 @@ def _job(catalog: Catalog, source: Source, scan: Path, model: tuple[str, str, st
     return ScanJob(source=source.name, kind=source.kind, scan=scan, output=output, model=model[0],
                    model_name=model[1], model_sha256=model[2],
                    input=FileRecord.of(scan, previous.input if previous else None),
-                   work_dir=catalog.work_dir / source.name, reference=reference, bands=source.bands, vectors=vectors)
+                   work_dir=catalog.work_dir / source.name, reference=reference, bands=source.bands, vectors=vectors,
+                   trust=source.trust)
 
 
 def discover(catalog: Catalog, *, source: str | None = None) -> Plan:
@@ -334,7 +357,8 @@ def run_scan(job: ScanJob, *, client: Any = None) -> ScanOutcome:
 
     Returns a ``busy`` outcome when another run holds the lock, ``up-to-date`` when another run
     finished it meanwhile. A :class:`PipelineError` from the segment function is recorded in a
-    ``failed`` manifest and re-raised; any other exception leaves no manifest and is re-raised.
+    ``failed`` manifest and re-raised; any other exception (a :class:`StorageError` included: a
+    full disk is not the scan's fault) leaves no manifest and is re-raised, so the next run retries it.
     """
     segment = SEGMENTERS[job.kind].load()
     job.output.parent.mkdir(parents=True, exist_ok=True)
@@ -350,6 +374,8 @@ def run_scan(job: ScanJob, *, client: Any = None) -> ScanOutcome:
         logger.info("segmenting %s with %s -> %s", job.scan, job.model_name, job.output)
         try:
             result = segment(job.scan, **job.segment_kwargs(client))
+        except StorageError:
+            raise
         except PipelineError as e:
             write_manifest(job.manifest_path, _manifest(job, "failed", reason=ScanOutcome.failed(job, e).reason,
                                                         references=_references(job)))
@@ -359,12 +385,13 @@ def run_scan(job: ScanJob, *, client: Any = None) -> ScanOutcome:
 
 
 def is_transient(error: BaseException | None) -> bool:
-    """Worth retrying: infrastructure trouble (``OSError``: network, disk, a lost Dask connection).
+    """Worth retrying: infrastructure trouble (``OSError``: network, disk, a lost Dask connection), and
+    :class:`StorageError` (space may be freed meanwhile).
 
-    Never a :class:`PipelineError` (even :class:`OutputError`, an ``OSError`` too): the same input
-    and settings fail the same way again.
+    Never another :class:`PipelineError` (even :class:`OutputError`, an ``OSError`` too): the same
+    input and settings fail the same way again.
     """
-    return isinstance(error, OSError) and not isinstance(error, PipelineError)
+    return isinstance(error, StorageError) or (isinstance(error, OSError) and not isinstance(error, PipelineError))
 
 
 #: Columns of the per-run table: one row per scan and label (one row per scan without labels).
@@ -393,6 +420,7 @@ def markdown_summary(outcomes: Iterable[ScanOutcome], plan: Plan) -> str:
     counts = {status: sum(o.status is status for o in outcomes) for status in ScanStatus}
     lines = [f"# segment-new-scans: {counts[ScanStatus.DONE]} done, "
              f"{counts[ScanStatus.FAILED] + counts[ScanStatus.FAILED_BEFORE]} failed, "
+             f"{counts[ScanStatus.RETRY]} left for storage trouble (retried next run), "
              f"{counts[ScanStatus.BUSY]} busy, {plan.up_to_date + counts[ScanStatus.UP_TO_DATE]} up to date", ""]
     for o in outcomes:
         if o.status is ScanStatus.DONE:

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cards import ARCHITECTURES, IMPORTED, Label, ModelCard, WindowScale, ZScore, load_card
+from pipeline import intensity
+from pipeline.cards import ARCHITECTURES, IMPORTED, Label, ModelCard, load_card
 from pipeline.choices import unknown_choice
 from pipeline.engine.validity import neutralise
 from pipeline.errors import CardError, ModelError
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_MODEL = "ct-organs"
 
-Statistics = dict[str, float]
+Statistics = intensity.Statistics
 
 
 def models_dir() -> Path:
@@ -108,46 +109,18 @@ def _load_reason(error: BaseException) -> str:
 def intensity_statistics(card: ModelCard, array: Any, valid: Any = None) -> Statistics:
     """Global statistics the card's preprocessing needs (empty for pointwise ones).
 
-    ``array`` (C, *spatial) may be NumPy or Dask; with Dask the statistics stream over chunks.
-    With ``valid`` (*spatial, bool), only valid pixels count: nodata never shifts the statistics.
+    ``array`` (C, *spatial) may be NumPy or Dask; with Dask the statistics stream over chunks
+    (:mod:`pipeline.intensity`). With ``valid`` (*spatial, bool), only valid pixels count: nodata
+    never shifts the statistics.
     """
-    step = card.preprocess
-    if not isinstance(step, ZScore):
-        return {}
-    values = array.astype(np.float64)
-    keep = None if valid is None else np.broadcast_to(valid[None], values.shape)
-    if step.threshold is not None:
-        keep = values > step.threshold if keep is None else keep & (values > step.threshold)
-    if keep is not None:
-        values = np.where(keep, values, 0.0)
-        count, total, squares = keep.sum(), values.sum(), (values * values).sum()
-    else:
-        count, total, squares = values.size, values.sum(), (values * values).sum()
-    if hasattr(total, "compute"):
-        import dask
-
-        count, total, squares = dask.compute(count, total, squares)
-    count = max(float(count), 1.0)
-    mean = float(total) / count
-    std = max(float(squares) / count - mean * mean, 0.0) ** 0.5
-    return {"mean": mean, "std": std if std > 0 else 1.0}
+    return intensity.statistics(card.preprocess, array, valid)
 
 
 def apply_preprocess(card: ModelCard, block: np.ndarray, statistics: Statistics,
                      valid: np.ndarray | None = None) -> np.ndarray:
     """Normalise one chunk (C, *spatial) -> float32, given global ``statistics``; pixels not ``valid``
     (*spatial) become :data:`~pipeline.engine.validity.NEUTRAL`, whatever their stored value."""
-    return neutralise(_normalise(card, block, statistics), valid)
-
-
-def _normalise(card: ModelCard, block: np.ndarray, statistics: Statistics) -> np.ndarray:
-    step = card.preprocess
-    data = np.asarray(block, dtype=np.float32)
-    if isinstance(step, WindowScale):
-        scale = (step.b_max - step.b_min) / (step.a_max - step.a_min)
-        out = (np.clip(data, step.a_min, step.a_max) - np.float32(step.a_min)) * np.float32(scale)
-        return (out + np.float32(step.b_min)).astype(np.float32, copy=False)
-    return ((data - np.float32(statistics["mean"])) / np.float32(statistics["std"])).astype(np.float32, copy=False)
+    return neutralise(intensity.apply(card.preprocess, block, statistics), valid)
 
 
 @dataclass(frozen=True)

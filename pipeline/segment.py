@@ -119,6 +119,7 @@ def segment_volume(
     html: bool = True,
     ome_zarr: bool = False,
     instances: Sequence[str] | None = None,
+    trust: bool = False,
 ) -> SegmentationResult:
     """Segment a 3D NIfTI scan into a label mask on exactly its grid, with a report.
 
@@ -139,6 +140,8 @@ def segment_volume(
     ome_zarr : also write ``<mask>.ome.zarr`` (NGFF image + labels, for napari / neuroglancer).
     instances : class names (or values) whose connected objects get their own ids: writes
         ``<mask>_instances.nii.gz`` (uint32) and ``<mask>.instances.csv``, and adds ``"instances"`` to the report.
+    trust : let a MONAI bundle's config run code beyond monai classes and harmless expressions
+        (see :mod:`pipeline.bundles`); only for bundles whose code you would run.
 
     Raises
     ------
@@ -146,7 +149,7 @@ def segment_volume(
     """
     started = time.perf_counter()
     source = open_scan(scan)
-    mdl = model if isinstance(model, Model) else load_model(model)
+    mdl = model if isinstance(model, Model) else load_model(model, trust=trust)
     _check_model(mdl)
     mask_path = Path(output) if output else default_volume_output(source.path)
     json_path = report_json_path(mask_path)

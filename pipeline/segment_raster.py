@@ -135,6 +135,7 @@ def segment_raster(
     html: bool = True,
     ome_zarr: bool = False,
     instances: Sequence[str] | None = None,
+    trust: bool = False,
 ) -> SegmentationResult:
     """Segment a raster scene into a class mask on exactly its pixel grid, with a report.
 
@@ -157,6 +158,8 @@ def segment_raster(
     cluster, client : as for :func:`pipeline.segment.segment_volume`.
     html : also write ``<mask>.report.html`` (a QGIS style ``<mask>.qml`` is always written beside the mask).
     ome_zarr : also write ``<mask>.ome.zarr`` (NGFF image + labels, for napari).
+    trust : let a MONAI bundle's config run code beyond monai classes and harmless expressions
+        (see :mod:`pipeline.bundles`); only for bundles whose code you would run.
 
     Raises
     ------
@@ -164,7 +167,7 @@ def segment_raster(
     """
     started = time.perf_counter()
     raster = open_raster(scene)
-    mdl = model if isinstance(model, Model) else load_model(model or DEFAULT_RASTER_MODEL)
+    mdl = model if isinstance(model, Model) else load_model(model or DEFAULT_RASTER_MODEL, trust=trust)
     _check_model(mdl)
     selected = select_bands(raster, bands if bands is not None else mdl.card.bands, mdl.card.in_channels,
                             model=mdl.name)

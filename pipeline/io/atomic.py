@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.errors import OutputError, OutputExistsError
+from pipeline.errors import OutputError, OutputExistsError, StorageError
 
 
 def check_output(path: Path, *, overwrite: bool) -> None:
@@ -20,7 +21,7 @@ def check_output(path: Path, *, overwrite: bool) -> None:
     if not parent.is_dir():
         raise OutputError(f"{parent}: output directory does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{parent}: output directory is not writable")
+        raise StorageError(f"{parent}: output directory is not writable", errno.EACCES)
 
 
 @contextlib.contextmanager

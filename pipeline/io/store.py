@@ -9,7 +9,6 @@ engine's block grid, so one Dask task owns each chunk.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import logging
@@ -34,6 +33,9 @@ from pipeline.errors import (
     PipelineError,
     RunInterrupted,
     SettingsError,
+    StorageError,
+    as_storage_error,
+    storage_failure,
 )
 from pipeline.io.atomic import atomic_path, sweep_partials
 from pipeline.io.lock import lock_holder, output_lock
@@ -44,10 +46,6 @@ logger = logging.getLogger(__name__)
 COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
 SPATIAL_NAMES = {2: ("y", "x"), 3: ("i", "j", "k")}
 FINGERPRINT = "fingerprint.json"
-#: File-system failures a user must act on (space, quota, permissions, read-only or failing disk): reported as
-#: one-line OutputErrors. Other OSErrors (network, lost workers) stay what they are, so flows retry them.
-STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
-                            errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.EFBIG})
 
 
 def open_work_group(path: Path, *, overwrite: bool = False) -> zarr.Group:
@@ -133,7 +131,7 @@ def work_store(root: Path, output: Path, fingerprint: dict[str, Any], *,
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OutputError(f"{root}: cannot create the work directory ({e.strerror or e})") from e
+        raise StorageError(f"{root}: cannot create the work directory ({e.strerror or e})", e.errno) from e
     path = work_dir_for(root, output)
     lock = lock_path(output)
     with output_lock(lock) as held:
@@ -155,8 +153,9 @@ def work_store(root: Path, output: Path, fingerprint: dict[str, Any], *,
             if not _resumable(e):  # a bad setting or a bug: a rerun would fail the same way
                 shutil.rmtree(path, ignore_errors=True)
                 raise
-            if _storage_failure(e):
-                raise OutputError(f"{e.filename or output}: {e.strerror or e}; {_kept(store)}") from e
+            if storage_failure(e):  # the storage's fault, not the input's: resumable, and flows retry it
+                error = as_storage_error(e, output)
+                raise StorageError(f"{error}; {_kept(store)}", e.errno) from e
             logger.warning("work store kept for resuming: %s", path)  # transient OSErrors stay as they are
             raise
         shutil.rmtree(path, ignore_errors=True)
@@ -168,11 +167,6 @@ def _resumable(error: BaseException) -> bool:
     from distributed import KilledWorker
 
     return isinstance(error, OSError | MemoryError | KilledWorker | SystemExit | GeneratorExit)
-
-
-def _storage_failure(error: BaseException) -> bool:
-    """A raw file-system error a user must act on (not a lost connection, not already reported)."""
-    return isinstance(error, OSError) and not isinstance(error, PipelineError) and error.errno in STORAGE_ERRNOS
 
 
 def _kept(store: WorkStore) -> str:

@@ -41,6 +41,7 @@ def fake_segmenter(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(catalog_module.SEGMENTERS, "medical", fake)
     fakes.CALLS.clear()
     fakes.MANIFEST_SEEN.clear()
+    fakes.DISK_FULL["full"] = True
 
 
 @pytest.fixture

@@ -2,11 +2,13 @@
 
 Its behaviour follows the scan's file name: ``broken*`` raises an :class:`InputError` (a bad input),
 ``crash*`` a ``RuntimeError`` (a pipeline bug), ``flaky*`` an ``OSError`` on its first call only
-(a transient failure), ``slow*`` takes half a second. It records each call in :data:`CALLS`.
+(a transient failure), ``full*`` a :class:`StorageError` (ENOSPC) while :data:`DISK_FULL` is set,
+``slow*`` takes half a second. It records each call in :data:`CALLS`.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import threading
 import time
@@ -14,12 +16,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, StorageError
 from pipeline.hashing import sha256_file
 from pipeline.segment import SegmentationResult
 
 CALLS: Counter[str] = Counter()
 MANIFEST_SEEN: dict[str, bool] = {}  #: scan name -> whether its manifest existed while segmenting
+DISK_FULL = {"full": True}  #: whether ``full*`` scans meet a full disk
 _lock = threading.Lock()
 
 
@@ -35,6 +38,8 @@ def fake_segment(scan: str | Path, *, model: str, output: Path, reference: Path 
         raise InputError(f"{scan}: not a readable NIfTI file (fake)")
     if scan.name.startswith("crash"):
         raise RuntimeError("fake bug\nsecond line")
+    if scan.name.startswith("full") and DISK_FULL["full"]:
+        raise StorageError(f"{output}: No space left on device (fake)", errno.ENOSPC)
     if scan.name.startswith("flaky") and attempt == 1:
         raise ConnectionResetError("fake: scheduler connection lost")
     if scan.name.startswith("slow"):

@@ -97,6 +97,29 @@ def test_a_pipeline_failure_fails_the_run_after_the_other_scans(tmp_path: Path, 
     assert row["reason"] == "RuntimeError: fake bug"
 
 
+def test_a_full_disk_is_retried_fails_the_run_and_leaves_the_scan_for_the_next_run(
+        tmp_path: Path, tiny_card: Path) -> None:
+    """Storage trouble is the operator's: Prefect retries it, the run ends Failed, the row says
+    ``storage: ...``, no ``failed`` manifest, and the next run (space freed) segments the scan."""
+    scan_files(tmp_path / "scans", "full.nii.gz", "fine.nii.gz")
+    path = write_catalog(tmp_path, [{"name": "ct", "kind": "medical", "directory": "scans", "model": str(tiny_card)}])
+    state = flow_module.segment_new_scans(catalog=str(path), return_state=True)
+    assert state.is_failed()
+    assert "full.nii.gz: storage: No space left on device" in (state.message or "")
+    assert fakes.CALLS == {"full.nii.gz": 3, "fine.nii.gz": 1}  # the task's 2 retries applied
+    [row] = [r for r in table(state.state_details.flow_run_id) if Path(r["scan"]).name == "full.nii.gz"]
+    assert row["status"] == "retry"
+    assert row["reason"].startswith("storage: No space left on device (")
+    assert not (tmp_path / "out" / "ct" / "full_seg.manifest.json").exists()
+    assert "1 left for storage trouble" in artifacts(state.state_details.flow_run_id)["segment-new-scans-reports"].data
+
+    fakes.DISK_FULL["full"] = False  # the operator freed space
+    again = flow_module.segment_new_scans(catalog=str(path), return_state=True)
+    assert again.is_completed(), again.message
+    assert [Path(p).name for p in summary_of(again)["done"]] == ["full.nii.gz"]
+    assert fakes.CALLS["full.nii.gz"] == 4
+
+
 def test_source_parameter_limits_the_run(ct_catalog: Path) -> None:
     state = flow_module.segment_new_scans(catalog=str(ct_catalog), source="ct", return_state=True)
     assert state.is_completed()

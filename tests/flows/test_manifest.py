@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -14,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from pipeline.catalog import load_catalog
-from pipeline.errors import InputError
+from pipeline.errors import InputError, StorageError
 from pipeline.manifest import (
     FileRecord,
+    ScanOutcome,
     ScanStatus,
     discover,
     is_transient,
@@ -160,6 +162,22 @@ def test_unexpected_failure_leaves_no_manifest_and_is_retried(tmp_path: Path, ti
     assert len(discover(load_catalog(path)).pending) == 1
 
 
+def test_storage_failure_is_the_operators_not_the_scans(tmp_path: Path, tiny_card: Path) -> None:
+    """A full disk (StorageError, or a raw ENOSPC/EIO) leaves no ``failed`` manifest: the next run retries it."""
+    scan_files(tmp_path / "scans", "full.nii.gz")
+    path = write_catalog(tmp_path, [{"name": "ct", "kind": "medical", "directory": "scans", "model": str(tiny_card)}])
+    [job] = discover(load_catalog(path)).pending
+    with pytest.raises(StorageError) as caught:
+        run_scan(job)
+    assert not job.manifest_path.exists()
+    assert len(discover(load_catalog(path)).pending) == 1
+    for error in (caught.value, OSError(errno.EIO, os.strerror(errno.EIO), "/out/x.nii.gz")):
+        outcome = ScanOutcome.failed(job, error)
+        assert (outcome.status, outcome.user_error) == (ScanStatus.RETRY, False)
+        assert outcome.reason is not None and outcome.reason.startswith(f"storage: {os.strerror(error.errno)} (")
+    assert ScanOutcome.failed(job, InputError("bad")).status is ScanStatus.FAILED
+
+
 def test_manifest_write_is_atomic(ct_catalog: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run_all(ct_catalog)
     path = ct_catalog.parent / "out" / "ct" / "a_seg.manifest.json"
@@ -267,6 +285,7 @@ def test_only_infrastructure_errors_are_transient() -> None:
     assert is_transient(OSError(5, "EIO"))
     assert not is_transient(InputError("bad scan"))
     assert not is_transient(OutputError("outside root"))
+    assert is_transient(StorageError("/out/a.nii.gz: No space left on device", errno.ENOSPC))
     assert not is_transient(RuntimeError("bug"))
     assert not is_transient(None)
 
@@ -294,3 +313,22 @@ def test_geo_jobs_pass_bands_and_write_vectors_inside_the_output_root(tmp_path: 
     assert kwargs["reference"] == tmp_path / "tiles" / "t1_ref.tif"
     assert kwargs["overwrite"] is True
     assert kwargs["work_dir"] == tmp_path / "work" / "geo"
+
+
+def test_a_bundle_source_with_trust_passes_it_to_the_segmenter(tmp_path: Path) -> None:
+    """``trust: true`` reaches the segment call; a bundle directory's identity is its weights' sha256."""
+    from pipeline.hashing import sha256_file
+
+    bundle = tmp_path / "bundle"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "configs" / "inference.json").write_text("{}")
+    (bundle / "models").mkdir()
+    (bundle / "models" / "model.pt").write_bytes(b"weights")
+    scan_files(tmp_path / "scans", "a.nii.gz")
+    source = {"name": "ct", "kind": "medical", "directory": "scans", "model": "./bundle"}
+    for trust in (True, False):
+        path = write_catalog(tmp_path, [{**source, "trust": trust}])
+        [job] = discover(load_catalog(path)).pending
+        assert job.model == str(bundle.resolve())
+        assert job.model_sha256 == sha256_file(bundle / "models" / "model.pt")
+        assert job.segment_kwargs(None).get("trust", False) is trust
