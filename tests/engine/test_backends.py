@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cards import ARCHITECTURES, ModelCard
+from pipeline.cards import ARCHITECTURES, ModelCard, load_card
 from pipeline.engine import backends
-from pipeline.errors import SettingsError
+from pipeline.errors import CardError, SettingsError
 from pipeline.models import build_network, load_model
-from tests.factories import grid_windows
+from tests.factories import grid_windows, make_card
 
 pytest.importorskip("openvino")
 
@@ -111,6 +111,15 @@ def test_without_openvino_auto_is_torch_and_forcing_it_is_an_error(monkeypatch: 
     assert backends.resolve_backend("auto", torch.device("cpu")) == "torch"
     with pytest.raises(SettingsError, match="not installed"):
         backends.resolve_backend("openvino", torch.device("cpu"))
+
+
+def test_a_card_may_force_a_backend(tmp_path: Path) -> None:
+    forced = make_card(tmp_path, name="forced", backend="torch")
+    assert load_card(forced).backend == "torch"
+    assert load_card(make_card(tmp_path, name="plain")).backend == "auto"
+    forced.write_text(forced.read_text().replace("backend: torch", "backend: openvno"))
+    with pytest.raises(CardError, match=r"forced.yaml: backend: unknown backend 'openvno'; did you mean 'openvino'"):
+        load_card(forced)
 
 
 def test_torch_backend_is_the_network_itself() -> None:
@@ -285,7 +294,7 @@ def test_two_threads_at_once_get_their_own_results() -> None:
     network = tiny_network(seed=5)
     forward = forward_for(network, "threads", 1, (16, 16, 16))
     windows = ct_windows((16, 16, 16))
-    inputs = [windows[:BATCH], torch.flip(windows[:BATCH], dims=(2,)), windows[BATCH - 1 :: -1].contiguous()]
+    inputs = [windows[:BATCH], torch.flip(windows[:BATCH], dims=(2,)), windows[1 : BATCH + 1]]
     expected = [forward(x) for x in inputs]
     results: dict[int, list[bool]] = {}
 
