@@ -22,6 +22,7 @@ import queue
 import re
 import shutil
 import threading
+import warnings
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -235,7 +236,8 @@ def _convert(network: Any, in_channels: int, window: tuple[int, ...], batch: int
     import torch
 
     example = torch.zeros(batch, in_channels, *window)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings about shape-fixed branches: the parity check is the judge
         model = ov.convert_model(network.eval(), example_input=example,
                                  input=[ov.PartialShape([-1, in_channels, *window])])
     conversions[0] += 1

@@ -21,8 +21,6 @@ from pipeline.errors import CardError, SettingsError
 from pipeline.models import build_network, load_model
 from tests.factories import grid_windows, make_card
 
-pytest.importorskip("openvino")
-
 ROOT = Path(__file__).resolve().parents[2]
 CT = ROOT / "data" / "medical" / "example_ct_sm.nii.gz"
 MNI = ROOT / "data" / "medical" / "mni152_t1.nii.gz"
