@@ -123,7 +123,8 @@ def clear_cache() -> None:
 
 def cache_dir() -> Path:
     """Where converted networks are kept: ``$VOLSEG_CACHE_DIR/openvino``, else ``~/.cache/volseg/openvino``."""
-    root = os.environ.get("VOLSEG_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "volseg"
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "volseg"
+    root = os.environ.get("VOLSEG_CACHE_DIR") or default
     return Path(root) / "openvino"
 
 
@@ -188,7 +189,8 @@ def _checked_model(network: Any, key: str, in_channels: int, window: tuple[int, 
     return model, forward
 
 
-def _compile(network: Any, model: Any, in_channels: int, window: tuple[int, ...], threads: int) -> OpenVINOForward | None:
+def _compile(network: Any, model: Any, in_channels: int, window: tuple[int, ...],
+             threads: int) -> OpenVINOForward | None:
     """A checked model compiled for another thread count."""
     import openvino as ov
 
