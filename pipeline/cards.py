@@ -276,6 +276,8 @@ class ModelCard(BaseModel):
     roi_size: tuple[int, ...] = ()
     overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
     sw_batch_size: int = Field(default=4, ge=1)
+    backend: str = Field(default="auto", description="CPU inference backend (pipeline.engine.backends.BACKENDS): "
+                         "auto = OpenVINO on CPU when it converts the network faithfully, else torch")
     preprocess: Preprocess | None = None
     orientation: str | None = Field(default=None, description="3D: axis codes the network was trained in, e.g. RAS")
     spacing: tuple[float, ...] | None = Field(default=None, description="grid spacing it was trained at: mm per "
@@ -291,6 +293,13 @@ class ModelCard(BaseModel):
     @classmethod
     def _known_architecture(cls, value: str | None) -> str | None:
         return None if value is None else check_choice("architecture", value, [*ARCHITECTURES, *IMPORTED])
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        from pipeline.engine.backends import BACKENDS
+
+        return check_choice("backend", value, BACKENDS)
 
     @model_validator(mode="before")
     @classmethod

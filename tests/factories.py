@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +79,24 @@ def run_and_check_clean_failure(runner: Any, app: Any, args: list[str], director
     after = {p.name: sha256_file(p) for p in directory.iterdir() if p.is_file()}
     assert after == before  # inputs untouched, no partial output
     assert not [p for p in directory.iterdir() if p.name.startswith(".")]  # no work dirs left
+
+
+def grid_windows(model: Any, image: Path) -> torch.Tensor:
+    """Every window MONAI's sliding window would give ``model`` on ``image`` (NIfTI or a raster in the card's
+    bands), preprocessed as the card says and zero-padded as MONAI pads: ``(N, C, *roi_size)`` float32."""
+    from pipeline.engine.windows import window_grid
+
+    if image.name.endswith((".nii", ".nii.gz")):
+        data = np.asarray(nib.load(image).get_fdata(dtype=np.float32))[None]
+    else:
+        import rasterio
+
+        with rasterio.open(image) as src:
+            data = src.read(list(model.card.bands or range(1, model.card.in_channels + 1))).astype(np.float32)
+    data = model.preprocess(data)
+    grid = window_grid(data.shape[1:], model.roi_size, (model.overlap,) * (data.ndim - 1))
+    pads = [(0, 0)] + [(a.pad_before, a.padded_size - a.size - a.pad_before) for a in grid.axes]
+    padded = np.pad(data, pads)
+    starts = itertools.product(*(a.starts for a in grid.axes))
+    windows = [padded[(slice(None), *(slice(s, s + r) for s, r in zip(corner, model.roi_size)))] for corner in starts]
+    return torch.from_numpy(np.ascontiguousarray(np.stack(windows)))
