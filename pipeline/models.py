@@ -152,7 +152,8 @@ class Model:
     def statistics(self, array: Any, valid: Any = None) -> Statistics:
         return intensity_statistics(self.card, array, valid)
 
-    def preprocess_block(self, block: np.ndarray, statistics: Statistics, valid: np.ndarray | None = None) -> np.ndarray:
+    def preprocess_block(self, block: np.ndarray, statistics: Statistics,
+                         valid: np.ndarray | None = None) -> np.ndarray:
         return apply_preprocess(self.card, block, statistics, valid)
 
     def preprocess(self, array: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:

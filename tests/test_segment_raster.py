@@ -59,7 +59,7 @@ def read(path: Path, bands: Sequence[int] | None = None) -> tuple[np.ndarray, np
 
 
 def monai_labels(scene: Path, card: Path | str, bands: Sequence[int] | None = None) -> np.ndarray:
-    """argmax of MONAI's sliding_window_inference on the whole preprocessed scene (nodata neutral): the result to match."""
+    """argmax of MONAI's sliding_window_inference on the whole preprocessed scene, nodata neutral: what to match."""
     model = load_model(card)
     data, valid = read(scene, bands)
     with torch.inference_mode():

@@ -157,7 +157,9 @@ def otsu_statistics(x: Any, params: OtsuParams, valid: Any = None) -> Statistics
     from skimage.filters import threshold_otsu
 
     values = x.astype(np.float64)
-    lows, highs = (values, values) if valid is None else (da.where(valid, values, np.inf), da.where(valid, values, -np.inf))
+    lows, highs = values, values
+    if valid is not None:
+        lows, highs = da.where(valid, values, np.inf), da.where(valid, values, -np.inf)
     low, high = (float(v) for v in dask.compute(lows.min(), highs.max()))
     if low > high:  # no valid pixel: nothing to threshold
         return {"threshold": 0.0}
