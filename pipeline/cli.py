@@ -113,6 +113,7 @@ WorkDirOpt = Annotated[Path | None, typer.Option("--work-dir", help="Directory f
 HtmlOpt = Annotated[bool, typer.Option("--html/--no-html", help="Write <mask>.report.html (images, legend, metrics, plots).")]
 OmeZarrOpt = Annotated[bool, typer.Option("--ome-zarr", help="Also write <mask>.ome.zarr (NGFF image + labels) for napari / neuroglancer.")]
 InstancesOpt = Annotated[list[str] | None, typer.Option("--instances", help="Class name(s) whose connected objects get their own ids (repeatable or comma list): <mask>_instances + <mask>.instances.csv.")]
+BackendOpt = Annotated[str | None, typer.Option("--backend", help="CPU inference backend: auto (OpenVINO on CPU when installed, else torch), torch or openvino (default: the card's, auto).")]
 TrustOpt = Annotated[bool, typer.Option("--trust", help="Trust a MONAI bundle's config: let it run code beyond monai classes and harmless expressions. Only for bundles whose code you would run.")]
 
 
@@ -197,6 +198,7 @@ def segment_volume_cmd(
     ome_zarr: OmeZarrOpt = False,
     instances: InstancesOpt = None,
     trust: TrustOpt = False,
+    backend: BackendOpt = None,
     verbose: VerboseOpt = 0,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -214,7 +216,8 @@ def segment_volume_cmd(
         scan, model=model, output=output, reference=reference, overwrite=overwrite, work_dir=work_dir,
         chunks=chunks, cluster=ClusterSettings(address=dask_address, workers=workers, threads_per_worker=threads,
                                                memory_limit=memory_limit),
-        probabilities=probabilities, progress=True, html=html, ome_zarr=ome_zarr, instances=instances, trust=trust))
+        probabilities=probabilities, progress=True, html=html, ome_zarr=ome_zarr, instances=instances, trust=trust,
+        backend=backend))
     _print_result(result)
 
 
@@ -246,6 +249,7 @@ def segment_raster_cmd(
     ome_zarr: OmeZarrOpt = False,
     instances: InstancesOpt = None,
     trust: TrustOpt = False,
+    backend: BackendOpt = None,
     verbose: VerboseOpt = 0,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -267,7 +271,8 @@ def segment_raster_cmd(
         overwrite=overwrite, work_dir=work_dir, chunks=chunks,
         cluster=ClusterSettings(address=dask_address, workers=workers, threads_per_worker=threads,
                                 memory_limit=memory_limit),
-        progress=True, html=html, ome_zarr=ome_zarr, instances=instances, trust=trust))
+        progress=True, html=html, ome_zarr=ome_zarr, instances=instances, trust=trust,
+        backend=backend))
     _print_result(result)
     if result.vectors:
         typer.echo(f"vectors: {result.vectors} ({result.report['features']} polygons)")

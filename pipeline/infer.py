@@ -77,13 +77,14 @@ def engine_fingerprint(model: Model, *, chunks: Sequence[int] | None, probabilit
 def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client: Any,
                   chunks: Sequence[int] | None = None, probabilities: bool = False,
                   progress: bool = False, ledger: Ledger | None = None,
-                  valid: zarr.Array | None = None) -> InferenceResult:
+                  valid: zarr.Array | None = None, backend: str | None = None) -> InferenceResult:
     """Segment ``image`` (C, *spatial) from the work store into ``group['labels']``.
 
     With a ``ledger``, blocks it records as finished are kept and not recomputed (resume); the
     caller guarantees the store was made for the same input, model and parameters. With ``valid``
     (*spatial, bool, in the same group), invalid pixels count in no statistic, reach the network as
     :data:`~pipeline.engine.validity.NEUTRAL`, and windows without a valid pixel are skipped.
+    ``backend`` overrides the card's CPU inference backend (``auto``: OpenVINO on CPU when installed).
     """
     if model.card.kind == "classical":  # weightless methods: same store and block grid, no windows
         from pipeline.engine.classical import run_classical
@@ -101,7 +102,7 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
     settings = InferenceSettings(roi_size=alignment.roi_scan if alignment else model.roi_size,
                                  overlap=parse_overlap(model.overlap, len(spatial)),
                                  sw_batch_size=model.card.sw_batch_size, alignment=alignment,
-                                 out_channels=model.card.out_channels)
+                                 out_channels=model.card.out_channels, backend=backend or model.card.backend)
     if alignment is not None:
         logger.info("windows of %s input pixels/voxels, shown to the model as %s %s", list(alignment.roi_scan),
                     list(model.roi_size), model.card.orientation or "")

@@ -160,6 +160,13 @@ class Model:
         """Whole-array preprocessing: (C, *spatial) -> float32 (C, *spatial); invalid pixels neutral."""
         return apply_preprocess(self.card, array, self.statistics(array, valid), valid)
 
+    def on_backend(self, backend: str | None) -> Model:
+        """This model with its card's CPU inference ``backend`` replaced (None: unchanged). Runs use the
+        card in the driver's hands, and the work store's fingerprint includes it, so resume never mixes two."""
+        if backend is None:
+            return self
+        return replace(self, card=ModelCard.model_validate({**self.card.model_dump(), "backend": backend}))
+
     @property
     def ref(self) -> ModelRef:
         """A small picklable handle that Dask workers resolve through their own cache."""

@@ -120,6 +120,7 @@ def segment_volume(
     ome_zarr: bool = False,
     instances: Sequence[str] | None = None,
     trust: bool = False,
+    backend: str | None = None,
 ) -> SegmentationResult:
     """Segment a 3D NIfTI scan into a label mask on exactly its grid, with a report.
 
@@ -140,6 +141,7 @@ def segment_volume(
     ome_zarr : also write ``<mask>.ome.zarr`` (NGFF image + labels, for napari / neuroglancer).
     instances : class names (or values) whose connected objects get their own ids: writes
         ``<mask>_instances.nii.gz`` (uint32) and ``<mask>.instances.csv``, and adds ``"instances"`` to the report.
+    backend : the CPU inference backend, overriding the card's (``auto``, ``torch``, ``openvino``).
     trust : let a MONAI bundle's config run code beyond monai classes and harmless expressions
         (see :mod:`pipeline.bundles`); only for bundles whose code you would run.
 
@@ -150,6 +152,7 @@ def segment_volume(
     started = time.perf_counter()
     source = open_scan(scan)
     mdl = model if isinstance(model, Model) else load_model(model, trust=trust)
+    mdl = mdl.on_backend(backend)
     _check_model(mdl)
     mask_path = Path(output) if output else default_volume_output(source.path)
     json_path = report_json_path(mask_path)

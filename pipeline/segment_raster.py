@@ -136,6 +136,7 @@ def segment_raster(
     ome_zarr: bool = False,
     instances: Sequence[str] | None = None,
     trust: bool = False,
+    backend: str | None = None,
 ) -> SegmentationResult:
     """Segment a raster scene into a class mask on exactly its pixel grid, with a report.
 
@@ -158,6 +159,7 @@ def segment_raster(
     cluster, client : as for :func:`pipeline.segment.segment_volume`.
     html : also write ``<mask>.report.html`` (a QGIS style ``<mask>.qml`` is always written beside the mask).
     ome_zarr : also write ``<mask>.ome.zarr`` (NGFF image + labels, for napari).
+    backend : the CPU inference backend, overriding the card's (``auto``, ``torch``, ``openvino``).
     trust : let a MONAI bundle's config run code beyond monai classes and harmless expressions
         (see :mod:`pipeline.bundles`); only for bundles whose code you would run.
 
@@ -168,6 +170,7 @@ def segment_raster(
     started = time.perf_counter()
     raster = open_raster(scene)
     mdl = model if isinstance(model, Model) else load_model(model or DEFAULT_RASTER_MODEL, trust=trust)
+    mdl = mdl.on_backend(backend)
     _check_model(mdl)
     selected = select_bands(raster, bands if bands is not None else mdl.card.bands, mdl.card.in_channels,
                             model=mdl.name)

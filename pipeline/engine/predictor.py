@@ -44,6 +44,9 @@ class InferenceSettings:
     alignment: WindowAlignment | None = None
     #: the network's output channels: sizes the (empty) result of a task whose windows all hold only nodata
     out_channels: int | None = None
+    #: CPU inference backend (:data:`pipeline.engine.backends.BACKENDS`); only for networks known by a
+    #: weights sha256 (a ``ModelRef``): a bare torch module always runs on torch
+    backend: str = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +103,12 @@ def predict_group(
     """
     import torch
 
+    from pipeline.engine.backends import compiled_forward, resolve_backend
+
     device = _device(settings)
     net = resolve_network(network).to(device)
+    key = getattr(network, "sha256", None)
+    backend = resolve_backend(settings.backend, device) if key else "torch"
     amp = settings.amp if settings.amp is not None else device.type == "cuda"
     weight = importance_map(settings.roi_size, settings.mode, settings.sigma_scale)
     span = region.shape[1:]
@@ -120,7 +127,11 @@ def predict_group(
         windows = torch.stack([source[(slice(None), *box)] for box in boxes]).to(device)
         align = settings.alignment
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            outputs = net(align.to_model(windows) if align else windows)
+            shown = align.to_model(windows) if align else windows
+            forward = net if backend == "torch" else compiled_forward(
+                net, backend=backend, key=key, in_channels=int(shown.shape[1]), window=tuple(shown.shape[2:]),
+                batch=settings.sw_batch_size)
+            outputs = forward(shown)
         outputs = (align.to_scan(outputs.float()) if align else outputs.float()).cpu().numpy()
         if sums is None:
             sums = np.zeros((outputs.shape[1] + 1, *span), dtype=np.float32)
