@@ -43,6 +43,7 @@ class InferenceResult:
     chunks: tuple[int, ...]
     blocks_resumed: int = 0  #: blocks a previous, interrupted run had finished (not recomputed)
     spill_bytes_peak: int = 0  #: most bytes of block overlaps (spills) alive in the work directory at once
+    backend: str = "torch"  #: what ran the network: torch, openvino, or "classical" (no network)
 
 
 def label_dtype(n_labels: int) -> np.dtype:
@@ -151,7 +152,17 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
     seconds = time.perf_counter() - start
     return InferenceResult(labels=labels, probabilities=probs, seconds=seconds, windows=grid.n_windows,
                            blocks=len(jobs), chunks=block, blocks_resumed=len(finished),
-                           spill_bytes_peak=seen.spill_bytes_peak if seen else 0)
+                           spill_bytes_peak=seen.spill_bytes_peak if seen else 0,
+                           backend=_backend_used(settings.backend))
+
+
+def _backend_used(requested: str) -> str:
+    """The backend the workers resolve for the card's models on this device (see engine/backends.py)."""
+    import torch
+
+    from pipeline.engine.backends import resolve_backend
+
+    return resolve_backend(requested, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def worker_threads(client: Any) -> int:

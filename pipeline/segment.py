@@ -46,6 +46,7 @@ from pipeline.outputs import (
 from pipeline.plan_estimate import PlanEstimate, check_plan, clip_chunks, estimate_plan
 from pipeline.report import code_version, label_rows, write_report
 from pipeline.sidecars import write_sidecars
+from pipeline.stages import Stages, describe
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +68,10 @@ class SegmentationResult:
     def summary(self) -> str:
         run = self.report["run"]
         unit = "Mpx/s" if "pixel_area" in self.report else "Mvox/s"  # rasters report pixels, volumes voxels
+        stages = f"; {describe(run['stages'])}" if run.get("stages") else ""
         return (f"{self.mask}: {run['seconds_total']:.1f} s, {run['mvox_per_s']:.2f} {unit}, "
-                f"peak RSS {run['peak_rss_mb']:.0f} MB (driver + workers), {run['windows']} windows")
+                f"peak RSS {run['peak_rss_mb']:.0f} MB (driver + workers), {run['windows']} windows, "
+                f"backend {run.get('backend', 'torch')}{stages}")
 
 
 def peak_rss_bytes() -> int:
@@ -173,23 +176,28 @@ def segment_volume(
                    source=source.path, work_root=root, cluster=cluster, client=client)
     sha256 = sha256_file(source.path)
     fingerprint = {"input_sha256": sha256, **engine_fingerprint(mdl, chunks=block, probabilities=probabilities)}
+    stages = Stages()
     with created_parents(writes), work_store(root, mask_path, fingerprint, check=guard) as work:
         group = work.group
-        image = _tile_scan(source, work, block or default_chunks(aligned), sha256)
+        with stages("tile"):
+            image = _tile_scan(source, work, block or default_chunks(aligned), sha256)
         with client_scope(client, cluster or ClusterSettings()) as active:
             preload_model(active, mdl)
-            result = run_inference(image, mdl, group, client=active, chunks=block, ledger=work.ledger,
-                                   probabilities=probabilities, progress=progress)
-            found = volume_instances(group, parse_classes(instances), mdl.labels, source.geometry, mask_path,
-                                     client=active) if instances else None
+            with stages("inference"):
+                result = run_inference(image, mdl, group, client=active, chunks=block, ledger=work.ledger,
+                                       probabilities=probabilities, progress=progress)
+                found = volume_instances(group, parse_classes(instances), mdl.labels, source.geometry, mask_path,
+                                         client=active) if instances else None
             workers_rss = worker_peak_rss(active)
-        write_labels(result.labels, source.geometry, mask_path,
-                     label_names={k: v.name for k, v in mdl.labels.items()})
-        if probs_path is not None:
-            with atomic_path(probs_path) as tmp:
-                shutil.copytree(work.path / "work.zarr" / "probabilities", tmp)
-                mark_store(tmp, "probabilities")
-        report = _build_report(source, sha256, mdl, mask_path, reference, result, started, workers_rss)
+        with stages("write"):
+            write_labels(result.labels, source.geometry, mask_path,
+                         label_names={k: v.name for k, v in mdl.labels.items()})
+            if probs_path is not None:
+                with atomic_path(probs_path) as tmp:
+                    shutil.copytree(work.path / "work.zarr" / "probabilities", tmp)
+                    mark_store(tmp, "probabilities")
+        with stages("report"):
+            report = _build_report(source, sha256, mdl, mask_path, reference, result, started, workers_rss, stages)
         if found is not None:
             report["instances"] = found
         csv_path = write_report(report, json_path)
@@ -246,12 +254,17 @@ def client_scope(client: Any, settings: ClusterSettings) -> Iterator[Any]:
         yield owned
 
 
-def run_facts(result: InferenceResult, *, started: float, elements: int, workers_rss: int) -> dict[str, Any]:
-    """The report's ``run`` section: timing, throughput (voxels or pixels), windows, blocks, peak RSS, code."""
+def run_facts(result: InferenceResult, *, started: float, elements: int, workers_rss: int,
+              stages: Stages | None = None) -> dict[str, Any]:
+    """The report's ``run`` section: timing (per stage too), throughput (voxels or pixels), windows, blocks,
+    the inference backend, peak RSS, code."""
     seconds = time.perf_counter() - started
     return {
         "seconds_total": round(seconds, 3),
         "seconds_inference": round(result.seconds, 3),
+        "stages": stages.facts() if stages else {},
+        "backend": result.backend,
+        "spill_peak_mb": round(result.spill_bytes_peak / 2**20, 1),
         "mvox_per_s": round(elements / 1e6 / seconds, 4),
         "windows": result.windows,
         "blocks": result.blocks,
@@ -263,7 +276,7 @@ def run_facts(result: InferenceResult, *, started: float, elements: int, workers
 
 
 def _build_report(source: NiftiScan, sha256: str, model: Model, mask: Path, reference: Any,
-                  result: InferenceResult, started: float, workers_rss: int) -> dict[str, Any]:
+                  result: InferenceResult, started: float, workers_rss: int, stages: Stages) -> dict[str, Any]:
     n = model.card.out_channels
     if reference:
         matrix = confusion_against(reference, source.geometry, lambda k: result.labels[:, :, k], n_labels=n).dense(n)
@@ -281,7 +294,8 @@ def _build_report(source: NiftiScan, sha256: str, model: Model, mask: Path, refe
         "pixel_accuracy": measured.pixel_accuracy if reference else None,
         "mean_pixel_accuracy": measured.mean_pixel_accuracy if reference else None,
         "confusion_matrix": matrix.tolist() if reference else None,
-        "run": run_facts(result, started=started, elements=math.prod(source.geometry.shape), workers_rss=workers_rss),
+        "run": run_facts(result, started=started, elements=math.prod(source.geometry.shape), workers_rss=workers_rss,
+                         stages=stages),
     }
 
 

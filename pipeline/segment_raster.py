@@ -73,6 +73,7 @@ from pipeline.segment import (
     run_facts,
 )
 from pipeline.sidecars import write_sidecars
+from pipeline.stages import Stages
 
 logger = logging.getLogger(__name__)
 
@@ -196,23 +197,28 @@ def segment_raster(
     block = chunks or raster_chunks(raster.geometry, default_chunks(window))
     fingerprint = {"input_sha256": sha256, "bands": list(selected),
                    **engine_fingerprint(mdl, chunks=chunks, probabilities=False)}
+    stages = Stages()
     with created_parents(writes), work_store(root, mask_path, fingerprint, check=guard) as work:
         group = work.group
         polygons = work.path / f"vectors{vectors_path.suffix.lower()}" if vectors_path else None
         with client_scope(client, cluster or ClusterSettings()) as active:
-            image, valid, n_valid = _tile(raster, selected, work, block, sha256, active)
-            result = _infer(raster, image, valid, n_valid, mdl, work, active, block, chunks, progress)
-            features = write_vectors(str(group.store.root), raster.geometry, block, polygons, names=mdl.labels,
-                                     client=active) if polygons else None
-            found = raster_instances(group, parse_classes(instances), mdl.labels, raster.geometry, mask_path,
-                                     client=active, metres=metres_per_unit(raster.geometry)) if instances else None
+            with stages("tile"):
+                image, valid, n_valid = _tile(raster, selected, work, block, sha256, active)
+            with stages("inference"):
+                result = _infer(raster, image, valid, n_valid, mdl, work, active, block, chunks, progress)
+                features = write_vectors(str(group.store.root), raster.geometry, block, polygons, names=mdl.labels,
+                                         client=active) if polygons else None
+                found = raster_instances(group, parse_classes(instances), mdl.labels, raster.geometry, mask_path,
+                                         client=active, metres=metres_per_unit(raster.geometry)) if instances else None
             workers_rss = worker_peak_rss(active)
-        matrix = _confusion(result.labels, valid, mdl.card.out_channels, truth)
-        write_mask(result.labels, valid, raster.geometry, mask_path, names=mdl.labels, work_dir=work.path)
-        if polygons and vectors_path:
-            publish(polygons, vectors_path)
+        with stages("report"):
+            matrix = _confusion(result.labels, valid, mdl.card.out_channels, truth)
+        with stages("write"):
+            write_mask(result.labels, valid, raster.geometry, mask_path, names=mdl.labels, work_dir=work.path)
+            if polygons and vectors_path:
+                publish(polygons, vectors_path)
         facts = {"bands": list(selected), "valid_pixels": n_valid, "features": features, "started": started,
-                 "workers_rss": workers_rss}
+                 "workers_rss": workers_rss, "stages": stages}
         report = _build_report(raster, sha256, mdl, mask_path, vectors_path, reference, matrix, result, facts)
         if found is not None:
             report["instances"] = found
@@ -304,5 +310,6 @@ def _build_report(raster: Raster, sha256: str, model: Model, mask: Path, vectors
         "pixel_accuracy": measured.pixel_accuracy if reference else None,
         "mean_pixel_accuracy": measured.mean_pixel_accuracy if reference else None,
         "confusion_matrix": matrix.tolist() if reference else None,
-        "run": run_facts(result, started=facts["started"], elements=pixels, workers_rss=facts["workers_rss"]),
+        "run": run_facts(result, started=facts["started"], elements=pixels, workers_rss=facts["workers_rss"],
+                         stages=facts["stages"]),
     }
