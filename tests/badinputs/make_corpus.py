@@ -496,7 +496,7 @@ def make_corpus(dest: Path) -> list[Case]:
            "is below the 512.00 MiB a worker needs", "'1KiB'", "--memory-limit", "1KiB")
     option("option-dask-address", "`--dask-address 'nonsense!!'`", "is not tcp://host:port", "'nonsense!!'",
            "--dask-address", "nonsense!!")
-    option("option-workers-unbounded", "`--workers 4096`", "workers must be 1..", "got 4096", "--workers", "4096")
+    option("option-workers-unbounded", "`--workers 4096`", "workers must be 0..", "got 4096", "--workers", "4096")
     option("option-chunk-size-one", "`--chunk-size 1` on a 24x24x16 scan (9216 blocks for 4 windows; ran past 150 s)",
            "would be all scheduling overhead", "", "--chunk-size", "1")
     option("option-after-subcommand-unknown", "an unknown option after the subcommand (a usage error, exit 2)",
