@@ -79,7 +79,8 @@ def test_report_line_prints_the_csv_with_its_directory(tmp_path: Path, capsys: p
     ({"address": "tcp://host"}, "is not tcp://host:port"),
     ({"address": "tcp://host:99999"}, "is not tcp://host:port"),
     ({"address": "foo://host:1"}, "unknown scheme 'foo'"),
-    ({"workers": 4096}, "workers must be 1.."),
+    ({"workers": 4096}, "workers must be 0.."),
+    ({"workers": -1}, "workers must be 0.."),
     ({"threads_per_worker": 0}, "threads per worker must be"),
 ])
 def test_cluster_settings_are_checked_when_made(settings: dict[str, object], message: str) -> None:
@@ -89,6 +90,7 @@ def test_cluster_settings_are_checked_when_made(settings: dict[str, object], mes
 
 def test_good_cluster_settings_pass() -> None:
     ClusterSettings(memory_limit="2GiB", workers=2)
+    ClusterSettings(workers=0)  # threads in this process, the default
     ClusterSettings(address="tcp://10.0.0.5:8786")
     ClusterSettings(address="127.0.0.1:8786")
     ClusterSettings(address="tls://[::1]:8786")
