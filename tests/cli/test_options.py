@@ -22,7 +22,7 @@ runner = CliRunner()
 
 def test_usage_errors_are_one_line_with_exit_2() -> None:
     for args in (["segment-volume", "x.nii.gz", "--frobnicate"], ["segment-volume"], ["evaluate", "a.nii.gz"],
-                 ["segment-raster", "x.tif", "--workers", "0"]):
+                 ["segment-raster", "x.tif", "--workers", "-1"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, result.output
         lines = [line for line in result.stderr.splitlines() if line.strip()]
