@@ -104,7 +104,7 @@ OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Output m
 ReferenceOpt = Annotated[Path | None, typer.Option("--reference", "-r", help="Reference mask on the same grid, for Dice/IoU.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", "-w", min=0, help="Local Dask worker processes (0: threads in this process, the fastest on one machine).")]
-ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="Threads per Dask worker.")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="Threads per Dask worker (default 1; in process the network then uses every core).")]
 MemoryOpt = Annotated[str, typer.Option("--memory-limit", metavar="SIZE", help="Memory limit per local worker, e.g. 4GiB (auto: RAM / workers).")]
 AddressOpt = Annotated[str | None, typer.Option("--dask-address", metavar="ADDRESS", help="Use an existing Dask scheduler, e.g. tcp://host:8786.")]
 ChunkOpt = Annotated[str | None, typer.Option("--chunk-size", metavar="N[,N,N]", help="Block side in voxels: one int or one per axis (i,j,k), e.g. 128 or 160,160,64 (default: 128, at least 2 windows; clipped to the scan).")]
@@ -188,7 +188,7 @@ def segment_volume_cmd(
     reference: ReferenceOpt = None,
     overwrite: OverwriteOpt = False,
     workers: WorkersOpt = 0,
-    threads: ThreadsOpt = 1,
+    threads: ThreadsOpt = None,
     memory_limit: MemoryOpt = "auto",
     dask_address: AddressOpt = None,
     chunk_size: ChunkOpt = None,
@@ -238,7 +238,7 @@ def segment_raster_cmd(
     reference: ReferenceOpt = None,
     overwrite: OverwriteOpt = False,
     workers: WorkersOpt = 0,
-    threads: ThreadsOpt = 1,
+    threads: ThreadsOpt = None,
     memory_limit: MemoryOpt = "auto",
     dask_address: AddressOpt = None,
     chunk_size: RasterChunkOpt = None,

@@ -38,7 +38,9 @@ class ClusterSettings:
 
     address: str | None = None
     workers: int = 0  #: 0: threads in this process; N >= 1: N local worker processes
-    threads_per_worker: int = 1
+    #: None: 1 (in process, one block task at a time uses every core for the network: measured as fast as two
+    #: tasks sharing them, with half the task memory)
+    threads_per_worker: int | None = None
     memory_limit: str = "auto"
     torch_threads: int | None = None  #: None: cores / (workers x threads) locally, 1 on a remote cluster
 
@@ -65,7 +67,7 @@ def check_settings(settings: ClusterSettings) -> None:
     if not 0 <= settings.workers <= max_local_workers():
         raise SettingsError(f"workers must be 0..{max_local_workers()} (0: threads in this process; at most the "
                             f"cores of this machine), got {settings.workers}")
-    if not 1 <= settings.threads_per_worker <= 64:
+    if settings.threads_per_worker is not None and not 1 <= settings.threads_per_worker <= 64:
         raise SettingsError(f"threads per worker must be 1..64, got {settings.threads_per_worker}")
     if settings.torch_threads is not None and settings.torch_threads < 1:
         raise SettingsError(f"torch threads must be >= 1, got {settings.torch_threads}")
@@ -166,10 +168,20 @@ def _dashboard_address() -> str | None:
     return ":0" if logging.getLogger("pipeline").isEnabledFor(logging.DEBUG) else None
 
 
+def resolved_threads(settings: ClusterSettings) -> int:
+    """Threads per worker: as given, else 1."""
+    return settings.threads_per_worker if settings.threads_per_worker is not None else 1
+
+
 def _local_torch_threads(settings: ClusterSettings) -> int:
+    """torch (and OpenVINO) threads per process: in process every core, since the network calls of
+    concurrent tasks queue on one compiled model anyway; else the cores shared out over the processes."""
     if settings.torch_threads is not None:
         return settings.torch_threads
-    return max(1, (os.cpu_count() or 1) // (max(settings.workers, 1) * settings.threads_per_worker))
+    cores = max(1, os.cpu_count() or 1)
+    if settings.workers == 0:
+        return cores
+    return max(1, cores // (settings.workers * resolved_threads(settings)))
 
 
 def worker_environ() -> dict[str, Any]:
@@ -202,7 +214,7 @@ def dask_client(settings: ClusterSettings) -> Iterator[Any]:
             client.register_plugin(TorchThreads(threads))
             yield client
         return
-    if settings.workers < 0 or settings.threads_per_worker < 1:
+    if settings.workers < 0 or resolved_threads(settings) < 1:
         raise PipelineError(f"workers must be >= 0 and threads per worker >= 1, got {settings.workers}, "
                             f"{settings.threads_per_worker}")
     if settings.workers == 0:
@@ -213,7 +225,7 @@ def dask_client(settings: ClusterSettings) -> Iterator[Any]:
 
     with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
         with _spawning_without_sigint():
-            cluster = LocalCluster(n_workers=settings.workers, threads_per_worker=settings.threads_per_worker,
+            cluster = LocalCluster(n_workers=settings.workers, threads_per_worker=resolved_threads(settings),
                                    memory_limit=settings.memory_limit, processes=True, dashboard_address=_dashboard_address(),
                                    silence_logs=logging.ERROR)
         with _driver_logs_restored(), cluster, Client(cluster) as client:
@@ -260,7 +272,7 @@ def _in_process_client(settings: ClusterSettings) -> Iterator[Any]:
     """One worker whose threads run in this process: tasks share the driver's loaded model."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=settings.threads_per_worker, processes=False,
+    with LocalCluster(n_workers=1, threads_per_worker=resolved_threads(settings), processes=False,
                       memory_limit=settings.memory_limit, dashboard_address=_dashboard_address(),
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         client.register_plugin(TorchThreads(_local_torch_threads(settings)))

@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.cluster import ClusterSettings, dashboard_link, dask_client, memory_limit_bytes, worker_peak_rss
+from pipeline.cluster import (
+    ClusterSettings,
+    dashboard_link,
+    dask_client,
+    memory_limit_bytes,
+    resolved_threads,
+    worker_peak_rss,
+)
 from pipeline.engine.alignment import alignment_for
 from pipeline.engine.api import default_chunks
 from pipeline.engine.windows import parse_overlap
@@ -214,7 +221,7 @@ def planned_workers(cluster: ClusterSettings | None, client: Any) -> int:
     if client is not None:
         return max(1, sum(int(w.get("nthreads", 1)) for w in client.scheduler_info().get("workers", {}).values()))
     settings = cluster or ClusterSettings()
-    return 1 if settings.address else max(1, settings.workers) * settings.threads_per_worker
+    return 1 if settings.address else max(1, settings.workers) * resolved_threads(settings)
 
 
 def local_processes(cluster: ClusterSettings | None, client: Any) -> int:
