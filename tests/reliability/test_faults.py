@@ -94,23 +94,30 @@ def test_disk_full_while_writing_keeps_the_old_output_and_the_work_store(
 
 
 def test_a_really_full_file_system_fails_cleanly(setup: dict[str, Path], tmp_path: Path) -> None:
-    """A real 256 KiB tmpfs as the output directory (needs root, as in CI): one error line, exit 1,
-    the input untouched, no mask."""
-    small = tmp_path / "small"
-    small.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("mounting a tmpfs needs root")
+    """Real tmpfs mounts (need root, as in CI): one error line, exit 1, the input untouched, no mask.
+
+    With the work store on a 256 KiB tmpfs the plan is refused before anything is written (the estimate
+    says it cannot fit); with the work store elsewhere and only the mask on an 8 KiB tmpfs, the write
+    itself runs out of space."""
+    small, tiny = tmp_path / "small", tmp_path / "tiny"
+    for mount, size in ((small, "256k"), (tiny, "8k")):
+        mount.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                          capture_output=True).returncode != 0:
+            pytest.skip("mounting a tmpfs needs root")
     try:
         scan_hash = sha256_file(setup["scan"])
-        out = small / "mask.nii.gz"
-        done = subprocess.run(segment_args(setup["scan"], setup["card"], out), capture_output=True, text=True,
-                              timeout=300)
-        assert done.returncode == 1, done.stderr
-        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-        assert len(errors) == 1 and "No space left on device" in errors[0], done.stderr
-        assert "Traceback" not in done.stderr
-        assert not out.exists() and not list(small.glob(".*.partial"))
+        for out, extra, message in (
+                (small / "mask.nii.gz", (), "free under"),
+                (tiny / "mask.nii.gz", ("--work-dir", str(tmp_path / "work")), "No space left on device")):
+            done = subprocess.run(segment_args(setup["scan"], setup["card"], out, *extra), capture_output=True,
+                                  text=True, timeout=300)
+            assert done.returncode == 1, done.stderr
+            errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+            assert len(errors) == 1 and message in errors[0], done.stderr
+            assert "Traceback" not in done.stderr
+            assert not out.exists() and not list(out.parent.glob(".*.partial"))
         assert sha256_file(setup["scan"]) == scan_hash
     finally:
-        subprocess.run(["umount", str(small)], check=False)
+        for mount in (small, tiny):
+            subprocess.run(["umount", str(mount)], check=False)
