@@ -87,8 +87,8 @@ def compiled_forward(network: Any, *, backend: str, key: str, in_channels: int, 
     which the engine sets per task. The result is cached per process; it is safe to call from several
     threads at once (one OpenVINO infer request per concurrent call), but such calls queue on the
     compiled network's one stream: give one caller all the threads, not two callers one each
-    (bench/BACKENDS.md). ``torch`` returns ``network``
-    itself; a network OpenVINO cannot convert faithfully returns ``network`` too, after one warning.
+    (bench/BACKENDS.md). ``torch`` returns ``network`` itself; a network OpenVINO cannot convert
+    faithfully returns ``network`` too, after one warning.
     """
     import torch
 
