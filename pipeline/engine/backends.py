@@ -85,8 +85,10 @@ def compiled_forward(network: Any, *, backend: str, key: str, in_channels: int, 
 
     ``key`` identifies the weights (their sha256). ``threads`` defaults to ``torch.get_num_threads()``,
     which the engine sets per task. The result is cached per process; it is safe to call from several
-    threads at once (one OpenVINO infer request per concurrent call). ``torch`` returns ``network``
-    itself; a network OpenVINO cannot convert faithfully returns ``network`` too, after one warning.
+    threads at once (one OpenVINO infer request per concurrent call), but such calls queue on the
+    compiled network's one stream: give one caller all the threads, not two callers one each
+    (bench/BACKENDS.md). ``torch`` returns ``network`` itself; a network OpenVINO cannot convert
+    faithfully returns ``network`` too, after one warning.
     """
     import torch
 
