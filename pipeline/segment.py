@@ -33,7 +33,7 @@ from pipeline.engine.windows import parse_overlap
 from pipeline.errors import CardError, InputError
 from pipeline.evaluate import check_reference_labels, confusion_against
 from pipeline.hashing import sha256_file
-from pipeline.infer import InferenceResult, engine_fingerprint, preload_model, run_inference
+from pipeline.infer import InferenceResult, engine_fingerprint, preload_model, run_inference, worker_threads
 from pipeline.instances import check_instances, parse_classes, volume_instances
 from pipeline.io.atomic import atomic_path
 from pipeline.io.nifti import NiftiScan, open_scan, stream_to_array, write_labels
@@ -219,7 +219,7 @@ def planned_workers(cluster: ClusterSettings | None, client: Any) -> int:
     """Task slots the run will have (worker threads in all): the client's, the local cluster's, or 1 for a
     scheduler not yet reached."""
     if client is not None:
-        return max(1, sum(int(w.get("nthreads", 1)) for w in client.scheduler_info().get("workers", {}).values()))
+        return worker_threads(client)
     settings = cluster or ClusterSettings()
     return 1 if settings.address else max(1, settings.workers) * resolved_threads(settings)
 

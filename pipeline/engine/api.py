@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline.engine.merger import merge_block
 from pipeline.engine.predictor import InferenceSettings, predict_group
-from pipeline.engine.windows import parse_overlap, parse_roi_size, plan_blocks, window_grid
+from pipeline.engine.windows import padded_index, parse_overlap, parse_roi_size, plan_blocks, window_grid
 from pipeline.errors import SettingsError
 
 logger = logging.getLogger(__name__)
@@ -47,13 +47,8 @@ def _as_dask(x: Any) -> Any:
 
 def _padded_region(x: Any, lo: Sequence[int], hi: Sequence[int], pads: Sequence[int]) -> tuple[Any, list[tuple[int, int]]]:
     """The part of ``x`` under padded span [lo, hi), and the zero padding that completes it."""
-    index: list[slice] = [slice(None)]
-    padding = [(0, 0)]
-    for l, h, pad, size in zip(lo, hi, pads, x.shape[1:], strict=True):
-        start, stop = max(l - pad, 0), min(h - pad, size)
-        index.append(slice(start, stop))
-        padding.append((start - (l - pad), (h - pad) - stop))
-    return x[tuple(index)], padding
+    index, padding = padded_index(x.shape[1:], lo, hi, pads)
+    return x[(slice(None), *index)], [(0, 0), *padding]
 
 
 def _predict(region: np.ndarray, padding: list[tuple[int, int]], lo: tuple[int, ...],

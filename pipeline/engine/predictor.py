@@ -121,6 +121,7 @@ def predict_group(
             assert settings.out_channels is not None, "skipping windows needs settings.out_channels"
             return Partial(lo=lo, sums=np.zeros((settings.out_channels + 1, *span), dtype=np.float32), n_windows=0)
     source = torch.from_numpy(np.ascontiguousarray(region, dtype=np.float32))
+    forward = None
     for first in range(0, len(corners), settings.sw_batch_size):
         batch = corners[first : first + settings.sw_batch_size]
         boxes = [tuple(slice(c - o, c - o + r) for c, o, r in zip(corner, lo, settings.roi_size)) for corner in batch]
@@ -128,9 +129,10 @@ def predict_group(
         align = settings.alignment
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             shown = align.to_model(windows) if align else windows
-            forward = net if backend == "torch" else compiled_forward(
-                net, backend=backend, key=key, in_channels=int(shown.shape[1]), window=tuple(shown.shape[2:]),
-                batch=settings.sw_batch_size)
+            if forward is None:  # once per task: every batch shows the network the same window shape
+                forward = net if backend == "torch" else compiled_forward(
+                    net, backend=backend, key=key, in_channels=int(shown.shape[1]), window=tuple(shown.shape[2:]),
+                    batch=settings.sw_batch_size)
             outputs = forward(shown)
         outputs = (align.to_scan(outputs.float()) if align else outputs.float()).cpu().numpy()
         if sums is None:

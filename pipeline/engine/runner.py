@@ -35,7 +35,7 @@ import numpy as np
 
 from pipeline.engine.merger import Span, normalise, overlap_slices
 from pipeline.engine.predictor import InferenceSettings, predict_group
-from pipeline.engine.windows import BlockPlan
+from pipeline.engine.windows import BlockPlan, padded_index
 
 Index = tuple[int, ...]
 
@@ -112,24 +112,20 @@ class ImageSource:
     def read(self, span: Span) -> tuple[np.ndarray, np.ndarray | None]:
         """The preprocessed span and, with a validity array, its mask (False where padded)."""
         array = _open_array(self.store, self.name, "r")
-        index: list[slice] = [slice(None)]
-        padding = [(0, 0)]
-        for lo, hi, pad, size in zip(*span, self.pads, array.shape[1:], strict=True):
-            start, stop = max(lo - pad, 0), min(hi - pad, size)
-            index.append(slice(start, stop))
-            padding.append((start - (lo - pad), (hi - pad) - stop))
-        raw = np.asarray(array[tuple(index)])
+        spatial, pad = padded_index(array.shape[1:], *span, self.pads)
+        index, padding = (slice(None), *spatial), [(0, 0), *pad]
+        raw = np.asarray(array[index])
         valid = None
         if self.valid is not None:
-            valid = np.asarray(_open_array(self.store, self.valid, "r")[tuple(index[1:])], dtype=bool)
+            valid = np.asarray(_open_array(self.store, self.valid, "r")[spatial], dtype=bool)
             region = self.preprocess(raw, self.statistics, valid)
         else:
             region = self.preprocess(raw, self.statistics)
         region = np.asarray(region, dtype=np.float32)
-        if any(p != (0, 0) for p in padding):
+        if any(p != (0, 0) for p in pad):
             region = np.pad(region, padding, mode="constant", constant_values=0)
             if valid is not None:
-                valid = np.pad(valid, padding[1:], mode="constant", constant_values=False)
+                valid = np.pad(valid, pad, mode="constant", constant_values=False)
         return region, valid
 
 

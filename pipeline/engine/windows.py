@@ -93,6 +93,18 @@ def window_grid(image_shape: Sequence[int], roi_size: Sequence[int], overlap: Se
     return WindowGrid(tuple(axes))
 
 
+def padded_index(shape: Sequence[int], lo: Sequence[int], hi: Sequence[int],
+                 pads: Sequence[int]) -> tuple[tuple[slice, ...], list[tuple[int, int]]]:
+    """For padded span ``[lo, hi)`` over spatial ``shape``: the image slices under it, and the zero padding
+    (before, after) per axis that completes them to the span (MONAI pads ``pads`` before each axis)."""
+    index, padding = [], []
+    for l, h, pad, size in zip(lo, hi, pads, shape, strict=True):
+        start, stop = max(l - pad, 0), min(h - pad, size)
+        index.append(slice(start, stop))
+        padding.append((start - (l - pad), (h - pad) - stop))
+    return tuple(index), padding
+
+
 @dataclass(frozen=True, slots=True)
 class AxisGroup:
     """Windows on one axis owned by one block: their starts and the span they cover (padded coords)."""
