@@ -11,8 +11,8 @@ import functools
 import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,7 +68,7 @@ def engine_fingerprint(model: Model, *, chunks: Sequence[int] | None, probabilit
     fingerprint is never resumed (see :func:`pipeline.io.store.work_store`)."""
     import torch
 
-    from pipeline.report.tables import code_version
+    from pipeline.version import code_version
 
     return {"model": model.name, "model_sha256": model.sha256, "card": model.card.model_dump(mode="json"),
             "chunks": list(chunks) if chunks else None, "probabilities": probabilities,
@@ -98,7 +98,8 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
 
     spatial = tuple(int(n) for n in image.shape[1:])
     if image.shape[0] != model.card.in_channels:
-        raise InputError(f"model {model.name!r} needs {model.card.in_channels} channel(s), the input has {image.shape[0]}")
+        raise InputError(f"model {model.name!r} needs {model.card.in_channels} channel(s), "
+                         f"the input has {image.shape[0]}")
     alignment = alignment_for(image.attrs.get("geometry"), model.card)
     settings = InferenceSettings(roi_size=alignment.roi_scan if alignment else model.roi_size,
                                  overlap=parse_overlap(model.overlap, len(spatial)),
@@ -147,7 +148,7 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
     seen = None
     with tqdm(total=len(jobs), initial=len(finished), desc="blocks", unit="block", disable=not progress,
               leave=False) as bar:
-        for seen in run_jobs(client, jobs, task, finished=finished, in_flight=threads):
+        for _ in run_jobs(client, jobs, task, finished=finished, in_flight=threads):
             bar.update(1)
     seconds = time.perf_counter() - start
     return InferenceResult(labels=labels, probabilities=probs, seconds=seconds, windows=grid.n_windows,

@@ -124,7 +124,8 @@ def predict_group(
     forward = None
     for first in range(0, len(corners), settings.sw_batch_size):
         batch = corners[first : first + settings.sw_batch_size]
-        boxes = [tuple(slice(c - o, c - o + r) for c, o, r in zip(corner, lo, settings.roi_size)) for corner in batch]
+        boxes = [tuple(slice(c - o, c - o + r) for c, o, r in zip(corner, lo, settings.roi_size, strict=True))
+                 for corner in batch]
         windows = torch.stack([source[(slice(None), *box)] for box in boxes]).to(device)
         align = settings.alignment
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):

@@ -34,13 +34,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.model.bundle_config import BundleValues, harmless
 from pipeline.config.cards import ModelCard
-from pipeline.errors import CardError, ModelError
-from pipeline.io.hashing import sha256_file
-from pipeline.io.files import require_regular_file
-from pipeline.model.models import Model, load_weights
 from pipeline.config.yamlfile import read_mapping
+from pipeline.errors import CardError, ModelError
+from pipeline.io.files import require_regular_file
+from pipeline.io.hashing import sha256_file
+from pipeline.model.bundle_config import BundleValues, harmless
+from pipeline.model.models import Model, load_weights
 
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
 WEIGHTS = Path("models") / "model.pt"
@@ -345,6 +345,6 @@ def load_torchscript(path: Path, expected_sha256: str) -> Any:
         raise ModelError(f"{path}: weights sha256 is {actual[:12]}..., the card expects {expected_sha256[:12]}...")
     try:
         network = torch.jit.load(str(path), map_location="cpu")
-    except Exception as e:  # noqa: BLE001 - whatever the reader trips on, the file is not TorchScript
+    except Exception as e:
         raise ModelError(f"{path}: not a TorchScript file ({str(e).splitlines()[0] if str(e) else e})") from e
     return network.eval()

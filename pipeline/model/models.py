@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.engine import intensity
 from pipeline.config.cards import ARCHITECTURES, IMPORTED, Label, ModelCard, load_card
 from pipeline.config.choices import unknown_choice
+from pipeline.engine import intensity
 from pipeline.engine.validity import neutralise
 from pipeline.errors import CardError, ModelError
-from pipeline.io.hashing import sha256_file
 from pipeline.io.files import require_regular_file
+from pipeline.io.hashing import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def load_weights(path: Path, expected_sha256: str) -> dict[str, Any]:
         raise ModelError(f"{path}: weights sha256 is {actual[:12]}..., the card expects {expected_sha256[:12]}...")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - on non-torch bytes the unpickler raises IndexError, KeyError...
+    except Exception as e:
         raise ModelError(f"{path}: refused to load weights ({_load_reason(e)})") from e
     if not isinstance(state, dict):
         raise ModelError(f"{path}: weights must be a state_dict, got {type(state).__name__}")
