@@ -151,8 +151,7 @@ def alignment_for(geometry_attrs: dict[str, Any] | None, card: Any) -> WindowAli
     if not geometry_attrs or (card.orientation is None and card.spacing is None):
         return None
     if geometry_attrs.get("kind") == "raster":
-        from pipeline.geometry import RasterGeometry
-        from pipeline.io.geotiff import pixel_size_m
+        from pipeline.geometry import RasterGeometry, pixel_size_m
 
         sizes = pixel_size_m(RasterGeometry.from_attrs(geometry_attrs))
         if sizes is None or card.spacing is None:

@@ -119,7 +119,8 @@ def predict_group(
     forward, _ = window_forward(network, settings, in_channels=int(source.shape[0]))
     for first in range(0, len(corners), settings.sw_batch_size):
         batch = corners[first : first + settings.sw_batch_size]
-        boxes = [tuple(slice(c - o, c - o + r) for c, o, r in zip(corner, lo, settings.roi_size)) for corner in batch]
+        boxes = [tuple(slice(c - o, c - o + r) for c, o, r in zip(corner, lo, settings.roi_size, strict=True))
+                 for corner in batch]
         outputs = forward(np.stack([source[(slice(None), *box)] for box in boxes]))
         if sums is None:
             sums = np.zeros((outputs.shape[1] + 1, *span), dtype=np.float32)

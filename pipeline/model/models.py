@@ -22,18 +22,18 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import intensity
-from pipeline.cards import ARCHITECTURES, IMPORTED, Label, ModelCard, load_card
-from pipeline.choices import unknown_choice
+from pipeline.config.cards import ARCHITECTURES, IMPORTED, Label, ModelCard, load_card
+from pipeline.config.choices import unknown_choice
+from pipeline.engine import intensity
 from pipeline.engine.validity import neutralise
 from pipeline.errors import CardError, ModelError
-from pipeline.hashing import sha256_file
 from pipeline.io.files import require_regular_file
+from pipeline.io.hashing import sha256_file
 
 logger = logging.getLogger(__name__)
 
 #: Directory searched for cards by name; ``PIPELINE_MODELS_DIR`` overrides it.
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 DEFAULT_MODEL = "ct-organs"
 
 Statistics = intensity.Statistics
@@ -89,7 +89,7 @@ def load_weights(path: Path, expected_sha256: str) -> dict[str, Any]:
         raise ModelError(f"{path}: weights sha256 is {actual[:12]}..., the card expects {expected_sha256[:12]}...")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - on non-torch bytes the unpickler raises IndexError, KeyError...
+    except Exception as e:
         raise ModelError(f"{path}: refused to load weights ({_load_reason(e)})") from e
     if not isinstance(state, dict):
         raise ModelError(f"{path}: weights must be a state_dict, got {type(state).__name__}")
@@ -113,7 +113,7 @@ def intensity_statistics(card: ModelCard, array: Any, valid: Any = None) -> Stat
     """Global statistics the card's preprocessing needs (empty for pointwise ones).
 
     ``array`` (C, *spatial) may be NumPy or Dask; with Dask the statistics stream over chunks
-    (:mod:`pipeline.intensity`). With ``valid`` (*spatial, bool), only valid pixels count: nodata
+    (:mod:`pipeline.engine.intensity`). With ``valid`` (*spatial, bool), only valid pixels count: nodata
     never shifts the statistics.
     """
     return intensity.statistics(card.preprocess, array, valid)
@@ -201,7 +201,7 @@ class ModelRef:
 
     card_path: str
     sha256: str
-    trust: bool = False  #: a bundle's config may run non-monai code (see pipeline.bundles)
+    trust: bool = False  #: a bundle's config may run non-monai code (see pipeline.model.bundles)
 
     def load(self) -> Model:
         """The model, once per process (its network is built here unless it is not needed, see :class:`Model`)."""
@@ -226,7 +226,7 @@ def load_model(name_or_path: str | os.PathLike[str] | None = None, *, trust: boo
     ModelError
         Missing weights, checksum mismatch, unsafe or incompatible weights.
     """
-    from pipeline import bundles
+    from pipeline.model import bundles
 
     imported = bundles.imported_path(name_or_path)
     if imported is not None and imported.is_dir():
