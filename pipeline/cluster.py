@@ -274,11 +274,15 @@ def _in_process_client(settings: ClusterSettings) -> Iterator[Any]:
     """One worker whose threads run in this process: tasks share the driver's loaded model."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=resolved_threads(settings), processes=False,
-                      memory_limit=settings.memory_limit, dashboard_address=_dashboard_address(),
-                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+    with _driver_logs_restored(), LocalCluster(
+            n_workers=1, threads_per_worker=resolved_threads(settings), processes=False,
+            memory_limit=settings.memory_limit, dashboard_address=_dashboard_address(),
+            silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         client.register_plugin(TorchThreads(_local_torch_threads(settings)))
-        yield client
+        try:
+            yield client
+        finally:
+            _quiet_shutdown(client)  # the in-process worker's heartbeat races the close as well (seen here)
 
 
 def dashboard_link(client: Any) -> str | None:
