@@ -45,6 +45,7 @@ class AxisGrid:
     roi: int
     pad_before: int  #: zeros MONAI adds before the image when ``size < roi``
     starts: tuple[int, ...]
+    step: int = 0  #: MONAI's scan interval; 0: unknown (then the first two starts)
 
     @property
     def padded_size(self) -> int:
@@ -88,8 +89,9 @@ def window_grid(image_shape: Sequence[int], roi_size: Sequence[int], overlap: Se
     axes = []
     for size, roi, ovl in zip(image_shape, roi_size, overlap, strict=True):
         padded = max(size, roi)
-        starts = window_starts(padded, roi, scan_interval(padded, roi, ovl))
-        axes.append(AxisGrid(size=size, roi=roi, pad_before=(padded - size) // 2, starts=starts))
+        step = scan_interval(padded, roi, ovl)
+        axes.append(AxisGrid(size=size, roi=roi, pad_before=(padded - size) // 2, starts=window_starts(padded, roi, step),
+                             step=step))
     return WindowGrid(tuple(axes))
 
 
@@ -171,14 +173,24 @@ def plan_blocks(grid: WindowGrid, chunks: Sequence[int]) -> BlockPlan:
     return BlockPlan(tuple(plan_axis(a, c) for a, c in zip(grid.axes, chunks, strict=True)))
 
 
+def _regular_step(axis: AxisGrid) -> int:
+    """The distance between window starts before the last window is pulled back (the axis length if one)."""
+    if len(axis.starts) < 2:
+        return axis.padded_size
+    return axis.step or axis.starts[1] - axis.starts[0]
+
+
 def balanced_chunks(grid: WindowGrid, chunks: Sequence[int], min_tasks: int) -> tuple[int, ...]:
     """Shrink ``chunks`` (halving the axis with the most windows per block) until the plan has at
     least ``min_tasks`` predict tasks, or blocks are down to one window step.
 
-    Small volumes then still keep every worker busy; each window is still evaluated once.
+    Small volumes then still keep every worker busy; each window is still evaluated once. The step is the
+    grid's regular one (the first two starts), not a gap to a last window pulled back to the border: on an
+    axis of two windows (starts 0 and 3 for a roi of 48 on 51 voxels) that gap would cut blocks of 3 voxels,
+    a plan of all scheduling overhead.
     """
     sides = list(chunks)
-    steps = [a.starts[1] - a.starts[0] if len(a.starts) > 1 else a.padded_size for a in grid.axes]
+    steps = [_regular_step(a) for a in grid.axes]
 
     def tasks() -> int:
         return math.prod(len(plan_axis(a, c).groups) for a, c in zip(grid.axes, sides, strict=True))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,5 +79,35 @@ def test_balanced_chunks_keep_workers_busy(shape: tuple[int, ...], roi: tuple[in
     plan = plan_blocks(grid, chunks)
     tasks = len(list(plan.group_keys()))
     assert tasks >= min(min_tasks, grid.n_windows) or all(
-        c <= a.starts[1] - a.starts[0] for c, a in zip(chunks, grid.axes, strict=True) if len(a.starts) > 1)
+        c <= a.step for c, a in zip(chunks, grid.axes, strict=True) if len(a.starts) > 1)
     assert plan.n_windows == grid.n_windows
+
+
+@pytest.mark.parametrize(("shape", "roi"), [((51, 64, 54), (48, 48, 32)), ((122, 101, 30), (64, 64, 32)),
+                                            ((49, 200), (48, 48)), ((300, 300, 300), (64, 64, 32))])
+def test_balanced_blocks_are_never_smaller_than_a_window_step(shape: tuple[int, ...], roi: tuple[int, ...]) -> None:
+    """An axis of two windows (the second pulled back to the border) must not cut blocks of a few voxels:
+    the shipped MNI sample (51x64x54, roi 48x48x32) got 68 blocks of 3x16x128 for 8 windows and was refused."""
+    from pipeline.engine.windows import balanced_chunks
+
+    grid = window_grid(shape, roi, parse_overlap(0.25, len(shape)))
+    chunks = balanced_chunks(grid, tuple(max(128, 2 * r) for r in roi), min_tasks=4)
+    for side, axis in zip(chunks, grid.axes, strict=True):
+        assert side >= min(axis.step, axis.padded_size)
+    blocks = math.prod(-(-s // c) for s, c in zip(shape, chunks, strict=True))
+    assert blocks <= 2 * max(4, grid.n_windows)  # was 68 blocks for the MNI sample's 8 windows
+
+
+@pytest.mark.slow
+def test_the_mni_sample_segments_with_the_default_command(tmp_path: Path) -> None:
+    """The README's mr-brain example, default settings: planned and run, not refused."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "mni_seg.nii.gz"
+    command = [sys.executable, "-m", "pipeline.cli", "segment-volume", str(root / "data/medical/mni152_t1.nii.gz"),
+               "-m", "mr-brain", "-o", str(out)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr
+    assert out.is_file()
