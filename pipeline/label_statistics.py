@@ -176,3 +176,35 @@ def label_statistics(image: Any, labels: Any, valid: Any = None, *, names: Mappi
     return {"unit": unit, "bin_width": bin_width(integer), "percentiles": "linear (numpy default)",
             "rows": statistics_rows(acc, names, integer=integer, unit_size=unit_size, size_key=size_key,
                                     channel_names=channel_names)}
+
+
+STAT_KEYS = ("mean", "std", "min", "max", "p5", "median", "p95")
+
+
+def add_to_label_rows(rows: list[dict[str, Any]], section: Mapping[str, Any]) -> None:
+    """Copy the statistics into the report's label rows (so the CSV has them): ``mean``... for one
+    channel, ``<channel>_mean``... per channel otherwise."""
+    by_label = {row["label"]: row for row in rows}
+    channels = {row["channel"] for row in section["rows"]}
+    for stat in section["rows"]:
+        prefix = "" if len(channels) == 1 else f"{stat['channel'].replace(' ', '')}_"
+        target = by_label.get(stat["label"])
+        if target is not None:
+            target.update({f"{prefix}{key}": stat[key] for key in STAT_KEYS})
+
+
+def volume_statistics(group: Any, names: Mapping[int, Label], n_labels: int, voxel_ml: float,
+                      client: Any = None) -> dict[str, Any]:
+    """Statistics of a volume work store (``image`` (1, *spatial) in scaled scan values, ``labels``)."""
+    return label_statistics(group["image"], group["labels"], names=names, n_labels=n_labels, unit_size=voxel_ml,
+                            size_key="volume_ml", channel_names=["scan"],
+                            unit="scan values after scl_slope/scl_inter: HU for CT", client=client)
+
+
+def raster_statistics(group: Any, names: Mapping[int, Label], n_labels: int, bands: Sequence[int],
+                      hectares_per_pixel: float | None, client: Any = None) -> dict[str, Any]:
+    """Statistics of a raster work store (``image`` (C, y, x) band values, ``labels``, ``valid``)."""
+    return label_statistics(group["image"], group["labels"], group["valid"], names=names, n_labels=n_labels,
+                            unit_size=hectares_per_pixel or 0.0, size_key="area_ha",
+                            channel_names=[f"band {b}" for b in bands], unit="band values, valid pixels only",
+                            client=client)
