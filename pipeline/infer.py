@@ -63,7 +63,8 @@ def preload_model(client: Any, model: Model) -> None:
     client.run(_load_network, model.ref, on_error="ignore")
 
 
-def engine_fingerprint(model: Model, *, chunks: Sequence[int] | None, probabilities: bool) -> dict[str, Any]:
+def engine_fingerprint(model: Model, *, chunks: Sequence[int] | None, probabilities: bool,
+                       tta: str = "none") -> dict[str, Any]:
     """Everything besides the input that decides a block's labels: a work store made with another
     fingerprint is never resumed (see :func:`pipeline.io.store.work_store`)."""
     import torch
@@ -72,13 +73,14 @@ def engine_fingerprint(model: Model, *, chunks: Sequence[int] | None, probabilit
 
     return {"model": model.name, "model_sha256": model.sha256, "card": model.card.model_dump(mode="json"),
             "chunks": list(chunks) if chunks else None, "probabilities": probabilities,
-            "device": "cuda" if torch.cuda.is_available() else "cpu", "code_version": code_version()}
+            "tta": tta, "device": "cuda" if torch.cuda.is_available() else "cpu", "code_version": code_version()}
 
 
 def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client: Any,
                   chunks: Sequence[int] | None = None, probabilities: bool = False,
                   progress: bool = False, ledger: Ledger | None = None,
-                  valid: zarr.Array | None = None, backend: str | None = None) -> InferenceResult:
+                  valid: zarr.Array | None = None, backend: str | None = None,
+                  tta: str = "none") -> InferenceResult:
     """Segment ``image`` (C, *spatial) from the work store into ``group['labels']``.
 
     With a ``ledger``, blocks it records as finished are kept and not recomputed (resume); the
@@ -86,6 +88,7 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
     (*spatial, bool, in the same group), invalid pixels count in no statistic, reach the network as
     :data:`~pipeline.engine.validity.NEUTRAL`, and windows without a valid pixel are skipped.
     ``backend`` overrides the card's CPU inference backend (``auto``: OpenVINO on CPU when installed).
+    ``tta``: ``mirror`` averages each window over its 2^d mirrorings (:mod:`pipeline.engine.tta`).
     """
     if model.card.kind == "classical":  # weightless methods: same store and block grid, no windows
         from pipeline.engine.classical import run_classical
@@ -103,7 +106,8 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
     settings = InferenceSettings(roi_size=alignment.roi_scan if alignment else model.roi_size,
                                  overlap=parse_overlap(model.overlap, len(spatial)),
                                  sw_batch_size=model.card.sw_batch_size, alignment=alignment,
-                                 out_channels=model.card.out_channels, backend=backend or model.card.backend)
+                                 out_channels=model.card.out_channels, backend=backend or model.card.backend,
+                                 tta=tta)
     if alignment is not None:
         logger.info("windows of %s input pixels/voxels, shown to the model as %s %s", list(alignment.roi_scan),
                     list(model.roi_size), model.card.orientation or "")
