@@ -148,7 +148,7 @@ def bin_width(integer: bool) -> str:
     return "1 (exact values)" if integer else f"relative 2^-{FLOAT_BITS} of the value (float32 bins)"
 
 
-def statistics_rows(acc: Accumulator, labels: Mapping[int, Label], *, integer: bool, unit_size: float,
+def statistics_rows(acc: Accumulator, labels: Mapping[int, Label], *, integer: bool, unit_size: float | None,
                     size_key: str, channel_names: Sequence[str]) -> list[dict[str, Any]]:
     """One row per label and channel: count, size (``unit_size`` per voxel/pixel), mean, std, min, max,
     p5, median, p95 (None for an empty label)."""
@@ -156,7 +156,8 @@ def statistics_rows(acc: Accumulator, labels: Mapping[int, Label], *, integer: b
     for label, c in itertools.product(range(len(acc.count)), range(len(channel_names))):
         n = int(acc.count[label])
         row: dict[str, Any] = {"label": label, "name": labels[label].name if label in labels else f"label_{label}",
-                               "channel": channel_names[c], "count": n, size_key: round(n * unit_size, 6)}
+                               "channel": channel_names[c], "count": n,
+                               size_key: None if unit_size is None else round(n * unit_size, 6)}
         if n:
             row.update({"mean": float(acc.mean[c, label]), "std": float(np.sqrt(acc.m2[c, label] / n)),
                         "min": float(acc.low[c, label]), "max": float(acc.high[c, label]),
@@ -168,7 +169,7 @@ def statistics_rows(acc: Accumulator, labels: Mapping[int, Label], *, integer: b
 
 
 def label_statistics(image: Any, labels: Any, valid: Any = None, *, names: Mapping[int, Label], n_labels: int,
-                     unit_size: float, size_key: str, channel_names: Sequence[str], unit: str,
+                     unit_size: float | None, size_key: str, channel_names: Sequence[str], unit: str,
                      client: Any = None) -> dict[str, Any]:
     """The report's ``statistics`` section: rows per label and channel, the unit and the bin width."""
     integer = bool(np.issubdtype(np.dtype(image.dtype), np.integer))
@@ -203,8 +204,9 @@ def volume_statistics(group: Any, names: Mapping[int, Label], n_labels: int, vox
 
 def raster_statistics(group: Any, names: Mapping[int, Label], n_labels: int, bands: Sequence[int],
                       hectares_per_pixel: float | None, client: Any = None) -> dict[str, Any]:
-    """Statistics of a raster work store (``image`` (C, y, x) band values, ``labels``, ``valid``)."""
+    """Statistics of a raster work store (``image`` (C, y, x) band values, ``labels``, ``valid``); the
+    area is None where the CRS has no metres (degrees, none), as in the label rows."""
     return label_statistics(group["image"], group["labels"], group["valid"], names=names, n_labels=n_labels,
-                            unit_size=hectares_per_pixel or 0.0, size_key="area_ha",
+                            unit_size=hectares_per_pixel, size_key="area_ha",
                             channel_names=[f"band {b}" for b in bands], unit="band values, valid pixels only",
                             client=client)

@@ -20,18 +20,20 @@ from pipeline.geometry import block_slices
 from pipeline.instances import parse_classes
 
 
-def resolve_kept(values: Iterable[str] | None, labels: Mapping[int, Label]) -> tuple[int, ...]:
+def resolve_kept(values: Iterable[str] | None, labels: Mapping[int, Label], *,
+                 option: str = "--labels") -> tuple[int, ...]:
     """``["liver,spleen"]`` -> their label values, sorted; names or values; unknown ones are refused with
-    the card's labels listed. Background (0) is always kept, so naming it adds nothing."""
+    the card's labels listed. Background (0) is always kept, so naming it adds nothing. ``option`` names
+    the option in the messages."""
     by_name = {label.name: value for value, label in labels.items()}
     kept: set[int] = set()
     for text in parse_classes(values):
         value = by_name.get(text, int(text) if text.isdigit() and int(text) in labels else None)
         if value is None:
-            raise SettingsError(unknown_choice("label for --labels", text, list(by_name), listing="the model's labels"))
+            raise SettingsError(unknown_choice(f"label for {option}", text, list(by_name), listing="the model's labels"))
         kept.add(value)
     if not kept - {0}:
-        raise SettingsError("--labels: keep at least one label besides background")
+        raise SettingsError(f"{option}: name at least one label besides background")
     return tuple(sorted(kept - {0}))
 
 

@@ -119,6 +119,12 @@ def instance_mask_path(mask: Path) -> Path:
     return mask.with_name(f"{stem}_instances{suffix}")
 
 
+def cutout_path(mask: Path) -> Path:
+    """``scan_seg.nii.gz`` -> ``scan_seg_cutout.nii.gz``: the input cut out by ``--cutout``."""
+    stem, suffix = split_suffix(mask.name)
+    return mask.with_name(f"{stem}_cutout{suffix}")
+
+
 def instance_csv_path(mask: Path) -> Path:
     return mask.with_name(f"{mask_stem(mask)}.instances.csv")
 

@@ -28,7 +28,7 @@ def test_resolve_names_and_values() -> None:
     (["livr"], "unknown label for --labels 'livr'; did you mean 'liver'? (the model's labels: background, liver, "
                "spleen, kidneys, lungs, bone)"),
     (["9"], "unknown label for --labels '9'"),
-    (["background"], "--labels: keep at least one label besides background"),
+    (["background"], "--labels: name at least one label besides background"),
 ])
 def test_unknown_labels_are_one_line(given: list[str], message: str) -> None:
     with pytest.raises(SettingsError, match="^" + re.escape(message)):
