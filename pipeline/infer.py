@@ -21,6 +21,7 @@ import zarr
 from pipeline.engine.alignment import alignment_for
 from pipeline.engine.api import default_chunks
 from pipeline.engine.predictor import InferenceSettings
+from pipeline.engine.tta import mirror_axes
 from pipeline.engine.runner import BlockSink, ImageSource, block_jobs, run_block, run_jobs
 from pipeline.engine.windows import balanced_chunks, parse_overlap, plan_blocks, window_grid
 from pipeline.errors import InputError
@@ -88,7 +89,7 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
     (*spatial, bool, in the same group), invalid pixels count in no statistic, reach the network as
     :data:`~pipeline.engine.validity.NEUTRAL`, and windows without a valid pixel are skipped.
     ``backend`` overrides the card's CPU inference backend (``auto``: OpenVINO on CPU when installed).
-    ``tta``: ``mirror`` averages each window over its 2^d mirrorings (:mod:`pipeline.engine.tta`).
+    ``tta``: ``mirror``/``mirror-all`` average each window over its mirrorings (:mod:`pipeline.engine.tta`).
     """
     if model.card.kind == "classical":  # weightless methods: same store and block grid, no windows
         from pipeline.engine.classical import run_classical
@@ -107,7 +108,7 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
                                  overlap=parse_overlap(model.overlap, len(spatial)),
                                  sw_batch_size=model.card.sw_batch_size, alignment=alignment,
                                  out_channels=model.card.out_channels, backend=backend or model.card.backend,
-                                 tta=tta)
+                                 mirror_axes=mirror_axes(tta, len(spatial), model.card))
     if alignment is not None:
         logger.info("windows of %s input pixels/voxels, shown to the model as %s %s", list(alignment.roi_scan),
                     list(model.roi_size), model.card.orientation or "")

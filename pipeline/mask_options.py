@@ -80,9 +80,10 @@ def finish_report(choices: MaskOptions, report: dict[str, Any], group: Any, geom
         report["labels"] = kept_rows(report["labels"], choices.kept)
         report["labels_kept"] = [model.labels[v].name for v in choices.kept]
     if choices.tta != "none":
-        from pipeline.engine.tta import passes
+        from pipeline.engine.tta import mirror_axes, passes
 
-        report["run"]["tta"] = {"mode": choices.tta, "passes_per_window": passes(choices.tta, len(geometry.shape))}
+        axes = mirror_axes(choices.tta, model.card.spatial_dims, model.card)
+        report["run"]["tta"] = {"mode": choices.tta, "axes": list(axes), "passes_per_window": passes(axes)}
     if not choices.statistics:
         return
     section = _statistics(group, geometry, model, client)

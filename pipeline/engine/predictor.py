@@ -47,8 +47,9 @@ class InferenceSettings:
     #: CPU inference backend (:data:`pipeline.engine.backends.BACKENDS`); only for networks known by a
     #: weights sha256 (a ``ModelRef``): a bare torch module always runs on torch
     backend: str = "auto"
-    #: test-time augmentation (:data:`pipeline.engine.tta.TTA_MODES`); ``mirror`` multiplies passes by 2^d
-    tta: str = "none"
+    #: test-time mirroring (:mod:`pipeline.engine.tta`): the network's spatial axes whose 2^n mirrorings
+    #: are averaged; () for none
+    mirror_axes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +107,7 @@ def predict_group(
     import torch
 
     from pipeline.engine.backends import compiled_forward, resolve_backend
-    from pipeline.engine.tta import with_tta
+    from pipeline.engine.tta import mirrored
 
     device = _device(settings)
     net = resolve_network(network).to(device)
@@ -136,7 +137,7 @@ def predict_group(
                 forward = net if backend == "torch" else compiled_forward(
                     net, backend=backend, key=key, in_channels=int(shown.shape[1]), window=tuple(shown.shape[2:]),
                     batch=settings.sw_batch_size)
-                forward = with_tta(forward, settings.tta, len(settings.roi_size))
+                forward = mirrored(forward, settings.mirror_axes)
             outputs = forward(shown)
         outputs = (align.to_scan(outputs.float()) if align else outputs.float()).cpu().numpy()
         if sums is None:
