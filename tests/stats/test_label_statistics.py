@@ -90,6 +90,7 @@ def test_real_rgb_scene_per_band(data_dir: Path, tmp_path: Path) -> None:
         image = src.read()
     valid = (image != 0).any(axis=0)
     labels = np.digitize(image[1], [60, 120]).astype(np.uint8)  # three classes, and label 3 empty
+    labels[~valid] = 255  # the mask's nodata value: beyond the labels, counted nowhere
     found = run(image, labels, valid, 4, tmp_path, (100, 256))
     assert len(found["rows"]) == 4 * 3
     assert check(found, image, labels, valid, 4, exact_percentiles=True) == 3 * 3
