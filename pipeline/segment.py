@@ -38,6 +38,8 @@ from pipeline.instances import check_instances, parse_classes, volume_instances
 from pipeline.io.atomic import atomic_path
 from pipeline.io.nifti import NiftiScan, open_scan, stream_to_array, write_labels
 from pipeline.io.store import WorkStore, create_array, work_store
+from pipeline.mask_options import MaskOptions, apply_labels, extra_outputs, finish_report, scored_matrix, write_cutout
+from pipeline.mask_options import resolve as resolve_mask_options
 from pipeline.metrics import scores
 from pipeline.models import Model, load_model
 from pipeline.outputs import (
@@ -131,6 +133,11 @@ def segment_volume(
     instances: Sequence[str] | None = None,
     trust: bool = False,
     backend: str | None = None,
+    statistics: bool = False,
+    labels: Sequence[str] | None = None,
+    cutout: Sequence[str] | None = None,
+    cutout_margin: float = 0.0,
+    tta: str = "none",
 ) -> SegmentationResult:
     """Segment a 3D NIfTI scan into a label mask on exactly its grid, with a report.
 
@@ -154,10 +161,12 @@ def segment_volume(
     backend : the CPU inference backend, overriding the card's (``auto``, ``torch``, ``openvino``).
     trust : let a MONAI bundle's config run code beyond monai classes and harmless expressions
         (see :mod:`pipeline.bundles`); only for bundles whose code you would run.
+    statistics, labels, cutout, cutout_margin, tta : the mask options (:mod:`pipeline.mask_options`): HU per
+        label in the report, keep only some labels, write ``<mask>_cutout.nii.gz`` (margin in mm), mirroring.
 
     Raises
     ------
-    InputError, CardError, ModelError, OutputExistsError, OutputError
+    InputError, CardError, ModelError, SettingsError, OutputExistsError, OutputError
     """
     started = time.perf_counter()
     source = open_scan(scan)
@@ -167,8 +176,10 @@ def segment_volume(
     mask_path = Path(output) if output else default_volume_output(source.path)
     json_path = report_json_path(mask_path)
     probs_path = probabilities_path(mask_path) if probabilities else None
-    writes = volume_outputs(mask_path, html=html, ome_zarr=ome_zarr, probabilities=probabilities,
-                            instances=bool(check_instances(instances, mdl.labels)))
+    choices = resolve_mask_options(mdl, labels=labels, cutout=cutout, cutout_margin=cutout_margin,
+                                   statistics=statistics, tta=tta)
+    writes = [*volume_outputs(mask_path, html=html, ome_zarr=ome_zarr, probabilities=probabilities,
+                              instances=bool(check_instances(instances, mdl.labels))), *extra_outputs(choices, mask_path)]
     guard = functools.partial(check_outputs, writes, [source.path, reference, *model_reads(mdl)], overwrite=overwrite)
     guard()
     if reference:
@@ -182,7 +193,8 @@ def segment_volume(
                                  processes=local_processes(cluster, client), probabilities=probabilities),
                    source=source.path, work_root=root, cluster=cluster, client=client)
     sha256 = sha256_file(source.path)
-    fingerprint = {"input_sha256": sha256, **engine_fingerprint(mdl, chunks=block, probabilities=probabilities)}
+    fingerprint = {"input_sha256": sha256, **engine_fingerprint(mdl, chunks=block, probabilities=probabilities, tta=tta),
+                   **choices.fingerprint()}
     stages = Stages()
     with created_parents(writes), work_store(root, mask_path, fingerprint, check=guard) as work:
         group = work.group
@@ -192,7 +204,8 @@ def segment_volume(
             preload_model(active, mdl)
             with stages("inference"):
                 result = run_inference(image, mdl, group, client=active, chunks=block, ledger=work.ledger,
-                                       probabilities=probabilities, progress=progress)
+                                       probabilities=probabilities, progress=progress, tta=tta)
+                apply_labels(choices, result.labels, mdl.card.out_channels)
                 found = volume_instances(group, parse_classes(instances), mdl.labels, source.geometry, mask_path,
                                          client=active) if instances else None
             workers_rss = worker_peak_rss(active)
@@ -203,8 +216,13 @@ def segment_volume(
                 with atomic_path(probs_path) as tmp:
                     shutil.copytree(work.path / "work.zarr" / "probabilities", tmp)
                     mark_store(tmp, "probabilities")
+            cut = write_cutout(choices, group, source.geometry, mask_path)
         with stages("report"):
-            report = _build_report(source, sha256, mdl, mask_path, reference, result, started, workers_rss, stages)
+            report = _build_report(source, sha256, mdl, mask_path, reference, result, started, workers_rss, stages,
+                                   choices)
+            finish_report(choices, report, group, source.geometry, mdl)
+        if cut is not None:
+            report["cutout"] = cut
         if found is not None:
             report["instances"] = found
         csv_path = write_report(report, json_path)
@@ -283,10 +301,12 @@ def run_facts(result: InferenceResult, *, started: float, elements: int, workers
 
 
 def _build_report(source: NiftiScan, sha256: str, model: Model, mask: Path, reference: Any,
-                  result: InferenceResult, started: float, workers_rss: int, stages: Stages) -> dict[str, Any]:
+                  result: InferenceResult, started: float, workers_rss: int, stages: Stages,
+                  choices: MaskOptions) -> dict[str, Any]:
     n = model.card.out_channels
     if reference:
         matrix = confusion_against(reference, source.geometry, lambda k: result.labels[:, :, k], n_labels=n).dense(n)
+        matrix = scored_matrix(choices, matrix)
     else:
         matrix = _label_counts(result.labels, n)
     measured = scores(matrix)

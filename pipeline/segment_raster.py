@@ -50,6 +50,8 @@ from pipeline.io.geotiff import (
 )
 from pipeline.io.store import WorkStore, create_array, work_store
 from pipeline.io.vectors import read_reference_vectors, write_vectors
+from pipeline.mask_options import apply_labels, extra_outputs, finish_report, scored_matrix, write_cutout
+from pipeline.mask_options import resolve as resolve_mask_options
 from pipeline.metrics import Scores, confusion, scores
 from pipeline.models import Model, load_model
 from pipeline.outputs import (
@@ -138,6 +140,11 @@ def segment_raster(
     instances: Sequence[str] | None = None,
     trust: bool = False,
     backend: str | None = None,
+    statistics: bool = False,
+    labels: Sequence[str] | None = None,
+    cutout: Sequence[str] | None = None,
+    cutout_margin: float = 0.0,
+    tta: str = "none",
 ) -> SegmentationResult:
     """Segment a raster scene into a class mask on exactly its pixel grid, with a report.
 
@@ -163,10 +170,12 @@ def segment_raster(
     backend : the CPU inference backend, overriding the card's (``auto``, ``torch``, ``openvino``).
     trust : let a MONAI bundle's config run code beyond monai classes and harmless expressions
         (see :mod:`pipeline.bundles`); only for bundles whose code you would run.
+    statistics, labels, cutout, cutout_margin, tta : as for volumes (:mod:`pipeline.mask_options`); band values
+        per band, the cutout ``<mask>_cutout.tif`` with its margin in metres on the ground.
 
     Raises
     ------
-    InputError, GridMismatchError, CardError, ModelError, OutputExistsError, OutputError
+    InputError, GridMismatchError, CardError, ModelError, SettingsError, OutputExistsError, OutputError
     """
     started = time.perf_counter()
     raster = open_raster(scene)
@@ -178,8 +187,10 @@ def segment_raster(
     logger.debug("%s: model %s on bands %s", raster.path, mdl.name, ",".join(map(str, selected)))
     mask_path = Path(output) if output else default_raster_output(raster.path)
     vectors_path = Path(vectors) if vectors else None
-    writes = raster_outputs(mask_path, html=html, ome_zarr=ome_zarr, vectors=vectors_path,
-                            instances=bool(check_instances(instances, mdl.labels)))
+    choices = resolve_mask_options(mdl, labels=labels, cutout=cutout, cutout_margin=cutout_margin,
+                                   statistics=statistics, tta=tta)
+    writes = [*raster_outputs(mask_path, html=html, ome_zarr=ome_zarr, vectors=vectors_path,
+                              instances=bool(check_instances(instances, mdl.labels))), *extra_outputs(choices, mask_path)]
     reads = [raster.path, *(vector_reads(reference) if reference else ()), *model_reads(mdl)]
     guard = functools.partial(check_outputs, writes, reads, overwrite=overwrite)
     guard()
@@ -196,7 +207,7 @@ def segment_raster(
     sha256 = sha256_file(raster.path)
     block = chunks or raster_chunks(raster.geometry, default_chunks(window))
     fingerprint = {"input_sha256": sha256, "bands": list(selected),
-                   **engine_fingerprint(mdl, chunks=chunks, probabilities=False)}
+                   **engine_fingerprint(mdl, chunks=chunks, probabilities=False, tta=tta), **choices.fingerprint()}
     stages = Stages()
     with created_parents(writes), work_store(root, mask_path, fingerprint, check=guard) as work:
         group = work.group
@@ -205,21 +216,26 @@ def segment_raster(
             with stages("tile"):
                 image, valid, n_valid = _tile(raster, selected, work, block, sha256, active)
             with stages("inference"):
-                result = _infer(raster, image, valid, n_valid, mdl, work, active, block, chunks, progress)
+                result = _infer(raster, image, valid, n_valid, mdl, work, active, block, chunks, progress, tta)
+                apply_labels(choices, result.labels, mdl.card.out_channels)
                 features = write_vectors(str(group.store.root), raster.geometry, block, polygons, names=mdl.labels,
                                          client=active) if polygons else None
                 found = raster_instances(group, parse_classes(instances), mdl.labels, raster.geometry, mask_path,
                                          client=active, metres=metres_per_unit(raster.geometry)) if instances else None
             workers_rss = worker_peak_rss(active)
         with stages("report"):
-            matrix = _confusion(result.labels, valid, mdl.card.out_channels, truth)
+            matrix = scored_matrix(choices, _confusion(result.labels, valid, mdl.card.out_channels, truth))
         with stages("write"):
             write_mask(result.labels, valid, raster.geometry, mask_path, names=mdl.labels, work_dir=work.path)
             if polygons and vectors_path:
                 publish(polygons, vectors_path)
+            cut = write_cutout(choices, group, raster.geometry, mask_path)
         facts = {"bands": list(selected), "valid_pixels": n_valid, "features": features, "started": started,
                  "workers_rss": workers_rss, "stages": stages}
         report = _build_report(raster, sha256, mdl, mask_path, vectors_path, reference, matrix, result, facts)
+        finish_report(choices, report, group, raster.geometry, mdl)
+        if cut is not None:
+            report["cutout"] = cut
         if found is not None:
             report["instances"] = found
         csv_path = write_report(report, report_json_path(mask_path))
@@ -245,7 +261,8 @@ def _tile(raster: Raster, bands: tuple[int, ...], work: WorkStore, block: tuple[
 
 
 def _infer(raster: Raster, image: zarr.Array, valid: zarr.Array, n_valid: int, model: Model, work: WorkStore,
-           client: Any, block: tuple[int, ...], chunks: tuple[int, ...] | None, progress: bool) -> InferenceResult:
+           client: Any, block: tuple[int, ...], chunks: tuple[int, ...] | None, progress: bool,
+           tta: str = "none") -> InferenceResult:
     """Run the engine on the valid pixels (nodata counts in no statistic, reaches the network as a neutral
     value, and windows of nodata only are skipped), or skip it when the scene has no valid pixel.
 
@@ -259,7 +276,7 @@ def _infer(raster: Raster, image: zarr.Array, valid: zarr.Array, n_valid: int, m
         return InferenceResult(labels=labels, probabilities=None, seconds=0.0, windows=0, blocks=0, chunks=block)
     preload_model(client, model)
     return run_inference(image, model, work.group, client=client, chunks=chunks, progress=progress,
-                         ledger=work.ledger, valid=valid)
+                         ledger=work.ledger, valid=valid, tta=tta)
 
 
 def _confusion(labels: zarr.Array, valid: zarr.Array, n_labels: int, truth: Truth | None) -> np.ndarray:
