@@ -100,3 +100,27 @@ def test_unknown_label_is_one_line(data_dir: Path, tmp_path: Path) -> None:
         "error: unknown label for --labels 'livr'; did you mean 'liver'? (the model's labels: background, liver, "
         "spleen, kidneys, lungs, bone)"]
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["--tta", "flip"], 1, "error: unknown --tta 'flip' (choices: none, mirror, mirror-all)"),
+    (["--cutout", "spleen", "--labels", "liver"], 1, "error: --cutout spleen: dropped from the mask by --labels"),
+    (["--cutout-margin", "-1"], 2, "error: Invalid value for '--cutout-margin'"),
+])
+def test_bad_mask_options_are_one_line(data_dir: Path, tmp_path: Path, args: list[str], code: int,
+                                       message: str) -> None:
+    result = runner.invoke(app, ["segment-volume", str(data_dir / "medical" / "example_ct_sm.nii.gz"),
+                                 "-o", str(tmp_path / "x.nii.gz"), *args])
+    assert result.exit_code == code
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_existing_cutout_is_refused_before_any_work(data_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "x_cutout.nii.gz").write_bytes(b"keep")
+    result = runner.invoke(app, ["segment-volume", str(data_dir / "medical" / "example_ct_sm.nii.gz"),
+                                 "-o", str(tmp_path / "x.nii.gz"), "--cutout", "liver"])
+    assert result.exit_code == 1 and "x_cutout.nii.gz" in result.stderr and "exists" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x_cutout.nii.gz"]
+    assert (tmp_path / "x_cutout.nii.gz").read_bytes() == b"keep"
