@@ -20,7 +20,8 @@ import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pipeline.choices import check_choice
+import numpy as np
+
 from pipeline.errors import SettingsError
 
 TTA_MODES = ("none", "mirror", "mirror-all")
@@ -28,11 +29,9 @@ TTA_MODES = ("none", "mirror", "mirror-all")
 
 def check_tta(mode: str, *, classical: bool = False) -> str:
     """``mode`` if it is one of :data:`TTA_MODES` (and the model has windows to mirror), else a one-line
-    :class:`SettingsError`."""
-    try:
-        check_choice("--tta", mode, TTA_MODES)
-    except ValueError as e:
-        raise SettingsError(str(e)) from e
+    :class:`SettingsError` (the front end's check adds a "did you mean")."""
+    if mode not in TTA_MODES:
+        raise SettingsError(f"unknown --tta {mode!r} (choices: {', '.join(TTA_MODES)})")
     if classical and mode != "none":
         raise SettingsError(f"--tta {mode}: a classical model has no network windows to mirror")
     return mode
@@ -56,6 +55,13 @@ def mirror_axes(mode: str, spatial_dims: int, card: Any = None) -> tuple[int, ..
     return tuple(range(spatial_dims)) if mode == "mirror-all" else trained_axes(card, spatial_dims)
 
 
+def scan_axes(axes: Sequence[int], alignment: Any = None) -> tuple[int, ...]:
+    """The scan axes of the network's ``axes``: windows reach the forward on the scan's grid, and the
+    alignment gives model axis ``m`` scan axis ``perm[m]`` (a mirroring commutes with its flips, and with
+    resampling, which treats both directions alike)."""
+    return tuple(sorted(alignment.perm[a] for a in axes)) if alignment is not None else tuple(axes)
+
+
 def combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
     """Every subset of ``axes`` as dims of a (B, C, *spatial) batch, the empty one first."""
     dims = [2 + a for a in axes]
@@ -67,21 +73,18 @@ def passes(axes: Sequence[int]) -> int:
     return 2 ** len(axes)
 
 
-def mirrored(forward: Callable[[Any], Any], axes: Sequence[int]) -> Callable[[Any], Any]:
-    """``forward`` averaged over every mirroring of its input along ``axes`` (outputs flipped back);
-    ``forward`` itself for no axes."""
+def mirrored(forward: Callable[[np.ndarray], np.ndarray], axes: Sequence[int]) -> Callable[[np.ndarray], np.ndarray]:
+    """``forward`` (NumPy windows (B, C, *roi) -> outputs (B, K, *roi)) averaged over every mirroring of its
+    input along ``axes`` (outputs flipped back); ``forward`` itself for no axes."""
     if not axes:
         return forward
-    import torch
-
     combos = combinations(axes)
 
-    def averaged(x: Any) -> Any:
-        total = None
-        for dims in combos:
-            out = forward(torch.flip(x, dims) if dims else x).float()
-            out = torch.flip(out, dims) if dims else out
-            total = out if total is None else total + out
-        return total / len(combos)
+    def averaged(x: np.ndarray) -> np.ndarray:
+        total = np.asarray(forward(x), dtype=np.float32).copy()
+        for dims in combos[1:]:
+            out = forward(np.ascontiguousarray(np.flip(x, dims)))
+            total += np.flip(np.asarray(out, dtype=np.float32), dims)
+        return total / np.float32(len(combos))
 
     return averaged

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from pipeline import sliding_window
-from pipeline.cards import load_card
+from pipeline.config.cards import load_card
 from pipeline.engine.api import blend
 from pipeline.engine.predictor import InferenceSettings
 from pipeline.engine.tta import combinations, mirror_axes, passes, trained_axes
 from pipeline.engine.windows import parse_overlap
 from pipeline.errors import SettingsError
-from pipeline.models import resolve_card_path
+from pipeline.model.models import resolve_card_path
 from tests.engine.test_equivalence import Counting, monai, unet
 
 RNG = np.random.default_rng(11)
@@ -94,5 +94,5 @@ def test_combinations_and_passes() -> None:
 
 
 def test_unknown_mode_is_one_line() -> None:
-    with pytest.raises(SettingsError, match=r"unknown --tta 'mirorr'; did you mean 'mirror'\?"):
+    with pytest.raises(SettingsError, match=r"^unknown --tta 'mirorr' \(choices: none, mirror, mirror-all\)$"):
         sliding_window(np.zeros((1, 8, 8), np.float32), torch.nn.Conv2d(1, 2, 1), 8, tta="mirorr")

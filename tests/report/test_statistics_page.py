@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cards import Label
-from pipeline.html_report import volume_report
-from pipeline.label_statistics import add_to_label_rows, volume_statistics
-from pipeline.report import write_report
+from pipeline.config.cards import Label
+from pipeline.report.html_report import volume_report
+from pipeline.evaluate.label_statistics import add_to_label_rows, volume_statistics
+from pipeline.report.tables import write_report
 from tests.report.conftest import CT_REF
 
 

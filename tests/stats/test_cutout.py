@@ -11,9 +11,10 @@ import pytest
 import rasterio
 import zarr
 
-from pipeline.cutout import labels_box, write_raster_cutout, write_volume_cutout
-from pipeline.cutout_geometry import grow, margin_steps, shifted_transform
-from pipeline.io.geotiff import open_raster, pixel_size_m
+from pipeline.io.cutout import labels_box, write_raster_cutout, write_volume_cutout
+from pipeline.io.cutout_geometry import grow, margin_steps, shifted_transform
+from pipeline.geometry import pixel_size_m
+from pipeline.io.geotiff import open_raster
 from pipeline.io.nifti import open_scan
 
 

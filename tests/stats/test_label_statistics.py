@@ -11,7 +11,7 @@ import pytest
 import rasterio
 import zarr
 
-from pipeline.label_statistics import FLOAT_BITS, accumulate, bin_width, label_statistics
+from pipeline.evaluate.label_statistics import FLOAT_BITS, accumulate, bin_width, label_statistics
 
 NAMES = ("mean", "std", "min", "max", "p5", "median", "p95")
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.cards import Label
+from pipeline.config.cards import Label
 from pipeline.errors import SettingsError
-from pipeline.label_subset import kept_rows, lookup, resolve_kept, subset_labels, subset_matrix
-from pipeline.metrics import confusion, scores
+from pipeline.evaluate.label_subset import kept_rows, lookup, resolve_kept, subset_labels, subset_matrix
+from pipeline.evaluate.metrics import confusion, scores
 
 LABELS = {0: Label(name="background"), 1: Label(name="liver"), 2: Label(name="spleen"), 3: Label(name="kidneys"),
           4: Label(name="lungs"), 5: Label(name="bone")}

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import SettingsError
-from pipeline.mask_options import extra_outputs, resolve
-from pipeline.models import load_model
+from pipeline.segment.mask_options import extra_outputs, resolve
+from pipeline.model.models import load_model
 
 
 @pytest.fixture(scope="module")

@@ -87,7 +87,7 @@ def test_raster_statistics_and_cutout(data_dir: Path, tmp_path: Path) -> None:
         assert row["p5"] == np.percentile(inside, 5)
     lo = report["cutout"]["start"]
     with rasterio.open(tmp_path / "scene_seg_cutout.tif") as cut:
-        assert cut.transform == transform * rasterio.Affine.translation(lo[1], lo[0])
+        assert cut.transform == transform @ rasterio.Affine.translation(lo[1], lo[0])
         rows, cols = slice(lo[0], lo[0] + cut.height), slice(lo[1], lo[1] + cut.width)
         np.testing.assert_array_equal(cut.read(1), np.where(mask[rows, cols] == 1, image[rows, cols], nodata))
 

@@ -1,0 +1,427 @@
+"""The data catalog: the one file that says which scans are segmented, with which model, and where to.
+
+``data_catalog.yaml`` is read with ``yaml.safe_load`` and validated here, so a bad catalog fails
+with one line naming the file and the key (``data_catalog.yaml: sources.0.kind: ...``), as model
+cards do. Relative paths resolve against the catalog file's directory, never the working directory,
+so a deployment behaves the same wherever it is started. Outputs go to
+``<output_root>/<source output>/<path under the source directory>/<stem>_seg<suffix>`` and can never
+leave ``output_root`` (``..``, absolute paths and symlinks pointing outside are refused).
+
+Nothing here reads a scan or a model: :mod:`pipeline.batch.manifest` decides what to run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+import re
+import string
+import zoneinfo
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from pipeline.cluster import ClusterSettings
+from pipeline.config.choices import check_choice
+from pipeline.config.yamlfile import read_mapping
+from pipeline.errors import CatalogError, OutputError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Segmenter:
+    """How one kind of source is segmented: the library function (imported lazily) and its file names."""
+
+    module: str
+    function: str
+    suffixes: tuple[str, ...]  #: input file endings the source's glob must match, longest first
+    output_suffix: str  #: ending of the mask written for each input
+    options: frozenset[str] = frozenset()  #: source keys passed on as keyword arguments (bands, vectors)
+
+    def load(self) -> Callable[..., Any]:
+        """The segment function, imported on first use."""
+        module = importlib.import_module(self.module)
+        function: Callable[..., Any] = getattr(module, self.function)
+        return function
+
+    def stem(self, name: str) -> str:
+        """``scan.nii.gz`` -> ``scan``: the file name without its (double) suffix."""
+        for suffix in self.suffixes:
+            if name.lower().endswith(suffix):
+                return name[: -len(suffix)]
+        return PurePath(name).stem
+
+
+#: Source kind -> segmenter. The catalog's ``kind`` choices come from here, so they cannot disagree.
+SEGMENTERS: dict[str, Segmenter] = {
+    "medical": Segmenter("pipeline.segment.volume", "segment_volume", (".nii.gz", ".nii"), ".nii.gz"),
+    "geo": Segmenter("pipeline.segment.raster", "segment_raster", (".tiff", ".tif"), ".tif",
+                     frozenset({"bands", "vectors"})),
+}
+
+Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)]
+_CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,?-]+$")
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    """Anchor a relative path at the catalog file's directory (passed as validation context)."""
+    base = (info.context or {}).get("base")
+    return value if value.is_absolute() or base is None else Path(base) / value
+
+
+def _relative_parts(value: str, what: str) -> str:
+    """Refuse absolute paths and ``..``: what the value names must stay under its root."""
+    path = PurePath(value)
+    if path.is_absolute() or value.startswith(("/", "\\", "~")):
+        raise ValueError(f"{what} must be relative, got {value!r}")
+    if ".." in path.parts or ".." in value.replace("\\", "/").split("/"):
+        raise ValueError(f"{what} must not contain '..', got {value!r}")
+    return value
+
+
+class NamingRule(BaseModel):
+    """Where a scan's reference is: ``directory / name.format(stem=...)`` (a mask; for geo also vectors)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    directory: Path | None = Field(default=None, description="default: the scan's own directory")
+    name: str = Field(description="file name, with {stem} for the scan's name without suffix, e.g. '{stem}_ref.nii.gz'")
+
+    @field_validator("directory")
+    @classmethod
+    def _anchor(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve(value, info)
+
+    @field_validator("name")
+    @classmethod
+    def _file_name(cls, value: str) -> str:
+        fields = {field for _, field, _, _ in string.Formatter().parse(value) if field is not None}
+        if fields - {"stem"}:
+            raise ValueError(f"only {{stem}} may be substituted, got {sorted(fields - {'stem'})} in {value!r}")
+        if "/" in value or "\\" in value or value in {".", ".."}:
+            raise ValueError(f"must be a file name without directories, got {value!r}")
+        return value
+
+    def path_for(self, scan: Path, stem: str) -> Path:
+        return (self.directory or scan.parent) / self.name.format(stem=stem)
+
+
+class Source(BaseModel):
+    """One directory of inputs, all of one kind, all segmented with one model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: Name
+    kind: str
+    directory: Path
+    glob: str = "*"
+    model: str = Field(min_length=1, description="model card name (models/), or a card path or MONAI bundle "
+                       "directory relative to the catalog")
+    reference: NamingRule | None = None
+    vectors: str | None = Field(default=None, description="geo only: also write polygons, as 'gpkg' or 'geojson'")
+    bands: tuple[Annotated[int, Field(ge=1)], ...] | None = Field(default=None, description="geo only: 1-based")
+    output: str | None = Field(default=None, description="directory under output_root; default: the source name")
+    trust: bool = Field(default=False, description="the model is a MONAI bundle whose config may run code beyond "
+                        "monai classes and harmless expressions (see pipeline.model.bundles); "
+                        "only for code you would run")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        return check_choice("kind", value, SEGMENTERS)
+
+    @field_validator("directory")
+    @classmethod
+    def _anchor(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve(value, info)
+
+    @field_validator("glob")
+    @classmethod
+    def _relative_glob(cls, value: str) -> str:
+        return _relative_parts(value, "glob")
+
+    @field_validator("model")
+    @classmethod
+    def _model_path(cls, value: str, info: ValidationInfo) -> str:
+        """A card path (``*.yaml`` or containing ``/``) is anchored at the catalog; a name is looked up later."""
+        if value.endswith((".yaml", ".yml")) or "/" in value:
+            return str(_resolve(Path(value), info))
+        return value
+
+    @field_validator("vectors")
+    @classmethod
+    def _vector_format(cls, value: str | None) -> str | None:
+        from pipeline.io.vectors import VECTOR_FORMATS
+
+        choices = [suffix.removeprefix(".") for suffix in VECTOR_FORMATS]
+        return None if value is None else check_choice("vector format", value, choices)
+
+    @field_validator("output")
+    @classmethod
+    def _relative_output(cls, value: str | None) -> str | None:
+        return None if value is None else _relative_parts(value, "output")
+
+    @model_validator(mode="after")
+    def _options_fit_kind(self) -> Source:
+        allowed = SEGMENTERS[self.kind].options
+        for key in ("bands", "vectors"):
+            if getattr(self, key) is not None and key not in allowed:
+                raise ValueError(f"{key} is only valid for kind 'geo', not {self.kind!r}")
+        return self
+
+    @property
+    def segmenter(self) -> Segmenter:
+        return SEGMENTERS[self.kind]
+
+    @property
+    def output_name(self) -> str:
+        return self.output or self.name
+
+
+def _id_list(value: Any) -> list[int]:
+    """``[5, "25-50"]`` -> ``[5, 25, ..., 50]``: label ids, with inclusive ranges written as strings."""
+    ids: list[int] = []
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, str) and re.fullmatch(r"\d+-\d+", item.strip()):
+            low, high = (int(v) for v in item.split("-"))
+            if high < low:
+                raise ValueError(f"range {item!r} is empty")
+            ids.extend(range(low, high + 1))
+        elif isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+            ids.append(item)
+        else:
+            raise ValueError(f"label ids must be integers >= 0 or ranges like '25-50', got {item!r}")
+    return ids
+
+
+class TrainingPair(BaseModel):
+    """One image and its labels on the same grid: NIfTI + NIfTI, GeoTIFF + GeoTIFF, or GeoTIFF + vectors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    image: Path
+    labels: Path
+
+    @field_validator("image", "labels")
+    @classmethod
+    def _anchor(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve(value, info)
+
+
+class Holdout(BaseModel):
+    """Held back from training in every pair: indices ``>= start`` along spatial ``axis`` (array order)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    axis: int = Field(ge=0, le=2, description="volumes: 0=i, 1=j, 2=k; rasters: 0=row, 1=column")
+    start: int = Field(ge=1)
+
+
+class TrainingDataset(BaseModel):
+    """Image/label pairs for ``pipeline train``, and what is kept for validation (a region and/or pairs)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: str
+    description: str = ""
+    pairs: list[TrainingPair] = Field(min_length=1)
+    validation: list[TrainingPair] = Field(default_factory=list, description="pairs never trained on")
+    holdout: Holdout | None = None
+    bands: tuple[Annotated[int, Field(ge=1)], ...] | None = Field(default=None, description="geo only: 1-based")
+    label_map: dict[Annotated[int, Field(ge=1)], list[int]] | None = Field(
+        default=None, description="class -> source label ids (ranges as 'a-b'); every other id is background (0)")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        return check_choice("kind", value, SEGMENTERS)
+
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _expand_ranges(cls, value: Any) -> Any:
+        return {k: _id_list(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _has_validation(self) -> TrainingDataset:
+        if self.holdout is None and not self.validation:
+            raise ValueError("needs a validation split: 'holdout' (a region) and/or 'validation' (pairs)")
+        if self.bands is not None and self.kind != "geo":
+            raise ValueError(f"bands is only valid for kind 'geo', not {self.kind!r}")
+        return self
+
+
+class ClusterConfig(BaseModel):
+    """One Dask cluster per flow run: a LocalCluster with these sizes, or an existing scheduler."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    address: str | None = Field(default=None, description="e.g. tcp://scheduler:8786; wins over the local sizes")
+    workers: int = Field(default=2, ge=1)
+    threads_per_worker: int = Field(default=1, ge=1)
+    memory_limit: str = Field(default="auto", description="per worker, e.g. 4GiB; auto = RAM / workers")
+    torch_threads: int | None = Field(default=None, ge=1)
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _bytes(cls, value: str) -> str:
+        if value != "auto":
+            from dask.utils import parse_bytes
+
+            try:
+                parse_bytes(value)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"not a memory size like '4GiB' or 'auto', got {value!r}") from e
+        return value
+
+    def settings(self) -> ClusterSettings:
+        return ClusterSettings(address=self.address, workers=self.workers, threads_per_worker=self.threads_per_worker,
+                               memory_limit=self.memory_limit, torch_threads=self.torch_threads)
+
+
+class Schedule(BaseModel):
+    """When the deployment runs: a 5-field cron expression in a named time zone."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    cron: str
+    timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, value: str) -> str:
+        fields = value.split()
+        if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+            raise ValueError(f"must be a 5-field cron expression like '0 2 * * *', got {value!r}")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as e:
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name like 'Europe/Berlin')") from e
+        return value
+
+
+class Catalog(BaseModel):
+    """What is processed (sources), where results go (output_root), how (cluster) and when (schedule)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    sources: list[Source] = Field(min_length=1)
+    output_root: Path
+    work_root: Path | None = Field(default=None, description="Zarr work stores; default <output_root>/.work")
+    cluster: ClusterConfig = ClusterConfig()
+    schedule: Schedule | None = None
+    datasets: dict[Name, TrainingDataset] = Field(default_factory=dict, description="for pipeline train")
+    _file: Path = PrivateAttr(default=Path("data_catalog.yaml"))
+
+    @field_validator("output_root", "work_root")
+    @classmethod
+    def _anchor(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve(value, info)
+
+    @model_validator(mode="after")
+    def _unique_and_contained(self) -> Catalog:
+        root = self.output_root.resolve()
+        names: set[str] = set()
+        outputs: dict[Path, str] = {}
+        for i, source in enumerate(self.sources):
+            if source.name in names:
+                raise ValueError(f"sources.{i}.name: duplicate source name {source.name!r}")
+            names.add(source.name)
+            target = (self.output_root / source.output_name).resolve()
+            if not target.is_relative_to(root) or target == root:
+                raise ValueError(f"sources.{i}.output: {source.output_name!r} resolves to {target}, "
+                                 f"outside the output root {root} (a symlink?)")
+            if target in outputs:
+                raise ValueError(f"sources.{i}.output: {target} is also the output of source {outputs[target]!r}")
+            outputs[target] = source.name
+        return self
+
+    @property
+    def file(self) -> Path:
+        """The catalog file as it was given to :func:`load_catalog` (used in error messages)."""
+        return self._file
+
+    @property
+    def work_dir(self) -> Path:
+        return self.work_root or self.output_root / ".work"
+
+    def select(self, name: str | None) -> list[tuple[int, Source]]:
+        """``(index, source)`` for all sources, or for the one named ``name``."""
+        indexed = list(enumerate(self.sources))
+        if name is None:
+            return indexed
+        chosen = [(i, s) for i, s in indexed if s.name == name]
+        if not chosen:
+            known = [s.name for s in self.sources]
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise CatalogError(f"{self.file}: no source named {name!r}{hint} (sources: {', '.join(known)})")
+        return chosen
+
+    def dataset(self, name: str) -> TrainingDataset:
+        """The training dataset called ``name``; a one-line error with a suggestion otherwise."""
+        from pipeline.config.choices import unknown_choice
+
+        if name not in self.datasets:
+            raise CatalogError(f"{self.file}: {unknown_choice('dataset', name, self.datasets, listing='datasets')}")
+        return self.datasets[name]
+
+    def error(self, index: int, key: str, message: str) -> CatalogError:
+        """A one-line error about ``sources.<index>.<key>`` of this catalog."""
+        return CatalogError(f"{self.file}: sources.{index}.{key}: {message}")
+
+    def output_for(self, source: Source, scan: Path) -> Path:
+        """Mask path for ``scan``: mirrors its place under the source directory inside the output root.
+
+        Raises
+        ------
+        OutputError
+            The path would resolve outside ``output_root`` (e.g. through a symlinked directory).
+        """
+        relative = scan.relative_to(source.directory)
+        name = source.segmenter.stem(scan.name) + "_seg" + source.segmenter.output_suffix
+        output = self.output_root / source.output_name / relative.parent / name
+        root = self.output_root.resolve()
+        if not output.resolve().is_relative_to(root):
+            raise OutputError(f"{output}: resolves to {output.resolve()}, outside the output root {root}; "
+                              "remove the symlink or change output_root")
+        return output
+
+
+def _describe(error: ValidationError) -> str:
+    """Pydantic's errors as ``key: message``, the way ``pipeline.config.cards`` reports card errors."""
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
+
+
+def load_catalog(path: str | Path) -> Catalog:
+    """Read and validate a data catalog; relative paths inside resolve against its directory.
+
+    Raises
+    ------
+    CatalogError
+        The file is missing, not YAML, uses non-safe tags (``!!python/object``), or fails validation.
+        The message is one line: ``<file>: <key>: <what is wrong>``.
+    """
+    path = Path(path)
+    data = read_mapping(path, "data catalog", CatalogError)
+    try:
+        catalog = Catalog.model_validate(data, context={"base": path.resolve().parent})
+    except ValidationError as e:
+        raise CatalogError(f"{path}: {_describe(e)}") from e
+    catalog._file = path
+    return catalog
