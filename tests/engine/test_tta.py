@@ -96,3 +96,18 @@ def test_combinations_and_passes() -> None:
 def test_unknown_mode_is_one_line() -> None:
     with pytest.raises(SettingsError, match=r"^unknown --tta 'mirorr' \(choices: none, mirror, mirror-all\)$"):
         sliding_window(np.zeros((1, 8, 8), np.float32), torch.nn.Conv2d(1, 2, 1), 8, tta="mirorr")
+
+
+def test_network_axes_map_to_scan_axes_through_the_alignment() -> None:
+    """Windows reach the forward on the scan's grid: model axis m is scan axis perm[m]."""
+    from pipeline.engine.alignment import WindowAlignment
+    from pipeline.engine.tta import scan_axes
+
+    align = WindowAlignment(perm=(2, 0, 1), flip=(True, False, False), roi_model=(8, 8, 8), roi_scan=(8, 8, 8))
+    assert scan_axes((0,), align) == (2,)
+    assert scan_axes((1, 2), align) == (0, 1)
+    assert scan_axes((2,), None) == (2,)
+    x = RNG.standard_normal((2, 1, 8, 8, 8)).astype(np.float32)
+    model_view = align.to_model_array(x)
+    # mirroring the scan window along scan axis perm[0] is mirroring the network's view along its axis 0
+    np.testing.assert_array_equal(align.to_model_array(np.flip(x, 2 + 2)), np.flip(model_view, 2 + 0))
