@@ -114,6 +114,10 @@ HtmlOpt = Annotated[bool, typer.Option("--html/--no-html", help="Write <mask>.re
 OmeZarrOpt = Annotated[bool, typer.Option("--ome-zarr", help="Also write <mask>.ome.zarr (NGFF image + labels) for napari / neuroglancer.")]
 InstancesOpt = Annotated[list[str] | None, typer.Option("--instances", help="Class name(s) whose connected objects get their own ids (repeatable or comma list): <mask>_instances + <mask>.instances.csv.")]
 BackendOpt = Annotated[str | None, typer.Option("--backend", help="CPU inference backend: auto (OpenVINO on CPU when installed, else torch), torch or openvino (default: the card's, auto).")]
+StatisticsOpt = Annotated[bool, typer.Option("--statistics", help="Add the input's values inside each label to the report, CSV and page: count, volume/area, mean, std, min, max, p5, median, p95 (HU for CT, per band for rasters).")]
+LabelsOpt = Annotated[list[str] | None, typer.Option("--labels", metavar="NAME[,NAME]", help="Keep only these labels (names or values; repeatable or comma list): the others become background, and the report scores only these.")]
+CutoutOpt = Annotated[list[str] | None, typer.Option("--cutout", metavar="NAME[,NAME]", help="Also write <mask>_cutout: the input inside these labels, cropped to them plus --cutout-margin (outside them: the input's minimum; rasters: nodata).")]
+TtaOpt = Annotated[str, typer.Option("--tta", help="Test-time mirroring: none, mirror (along the axes the model was trained flipped), mirror-all (every axis); 2^axes network passes per window.")]
 TrustOpt = Annotated[bool, typer.Option("--trust", help="Trust a MONAI bundle's config: let it run code beyond monai classes and harmless expressions. Only for bundles whose code you would run.")]
 
 
@@ -197,6 +201,11 @@ def segment_volume_cmd(
     html: HtmlOpt = True,
     ome_zarr: OmeZarrOpt = False,
     instances: InstancesOpt = None,
+    statistics: StatisticsOpt = False,
+    labels: LabelsOpt = None,
+    cutout: CutoutOpt = None,
+    cutout_margin: Annotated[float, typer.Option("--cutout-margin", min=0.0, help="Margin of --cutout around its labels, in mm.")] = 0.0,
+    tta: TtaOpt = "none",
     trust: TrustOpt = False,
     backend: BackendOpt = None,
     verbose: VerboseOpt = 0,
@@ -207,13 +216,14 @@ def segment_volume_cmd(
     from pipeline.io.outputs import preflight_volume
 
     run(lambda: preflight_volume(scan, output=output, reference=reference, model=model, overwrite=overwrite, html=html,
-                                 ome_zarr=ome_zarr, probabilities=probabilities, instances=instances))
+                                 ome_zarr=ome_zarr, probabilities=probabilities, instances=instances, cutout=cutout))
     from pipeline.segment.options import SegmentOptions
     from pipeline.segment.volume import segment_volume
 
     options = SegmentOptions(overwrite=overwrite, html=html, ome_zarr=ome_zarr, instances=instances,
                              chunks=parse_chunks(chunk_size, 3), backend=backend, trust=trust,
-                             probabilities=probabilities)
+                             probabilities=probabilities, statistics=statistics, labels=labels, cutout=cutout,
+                             cutout_margin=cutout_margin, tta=tta)
     runtime = _runtime(work_dir, workers, threads, memory_limit, dask_address)
     result = run(lambda: segment_volume(scan, model=model, output=output, reference=reference, options=options,
                                         runtime=runtime))
@@ -247,6 +257,11 @@ def segment_raster_cmd(
     html: HtmlOpt = True,
     ome_zarr: OmeZarrOpt = False,
     instances: InstancesOpt = None,
+    statistics: StatisticsOpt = False,
+    labels: LabelsOpt = None,
+    cutout: CutoutOpt = None,
+    cutout_margin: Annotated[float, typer.Option("--cutout-margin", min=0.0, help="Margin of --cutout around its labels, in metres on the ground (pixels without a CRS).")] = 0.0,
+    tta: TtaOpt = "none",
     trust: TrustOpt = False,
     backend: BackendOpt = None,
     verbose: VerboseOpt = 0,
@@ -260,13 +275,14 @@ def segment_raster_cmd(
     from pipeline.io.outputs import preflight_raster
 
     run(lambda: preflight_raster(scene, output=output, reference=reference, model=model, vectors=vectors,
-                                 overwrite=overwrite, html=html, ome_zarr=ome_zarr, instances=instances))
+                                 overwrite=overwrite, html=html, ome_zarr=ome_zarr, instances=instances, cutout=cutout))
     from pipeline.segment.options import SegmentOptions
     from pipeline.segment.raster import segment_raster
 
     options = SegmentOptions(overwrite=overwrite, html=html, ome_zarr=ome_zarr, instances=instances,
                              chunks=parse_chunks(chunk_size, 2), backend=backend, trust=trust,
-                             bands=parse_bands(bands), vectors=vectors)
+                             bands=parse_bands(bands), vectors=vectors, statistics=statistics, labels=labels,
+                             cutout=cutout, cutout_margin=cutout_margin, tta=tta)
     runtime = _runtime(work_dir, workers, threads, memory_limit, dask_address)
     result = run(lambda: segment_raster(scene, model=model, output=output, reference=reference, options=options,
                                         runtime=runtime))
@@ -299,6 +315,8 @@ def _print_result(result: Any) -> None:
         found = result.report["instances"]
         typer.echo(f"instances: {found['mask']} ({found['count']} objects of {', '.join(found['classes'])}; "
                    f"table {found['csv']})")
+    if result.report.get("cutout"):
+        typer.echo(f"cutout: {result.report['cutout']['path']}")
     for row in result.report["labels"]:
         if row["dice"] is not None:
             typer.echo(f"  {row['name']:<16} dice {row['dice']:.3f}  iou {row['iou']:.3f}")

@@ -19,6 +19,7 @@ import numpy as np
 
 from pipeline.engine.merger import merge_block
 from pipeline.engine.predictor import InferenceSettings, predict_group
+from pipeline.engine.tta import mirror_axes
 from pipeline.engine.windows import padded_index, parse_overlap, parse_roi_size, plan_blocks, window_grid
 from pipeline.errors import SettingsError
 
@@ -162,6 +163,7 @@ def sliding_window(
     sw_batch_size: int = 4,
     chunks: int | Sequence[int] | None = None,
     client: Any = None,
+    tta: str = "none",
 ) -> Any:
     """Sliding-window inference over a (C, *spatial) array too big for memory.
 
@@ -180,6 +182,8 @@ def sliding_window(
     chunks : output block side(s) in voxels; default :data:`DEFAULT_CHUNK` (at least 2 rois).
     client : a ``distributed.Client``; the network is scattered to its workers once, so compute the
         result on that client (``client.compute(result)``), not on another default scheduler.
+    tta : ``"mirror"`` (or ``"mirror-all"``; the same here, without a card): average each window's outputs
+        over its 2^d mirrorings (:mod:`.tta`).
 
     Returns
     -------
@@ -198,7 +202,7 @@ def sliding_window(
     spatial = tuple(int(n) for n in x.shape[1:])
     roi = parse_roi_size(roi_size, spatial)
     settings = InferenceSettings(roi_size=roi, overlap=parse_overlap(overlap, len(spatial)), mode=mode,
-                                 sw_batch_size=sw_batch_size)
+                                 sw_batch_size=sw_batch_size, mirror_axes=mirror_axes(tta, len(spatial)))
     block = (chunks,) * len(spatial) if isinstance(chunks, int) else chunks
     out_channels = infer_out_channels(network, int(x.shape[0]), roi)
     return blend(x, network, settings, out_channels=out_channels, chunks=block, client=client)

@@ -23,6 +23,7 @@ from pipeline.engine.alignment import alignment_for
 from pipeline.engine.api import default_chunks
 from pipeline.engine.predictor import InferenceSettings
 from pipeline.engine.runner import BlockSink, ImageSource, block_jobs, run_block, run_jobs
+from pipeline.engine.tta import mirror_axes
 from pipeline.engine.windows import balanced_chunks, parse_overlap, plan_blocks, window_grid
 from pipeline.errors import InputError
 from pipeline.io.store import Ledger, block_name, create_array
@@ -64,20 +65,22 @@ def preload_model(client: Any, model: Model) -> None:
     client.run(_load_network, model.ref, on_error="ignore")
 
 
-def engine_fingerprint(model: Model, *, chunks: Sequence[int] | None, probabilities: bool) -> dict[str, Any]:
+def engine_fingerprint(model: Model, *, chunks: Sequence[int] | None, probabilities: bool,
+                       tta: str = "none") -> dict[str, Any]:
     """Everything besides the input that decides a block's labels: a work store made with another
     fingerprint is never resumed (see :func:`pipeline.io.store.work_store`)."""
     from pipeline.version import code_version
 
     return {"model": model.name, "model_sha256": model.sha256, "card": model.card.model_dump(mode="json"),
             "chunks": list(chunks) if chunks else None, "probabilities": probabilities,
-            "device": device_type(None), "code_version": code_version()}
+            "tta": tta, "device": device_type(None), "code_version": code_version()}
 
 
 def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client: Any,
                   chunks: Sequence[int] | None = None, probabilities: bool = False,
                   progress: bool = False, ledger: Ledger | None = None,
-                  valid: zarr.Array | None = None, backend: str | None = None) -> InferenceResult:
+                  valid: zarr.Array | None = None, backend: str | None = None,
+                  tta: str = "none") -> InferenceResult:
     """Segment ``image`` (C, *spatial) from the work store into ``group['labels']``.
 
     With a ``ledger``, blocks it records as finished are kept and not recomputed (resume); the
@@ -85,6 +88,7 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
     (*spatial, bool, in the same group), invalid pixels count in no statistic, reach the network as
     :data:`~pipeline.engine.validity.NEUTRAL`, and windows without a valid pixel are skipped.
     ``backend`` overrides the card's CPU inference backend (``auto``: OpenVINO on CPU when installed).
+    ``tta``: ``mirror``/``mirror-all`` average each window over its mirrorings (:mod:`pipeline.engine.tta`).
     """
     if model.card.kind == "classical":  # weightless methods: same store and block grid, no windows
         from pipeline.engine.classical import run_classical
@@ -103,7 +107,8 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
     settings = InferenceSettings(roi_size=alignment.roi_scan if alignment else model.roi_size,
                                  overlap=parse_overlap(model.overlap, len(spatial)),
                                  sw_batch_size=model.card.sw_batch_size, alignment=alignment,
-                                 out_channels=model.card.out_channels, backend=backend or model.card.backend)
+                                 out_channels=model.card.out_channels, backend=backend or model.card.backend,
+                                 mirror_axes=mirror_axes(tta, len(spatial), model.card))
     if alignment is not None:
         logger.info("windows of %s input pixels/voxels, shown to the model as %s %s", list(alignment.roi_scan),
                     list(model.roi_size), model.card.orientation or "")

@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.engine.alignment import WindowAlignment
 from pipeline.engine.forward import window_forward
+from pipeline.engine.tta import mirrored, scan_axes
 from pipeline.engine.validity import windows_with_data
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,9 @@ class InferenceSettings:
     #: CPU inference backend (:data:`pipeline.engine.backends.BACKENDS`); only for networks known by a
     #: weights sha256 (a ``ModelRef``): a bare torch module always runs on torch
     backend: str = "auto"
+    #: test-time mirroring (:mod:`pipeline.engine.tta`): the network's spatial axes whose 2^n mirrorings
+    #: are averaged; () for none
+    mirror_axes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +116,7 @@ def predict_group(
             return Partial(lo=lo, sums=np.zeros((settings.out_channels + 1, *span), dtype=np.float32), n_windows=0)
     source = np.ascontiguousarray(region, dtype=np.float32)
     forward, _ = window_forward(network, settings, in_channels=int(source.shape[0]))
+    forward = mirrored(forward, scan_axes(settings.mirror_axes, settings.alignment))
     for first in range(0, len(corners), settings.sw_batch_size):
         batch = corners[first : first + settings.sw_batch_size]
         boxes = [tuple(slice(c - o, c - o + r) for c, o, r in zip(corner, lo, settings.roi_size, strict=True))

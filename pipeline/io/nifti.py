@@ -254,19 +254,28 @@ def write_labels(labels: Any, geometry: VolumeGeometry, path: Path, *,
     once complete.
     """
     header = (nib.Nifti2Header if geometry.nifti_version == 2 else nib.Nifti1Header)()
-    header.set_data_dtype(labels.dtype)
-    geometry.apply_to_header(header)
     header.set_intent(NIFTI_INTENT_LABEL)
     header["cal_min"], header["cal_max"] = 0, max(label_names or {0: ""})
     header["descrip"] = b"volseg label mask"
+    write_volume(labels, geometry, path, header=header)
+
+
+def write_volume(values: Any, geometry: VolumeGeometry, path: Path, *, header: Any = None) -> None:
+    """Stream any (i, j, k) array with ``.dtype``, ``.shape`` and slab indexing (Zarr, NumPy, a view) to
+    NIfTI on ``geometry``'s grid, in slabs of its last chunk; ``header`` adds intent/description fields."""
+    if header is None:
+        header = (nib.Nifti2Header if geometry.nifti_version == 2 else nib.Nifti1Header)()
+    header.set_data_dtype(values.dtype)
+    geometry.apply_to_header(header)
     offset = header.single_vox_offset
     header.set_data_offset(offset)
-    thickness = labels.chunks[-1] if hasattr(labels, "chunks") and isinstance(labels.chunks[-1], int) else 16
+    chunks = getattr(values, "chunks", None)
+    thickness = chunks[-1] if chunks and isinstance(chunks[-1], int) else 16
     with atomic_path(path) as tmp, _deterministic_writer(tmp, gz=is_gzip(path)) as fh:
         header.write_to(fh)  # header + empty extension flag
         fh.write(b"\x00" * (offset - fh.tell()))
         for k0 in range(0, geometry.shape[2], thickness):
-            fh.write(np.asarray(labels[:, :, k0 : k0 + thickness]).tobytes(order="F"))
+            fh.write(np.asarray(values[:, :, k0 : k0 + thickness]).tobytes(order="F"))
 
 
 @contextlib.contextmanager

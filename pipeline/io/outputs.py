@@ -119,6 +119,12 @@ def instance_mask_path(mask: Path) -> Path:
     return mask.with_name(f"{stem}_instances{suffix}")
 
 
+def cutout_path(mask: Path) -> Path:
+    """``scan_seg.nii.gz`` -> ``scan_seg_cutout.nii.gz``: the input cut out by ``--cutout``."""
+    stem, suffix = split_suffix(mask.name)
+    return mask.with_name(f"{stem}_cutout{suffix}")
+
+
 def instance_csv_path(mask: Path) -> Path:
     return mask.with_name(f"{mask_stem(mask)}.instances.csv")
 
@@ -338,19 +344,22 @@ def _asked(instances: Sequence[str] | None) -> bool:
 
 def preflight_volume(scan: Path, *, output: Path | None, reference: Path | None, model: str | None,
                      overwrite: bool, html: bool, ome_zarr: bool, probabilities: bool,
-                     instances: Sequence[str] | None) -> None:
+                     instances: Sequence[str] | None, cutout: Sequence[str] | None = None) -> None:
     """The output guard of ``segment-volume`` from the command line alone, before torch or Dask are imported
     (:func:`pipeline.segment.segment_volume` checks again with the loaded model's files)."""
-    writes = volume_outputs(output or default_volume_output(scan), html=html, ome_zarr=ome_zarr,
-                            probabilities=probabilities, instances=_asked(instances))
+    mask = output or default_volume_output(scan)
+    writes = volume_outputs(mask, html=html, ome_zarr=ome_zarr, probabilities=probabilities,
+                            instances=_asked(instances))
+    writes += [Output(cutout_path(mask), "nifti")] if _asked(cutout) else []
     check_outputs(writes, [scan, reference, *model_arg_reads(model)], overwrite=overwrite)
 
 
 def preflight_raster(scene: Path, *, output: Path | None, reference: Path | None, model: str | None,
                      vectors: Path | None, overwrite: bool, html: bool, ome_zarr: bool,
-                     instances: Sequence[str] | None) -> None:
+                     instances: Sequence[str] | None, cutout: Sequence[str] | None = None) -> None:
     """:func:`preflight_volume` for ``segment-raster``."""
-    writes = raster_outputs(output or default_raster_output(scene), html=html, ome_zarr=ome_zarr,
-                            instances=_asked(instances), vectors=vectors)
+    mask = output or default_raster_output(scene)
+    writes = raster_outputs(mask, html=html, ome_zarr=ome_zarr, instances=_asked(instances), vectors=vectors)
+    writes += [Output(cutout_path(mask), "geotiff")] if _asked(cutout) else []
     reads = [scene, *(vector_reads(reference) if reference else ()), *model_arg_reads(model)]
     check_outputs(writes, reads, overwrite=overwrite)

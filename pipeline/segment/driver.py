@@ -45,6 +45,15 @@ from pipeline.model.models import Model, load_model
 from pipeline.report.sidecars import write_sidecars
 from pipeline.report.tables import write_report
 from pipeline.segment.domain import DOMAIN_OPTIONS, Domain, Source
+from pipeline.segment.mask_options import (
+    MaskOptions,
+    apply_labels,
+    extra_outputs,
+    finish_report,
+    scored_matrix,
+    write_cutout,
+)
+from pipeline.segment.mask_options import resolve as resolve_mask_options
 from pipeline.segment.options import RunSettings, SegmentOptions
 from pipeline.segment.plan_estimate import clip_chunks, estimate_plan
 from pipeline.segment.resources import check_capacity, client_scope, local_processes, planned_workers
@@ -69,6 +78,7 @@ class Prepared:
     window: tuple[int, ...]  #: the model's roi in the input's own pixels or voxels
     root: Path  #: work store root
     truth: Any  #: the adapter's reference handle, or None
+    choices: MaskOptions  #: --labels, --statistics, --cutout, --tta, checked against the model
 
 
 def segment(path: PathArg, domain: Domain, *, model: PathArg | Model | None = None, output: PathArg | None = None,
@@ -88,7 +98,8 @@ def segment(path: PathArg, domain: Domain, *, model: PathArg | Model | None = No
     run = prepare(path, domain, model=model, output=output, reference=reference, options=options, runtime=runtime)
     sha256 = sha256_file(run.source.path)
     fingerprint = {"input_sha256": sha256, **run.source.fingerprint(),
-                   **engine_fingerprint(run.model, chunks=run.chunks, probabilities=options.probabilities)}
+                   **engine_fingerprint(run.model, chunks=run.chunks, probabilities=options.probabilities,
+                                        tta=options.tta), **run.choices.fingerprint()}
     with created_parents(run.writes), work_store(run.root, run.mask, fingerprint, check=run.guard) as work:
         return _execute(run, work, sha256, reference, options, runtime, started)
 
@@ -102,7 +113,10 @@ def prepare(path: PathArg, domain: Domain, *, model: PathArg | Model | None, out
     mdl = mdl.on_backend(options.backend)
     source.bind(mdl, options)
     mask = Path(output) if output else source.default_output()
-    writes = source.outputs(mask, options, instances=bool(check_instances(options.instances, mdl.labels)))
+    choices = resolve_mask_options(mdl, labels=options.labels, cutout=options.cutout,
+                                   cutout_margin=options.cutout_margin, statistics=options.statistics, tta=options.tta)
+    writes = [*source.outputs(mask, options, instances=bool(check_instances(options.instances, mdl.labels))),
+              *extra_outputs(choices, mask)]
     guard = functools.partial(check_outputs, writes, [*source.reads(reference), *model_reads(mdl)],
                               overwrite=options.overwrite)
     guard()
@@ -119,7 +133,7 @@ def prepare(path: PathArg, domain: Domain, *, model: PathArg | Model | None, out
     check_capacity(plan, source=source.path, work_root=root, cluster=runtime.cluster, client=runtime.client)
     truth = source.open_reference(reference, mdl) if reference else None  # fail before the expensive part
     return Prepared(source=source, model=mdl, mask=mask, writes=writes, guard=guard, chunks=chunks, window=window,
-                    root=root, truth=truth)
+                    root=root, truth=truth, choices=choices)
 
 
 def _execute(run: Prepared, work: WorkStore, sha256: str, reference: PathArg | None, options: SegmentOptions,
@@ -134,7 +148,8 @@ def _execute(run: Prepared, work: WorkStore, sha256: str, reference: PathArg | N
             preload_model(client, mdl)
         with stages("inference"):
             result = _infer(source, image, valid, n_valid, mdl, work, client, run.chunks, runtime.progress,
-                            options.probabilities)
+                            options)
+            apply_labels(run.choices, result.labels, mdl.card.out_channels)
             facts = source.extras(work, mdl, client, options)
             found = source.find_instances(work.group, parse_classes(options.instances), mdl, run.mask,
                                           client) if options.instances else None
@@ -142,11 +157,15 @@ def _execute(run: Prepared, work: WorkStore, sha256: str, reference: PathArg | N
     with stages("write"):
         source.write(result.labels, valid, mdl, run.mask, work, options)
         probs = _copy_probabilities(work, run.mask) if options.probabilities else None
+        cutout = write_cutout(run.choices, work.group, source.geometry, run.mask)
     with stages("report"):
-        matrix = source.confusion(result.labels, valid, mdl.card.out_channels, run.truth)
+        matrix = scored_matrix(run.choices, source.confusion(result.labels, valid, mdl.card.out_channels, run.truth))
         record = RunRecord(sha256=sha256, mask=run.mask, reference=reference, result=result, valid_pixels=n_valid,
                            started=started, workers_rss=workers_rss, stages=stages)
         report = build_report(source, mdl, record, matrix, source.report_extras(options, facts))
+        finish_report(run.choices, report, work.group, source.geometry, mdl)
+    if cutout is not None:
+        report["cutout"] = cutout
     if found is not None:
         report["instances"] = found
     json_path = report_json_path(run.mask)
@@ -193,7 +212,7 @@ def _tile(source: Source, work: WorkStore, chunks: tuple[int, ...], sha256: str,
 
 
 def _infer(source: Source, image: Any, valid: Any, n_valid: int | None, model: Model, work: WorkStore, client: Any,
-           chunks: tuple[int, ...] | None, progress: bool, probabilities: bool) -> InferenceResult:
+           chunks: tuple[int, ...] | None, progress: bool, options: SegmentOptions) -> InferenceResult:
     """Run the engine (on the valid pixels, when the input has nodata), or skip it when no pixel is valid.
 
     ``chunks`` are the user's inference blocks, if any (otherwise the engine balances blocks over the workers).
@@ -205,7 +224,7 @@ def _infer(source: Source, image: Any, valid: Any, n_valid: int | None, model: M
                               channel_axis=False)
         return InferenceResult(labels=labels, probabilities=None, seconds=0.0, windows=0, blocks=0, chunks=block)
     return run_inference(image, model, work.group, client=client, chunks=chunks, ledger=work.ledger,
-                         probabilities=probabilities, progress=progress, valid=valid)
+                         probabilities=options.probabilities, progress=progress, valid=valid, tta=options.tta)
 
 
 def _copy_probabilities(work: WorkStore, mask: Path) -> Path:

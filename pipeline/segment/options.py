@@ -37,6 +37,11 @@ class SegmentOptions:
     probabilities: bool = False  #: volumes: also write ``<mask>_probabilities.zarr``
     bands: Sequence[int] | None = None  #: rasters: 1-based bands in model order (default: the card's)
     vectors: str | os.PathLike[str] | None = None  #: rasters: also write polygons (``.gpkg``/``.geojson``)
+    statistics: bool = False  #: input values inside each label in the report (``evaluate/label_statistics.py``)
+    labels: Sequence[str] | None = None  #: keep only these labels (names or values) in the mask and the scores
+    cutout: Sequence[str] | None = None  #: also write the input inside these labels, cropped: ``<mask>_cutout``
+    cutout_margin: float = 0.0  #: margin of the cutout around the labels, mm (volumes) or m (rasters)
+    tta: str = "none"  #: test-time mirroring: none, mirror (the card's trained axes), mirror-all
 
 
 @dataclass(frozen=True, slots=True)
