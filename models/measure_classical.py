@@ -63,7 +63,7 @@ def volume_metrics(name: str, mask: np.ndarray, ref: np.ndarray, scan: np.ndarra
 
 
 def raster_metrics(mask: np.ndarray) -> dict[str, Any]:
-    from pipeline.cards import Label
+    from pipeline.config.cards import Label
     from pipeline.io.geotiff import open_raster
     from pipeline.io.vectors import read_reference_vectors
 
@@ -83,7 +83,7 @@ def main() -> None:
 
     from pipeline.cluster import ClusterSettings, dask_client
     from pipeline.segment import segment_volume
-    from pipeline.segment_raster import segment_raster
+    from pipeline.segment.raster import segment_raster
 
     ref = np.asarray(nib.load(CT_REF).dataobj)
     scan = np.asarray(nib.load(CT).dataobj)

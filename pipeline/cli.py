@@ -204,20 +204,19 @@ def segment_volume_cmd(
     debug: DebugOpt = False,
 ) -> None:
     """Segment a NIfTI scan: writes <scan>_seg.nii.gz and <scan>_seg.report.json/.csv."""
-    from pipeline.outputs import preflight_volume
+    from pipeline.io.outputs import preflight_volume
 
     run(lambda: preflight_volume(scan, output=output, reference=reference, model=model, overwrite=overwrite, html=html,
                                  ome_zarr=ome_zarr, probabilities=probabilities, instances=instances))
-    from pipeline.cluster import ClusterSettings
-    from pipeline.segment import segment_volume
+    from pipeline.segment.options import SegmentOptions
+    from pipeline.segment.volume import segment_volume
 
-    chunks = parse_chunks(chunk_size, 3)
-    result = run(lambda: segment_volume(
-        scan, model=model, output=output, reference=reference, overwrite=overwrite, work_dir=work_dir,
-        chunks=chunks, cluster=ClusterSettings(address=dask_address, workers=workers, threads_per_worker=threads,
-                                               memory_limit=memory_limit),
-        probabilities=probabilities, progress=True, html=html, ome_zarr=ome_zarr, instances=instances, trust=trust,
-        backend=backend))
+    options = SegmentOptions(overwrite=overwrite, html=html, ome_zarr=ome_zarr, instances=instances,
+                             chunks=parse_chunks(chunk_size, 3), backend=backend, trust=trust,
+                             probabilities=probabilities)
+    runtime = _runtime(work_dir, workers, threads, memory_limit, dask_address)
+    result = run(lambda: segment_volume(scan, model=model, output=output, reference=reference, options=options,
+                                        runtime=runtime))
     _print_result(result)
 
 
@@ -258,24 +257,33 @@ def segment_raster_cmd(
 
     --reference also takes vectors (.geojson, .gpkg), rasterised onto the scene's grid.
     """
-    from pipeline.outputs import preflight_raster
+    from pipeline.io.outputs import preflight_raster
 
     run(lambda: preflight_raster(scene, output=output, reference=reference, model=model, vectors=vectors,
                                  overwrite=overwrite, html=html, ome_zarr=ome_zarr, instances=instances))
-    from pipeline.cluster import ClusterSettings
-    from pipeline.segment_raster import segment_raster
+    from pipeline.segment.options import SegmentOptions
+    from pipeline.segment.raster import segment_raster
 
-    chunks, selected = parse_chunks(chunk_size, 2), parse_bands(bands)
-    result = run(lambda: segment_raster(
-        scene, model=model, output=output, reference=reference, bands=selected, vectors=vectors,
-        overwrite=overwrite, work_dir=work_dir, chunks=chunks,
-        cluster=ClusterSettings(address=dask_address, workers=workers, threads_per_worker=threads,
-                                memory_limit=memory_limit),
-        progress=True, html=html, ome_zarr=ome_zarr, instances=instances, trust=trust,
-        backend=backend))
+    options = SegmentOptions(overwrite=overwrite, html=html, ome_zarr=ome_zarr, instances=instances,
+                             chunks=parse_chunks(chunk_size, 2), backend=backend, trust=trust,
+                             bands=parse_bands(bands), vectors=vectors)
+    runtime = _runtime(work_dir, workers, threads, memory_limit, dask_address)
+    result = run(lambda: segment_raster(scene, model=model, output=output, reference=reference, options=options,
+                                        runtime=runtime))
     _print_result(result)
     if result.vectors:
         typer.echo(f"vectors: {result.vectors} ({result.report['features']} polygons)")
+
+
+def _runtime(work_dir: Path | None, workers: int, threads: int | None, memory_limit: str,
+             dask_address: str | None) -> Any:
+    """The shared run options of the segment commands (progress bars on: a terminal is watching)."""
+    from pipeline.cluster import ClusterSettings
+    from pipeline.segment.options import RunSettings
+
+    cluster = run(lambda: ClusterSettings(address=dask_address, workers=workers, threads_per_worker=threads,
+                                          memory_limit=memory_limit))
+    return RunSettings(work_dir=work_dir, cluster=cluster, progress=True)
 
 
 def _print_result(result: Any) -> None:
@@ -307,7 +315,7 @@ def report_cmd(
     debug: DebugOpt = False,
 ) -> None:
     """Batch summary: <dir>/index.html + <dir>/summary.csv over every report, outliers flagged."""
-    from pipeline.batch_report import batch_report
+    from pipeline.report.batch_report import batch_report
 
     summary = run(lambda: batch_report(output_dir, dice_threshold=dice_threshold, overwrite=overwrite))
     typer.echo(f"index:  {summary.index} ({summary.reports} reports, {len(summary.outliers)} flagged)")
@@ -328,7 +336,7 @@ def evaluate_cmd(
     debug: DebugOpt = False,
 ) -> None:
     """Dice, IoU, pixel accuracy for two label masks; prints JSON (and writes it with -o)."""
-    from pipeline.evaluate import evaluate_report
+    from pipeline.report.compare import evaluate_report
 
     report = run(lambda: evaluate_report(prediction, reference, output=output, overwrite=overwrite, model=model))
     typer.echo(json.dumps(report, indent=2))
@@ -349,7 +357,7 @@ def train_cmd(
     debug: DebugOpt = False,
 ) -> None:
     """Train a card's network on a catalog dataset; writes weights, sha256 and the filled card. Resumes."""
-    from pipeline.train import train
+    from pipeline.train.trainer import train
 
     result = run(lambda: train(dataset, model_card, epochs, catalog=catalog, out_dir=out_dir, seed=seed,
                                device=device, threads=threads, progress=True))
@@ -364,8 +372,8 @@ def train_cmd(
 @models_app.command("list")
 def models_list(verbose: VerboseOpt = 0, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """Name, domain, dims and labels of every card in models/."""
-    from pipeline.cards import load_card
-    from pipeline.models import available_models
+    from pipeline.config.cards import load_card
+    from pipeline.model.models import available_models
 
     for name, path in available_models().items():
         card = load_card(path)
@@ -382,9 +390,9 @@ def models_list(verbose: VerboseOpt = 0, quiet: QuietOpt = False, debug: DebugOp
 def models_show(name: Annotated[str, typer.Argument(help="Card name or path, a MONAI bundle directory or a TorchScript file.")],
                 verbose: VerboseOpt = 0, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """Print a model card as JSON (for a bundle directory: the card made from its metadata)."""
-    from pipeline.bundles import imported_path
-    from pipeline.cards import load_card
-    from pipeline.models import load_model, resolve_card_path
+    from pipeline.config.cards import load_card
+    from pipeline.model.bundles import imported_path
+    from pipeline.model.models import load_model, resolve_card_path
 
     def card_of() -> Any:
         imported = imported_path(name)
@@ -400,8 +408,8 @@ def models_show(name: Annotated[str, typer.Argument(help="Card name or path, a M
 def catalog_check(path: Annotated[Path, typer.Argument(help="The data catalog.")] = Path("data_catalog.yaml"),
                   verbose: VerboseOpt = 0, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """Validate a data catalog and list the scans the next flow run would segment (nothing is run)."""
-    from pipeline.catalog import load_catalog
-    from pipeline.manifest import discover
+    from pipeline.batch.manifest import discover
+    from pipeline.config.catalog import load_catalog
 
     plan = run(lambda: discover(load_catalog(path)))
     for job in plan.pending:

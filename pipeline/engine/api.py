@@ -45,7 +45,8 @@ def _as_dask(x: Any) -> Any:
     return da.from_array(x, chunks=chunks if isinstance(chunks, tuple) else "auto", asarray=True)
 
 
-def _padded_region(x: Any, lo: Sequence[int], hi: Sequence[int], pads: Sequence[int]) -> tuple[Any, list[tuple[int, int]]]:
+def _padded_region(x: Any, lo: Sequence[int], hi: Sequence[int],
+                   pads: Sequence[int]) -> tuple[Any, list[tuple[int, int]]]:
     """The part of ``x`` under padded span [lo, hi), and the zero padding that completes it."""
     index, padding = padded_index(x.shape[1:], lo, hi, pads)
     return x[(slice(None), *index)], [(0, 0), *padding]
@@ -76,7 +77,7 @@ def merge_tasks(x: Any, network: Any, settings: InferenceSettings, *, chunks: Se
     """Plan the graph: one predict task per window group, and for each output block the partials it sums.
 
     ``network`` is a torch module or a handle whose ``.network()`` loads one per worker
-    (:class:`pipeline.models.ModelRef`). With a distributed ``client``, a torch module is
+    (:class:`pipeline.model.models.ModelRef`). With a distributed ``client``, a torch module is
     scattered to the workers once instead of travelling with every task. With ``valid``
     (a boolean Dask array of the spatial shape), windows holding no valid pixel are not evaluated
     (``settings.out_channels`` must then be set).

@@ -28,9 +28,7 @@ from pipeline.errors import (
     InputError,
     ModelError,
     OutputBusyError,
-    OutputError,
     OutputExistsError,
-    PipelineError,
     RunInterrupted,
     SettingsError,
     StorageError,
@@ -39,7 +37,7 @@ from pipeline.errors import (
 )
 from pipeline.io.atomic import atomic_path, sweep_partials
 from pipeline.io.lock import lock_holder, output_lock
-from pipeline.outputs import lock_path
+from pipeline.io.outputs import lock_path
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +116,7 @@ def work_store(root: Path, output: Path, fingerprint: dict[str, Any], *,
                check: Callable[[], None] | None = None) -> Iterator[WorkStore]:
     """Open (resume) or create the work store for ``output``, under the output's exclusive lock.
 
-    The lock is keyed on the output (:func:`pipeline.outputs.lock_path`), not on ``root``: two runs
+    The lock is keyed on the output (:func:`pipeline.io.outputs.lock_path`), not on ``root``: two runs
     writing one output exclude each other whatever their work directories. ``check`` (the output
     guard) runs again once the lock is held, so a run that finished meanwhile is not replaced.
 
@@ -208,3 +206,16 @@ def write_region(store_path: str, name: str, region: tuple[slice, ...], values: 
     """Write ``values`` into ``region`` of array ``name``; runs inside a Dask task that owns those chunks."""
     array = zarr.open_array(zarr.storage.LocalStore(store_path), path=name, mode="r+")
     array[region] = values
+
+
+def store_root(group: zarr.Group) -> str:
+    """The local directory of a work store's group, as Dask tasks reopen it (they get a path, not a store)."""
+    return str(group.store.root)  # type: ignore[attr-defined]  # a LocalStore; zarr types it as Store
+
+
+def work_array(group: zarr.Group, name: str) -> zarr.Array:
+    """``group[name]`` as the array it is in a work store (zarr types members as array or group)."""
+    member = group[name]
+    if not isinstance(member, zarr.Array):
+        raise TypeError(f"{name!r} in the work store is a group, not an array")
+    return member

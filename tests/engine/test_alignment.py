@@ -18,10 +18,10 @@ import torch
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 from scipy import ndimage
 
-from pipeline.cards import load_card
+from pipeline.config.cards import load_card
 from pipeline.engine.alignment import alignment_for, voxel_sizes, window_alignment
 from pipeline.errors import CardError
-from pipeline.metrics import confusion, scores
+from pipeline.evaluate.metrics import confusion, scores
 from tests.factories import oblique_affine
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -191,8 +191,8 @@ def test_a_finer_ct_is_windowed_at_the_models_voxel_size(tmp_path: Path, ct: dic
 
 
 def test_training_pairs_are_turned_to_the_cards_orientation(tmp_path: Path) -> None:
-    from pipeline.catalog import TrainingPair
-    from pipeline.datasets import _read_medical
+    from pipeline.config.catalog import TrainingPair
+    from pipeline.train.datasets import _read_medical
 
     card = load_card(MODELS / "ct-organs.yaml")
     rng = np.random.default_rng(1)
@@ -239,7 +239,8 @@ def _resampled_scene(source: Path, target: Path, scale: float, crs: str | None =
 
 
 def test_ground_pixel_size_in_metres_for_any_crs(data_dir: Path, tmp_path: Path) -> None:
-    from pipeline.io.geotiff import open_raster, pixel_size_m
+    from pipeline.geometry import pixel_size_m
+    from pipeline.io.geotiff import open_raster
 
     geo = data_dir / "geo"
     np.testing.assert_allclose(pixel_size_m(open_raster(geo / "sample_geotiff.tif").geometry), (0.5, 0.5), rtol=0.01)
@@ -275,7 +276,7 @@ def test_a_coarser_scene_is_windowed_at_the_models_ground_size(data_dir: Path, t
                                                               client2: Any) -> None:
     """The SpaceNet tile at 0.83 m instead of 0.5 m: with the card's spacing the buildings model keeps most
     of its Dice against the human footprints; the same weights on raw 0.83 m pixels lose much of it."""
-    from pipeline.segment_raster import segment_raster
+    from pipeline.segment.raster import segment_raster
 
     scene = _resampled_scene(data_dir / "geo" / "sample_geotiff.tif", tmp_path / "coarse.tif", 0.6)
     footprints = data_dir / "geo" / "geotiff_labels.geojson"

@@ -12,11 +12,10 @@ import pytest
 from scipy import ndimage
 from typer.testing import CliRunner
 
-from pipeline.cards import Label
 from pipeline.cli import app
+from pipeline.config.cards import Label
 from pipeline.errors import SettingsError
-from pipeline.geometry import RasterGeometry, VolumeGeometry
-from pipeline.instances import (
+from pipeline.evaluate.instances import (
     find_instances,
     instance_csv_path,
     instance_mask_path,
@@ -25,6 +24,7 @@ from pipeline.instances import (
     resolve_classes,
     volume_rows,
 )
+from pipeline.geometry import RasterGeometry, VolumeGeometry
 from pipeline.io.store import create_array, open_work_group
 from tests.factories import oblique_affine, run_and_check_clean_failure, write_nifti
 
@@ -123,7 +123,7 @@ def test_volume_end_to_end(tmp_path: Path, data_dir: Path, client2: object) -> N
 def test_raster_end_to_end(tmp_path: Path, data_dir: Path, client2: object) -> None:
     import rasterio
 
-    from pipeline.segment_raster import segment_raster
+    from pipeline.segment.raster import segment_raster
 
     scene = data_dir / "geo/sample_geotiff.tif"
     result = segment_raster(scene, model="otsu-foreground", output=tmp_path / "scene_seg.tif", chunks=(300, 350),

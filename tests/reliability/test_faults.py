@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.hashing import sha256_file
+from pipeline.io.hashing import sha256_file
 from tests.reliability.helpers import finished_blocks, segment_args, start, stop, wait_for
 
 pytestmark = pytest.mark.slow
@@ -68,7 +68,7 @@ def test_disk_full_while_writing_keeps_the_old_output_and_the_work_store(
         setup: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, client1) -> None:
     """ENOSPC while the mask is written: a clear OutputError, the previous mask untouched, every block
     kept, and the next run (space freed) only writes."""
-    import pipeline.segment as segment
+    import pipeline.segment.volume as segment
     from pipeline.errors import OutputError
 
     out = tmp_path / "mask.nii.gz"

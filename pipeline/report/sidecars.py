@@ -1,6 +1,6 @@
 """What is written beside a mask after its JSON/CSV report: viewer files, the HTML report, OME-Zarr.
 
-One call from each front end (:mod:`pipeline.segment`, :mod:`pipeline.segment_raster`), made
+One call from the segmentation driver (:mod:`pipeline.segment.driver`), made
 inside the work store block, so images are rendered from the Zarr ``image``/``labels`` arrays.
 """
 
@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.geometry import RasterGeometry, VolumeGeometry
-from pipeline.html_report import raster_report, volume_report
-from pipeline.models import Model
-from pipeline.outputs import html_report_path, ome_zarr_path
-from pipeline.viewer_files import write_viewer_files
+from pipeline.io.outputs import html_report_path, ome_zarr_path
+from pipeline.model.models import Model
+from pipeline.report.html_report import raster_report, volume_report
+from pipeline.report.viewer_files import write_viewer_files
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Tiled inference on the work store: Zarr image -> (Dask + MONAI) -> Zarr labels.
 
 Shared by volumes and rasters: the image is (C, *spatial) in the work store, the
-model a :class:`pipeline.models.Model`. Each output block is argmax-ed and written
+model a :class:`pipeline.model.models.Model`. Each output block is argmax-ed and written
 by the task that merged it, so one task writes each label chunk, once.
 """
 
@@ -11,8 +11,8 @@ import functools
 import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,12 +20,13 @@ import zarr
 
 from pipeline.engine.alignment import alignment_for
 from pipeline.engine.api import default_chunks
+from pipeline.engine.device import device_type
 from pipeline.engine.predictor import InferenceSettings
 from pipeline.engine.runner import BlockSink, ImageSource, block_jobs, run_block, run_jobs
 from pipeline.engine.windows import balanced_chunks, parse_overlap, plan_blocks, window_grid
 from pipeline.errors import InputError
 from pipeline.io.store import Ledger, block_name, create_array
-from pipeline.models import Model
+from pipeline.model.models import Model
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def label_dtype(n_labels: int) -> np.dtype:
 
 
 def _load_network(ref: Any) -> str:
-    ref.network()
+    ref.load()
     return ref.sha256
 
 
@@ -66,13 +67,11 @@ def preload_model(client: Any, model: Model) -> None:
 def engine_fingerprint(model: Model, *, chunks: Sequence[int] | None, probabilities: bool) -> dict[str, Any]:
     """Everything besides the input that decides a block's labels: a work store made with another
     fingerprint is never resumed (see :func:`pipeline.io.store.work_store`)."""
-    import torch
-
-    from pipeline.report import code_version
+    from pipeline.version import code_version
 
     return {"model": model.name, "model_sha256": model.sha256, "card": model.card.model_dump(mode="json"),
             "chunks": list(chunks) if chunks else None, "probabilities": probabilities,
-            "device": "cuda" if torch.cuda.is_available() else "cpu", "code_version": code_version()}
+            "device": device_type(None), "code_version": code_version()}
 
 
 def run_inference(image: zarr.Array | Any, model: Model, group: zarr.Group, *, client: Any,
@@ -101,7 +100,8 @@ def run_inference(image: zarr.Array | Any, model: Model, group: zarr.Group, *, c
 
     spatial = tuple(int(n) for n in image.shape[1:])
     if image.shape[0] != model.card.in_channels:
-        raise InputError(f"model {model.name!r} needs {model.card.in_channels} channel(s), the input has {image.shape[0]}")
+        raise InputError(f"model {model.name!r} needs {model.card.in_channels} channel(s), "
+                         f"the input has {image.shape[0]}")
     alignment = alignment_for(image.attrs.get("geometry"), model.card)
     settings = InferenceSettings(roi_size=alignment.roi_scan if alignment else model.roi_size,
                                  overlap=parse_overlap(model.overlap, len(spatial)),
@@ -151,7 +151,7 @@ def run_inference(image: zarr.Array | Any, model: Model, group: zarr.Group, *, c
     seen = None
     with tqdm(total=len(jobs), initial=len(finished), desc="blocks", unit="block", disable=not progress,
               leave=False) as bar:
-        for seen in run_jobs(client, jobs, task, finished=finished, in_flight=threads):
+        for _ in run_jobs(client, jobs, task, finished=finished, in_flight=threads):
             bar.update(1)
     seconds = time.perf_counter() - start
     return InferenceResult(labels=labels, probabilities=probs, seconds=seconds, windows=grid.n_windows,
@@ -162,11 +162,9 @@ def run_inference(image: zarr.Array | Any, model: Model, group: zarr.Group, *, c
 
 def _backend_used(requested: str) -> str:
     """The backend the workers resolve for the card's models on this device (see engine/backends.py)."""
-    import torch
-
     from pipeline.engine.backends import resolve_backend
 
-    return resolve_backend(requested, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    return resolve_backend(requested, device_type(None))
 
 
 def worker_threads(client: Any) -> int:

@@ -1,0 +1,1 @@
+"""Measuring masks: confusion counts and scores (metrics), connected instances."""
