@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cards import Label
+from pipeline.config.cards import Label
 from pipeline.errors import OutputError, OutputExistsError
 from pipeline.io.ngff import UNIT_MM, ZarrInput, ome_attrs, open_group
 from pipeline.io.omezarr import label_metadata
@@ -32,10 +32,11 @@ MIN_SIDE = 32
 MAX_LEVELS = 6
 
 
-def check_label_target(store: Path, name: str, *, overwrite: bool, in_input: bool) -> None:
+def check_label_target(location: str | os.PathLike[str], name: str, *, overwrite: bool, in_input: bool) -> None:
     """Refuse before any work: a remote or read-only target, or an existing ``labels/<name>`` without overwrite."""
-    if "://" in str(store):
-        raise OutputError(f"{store}: labels are written to local stores only; pass -o labels.ome.zarr")
+    if "://" in os.fspath(location):
+        raise OutputError(f"{os.fspath(location)}: labels are written to local stores only; pass -o labels.ome.zarr")
+    store = Path(location)
     target = store / "labels" / name
     if in_input and not os.access(store, os.W_OK):
         raise OutputError(f"{store}: the input store is read-only; write the labels elsewhere with -o labels.ome.zarr")

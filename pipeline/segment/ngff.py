@@ -19,29 +19,23 @@ from typing import Any
 
 from pipeline.cluster import ClusterSettings, worker_peak_rss
 from pipeline.engine.api import default_chunks
+from pipeline.engine.infer import engine_fingerprint, preload_model, run_inference
 from pipeline.engine.windows import parse_overlap
-from pipeline.errors import InputError
-from pipeline.infer import engine_fingerprint, preload_model, run_inference
+from pipeline.errors import CardError, InputError
+from pipeline.evaluate.metrics import scores
 from pipeline.io.ngff import ZarrInput, open_zarr_input, parse_orientation, zarr_geometry
 from pipeline.io.ngff_labels import check_label_target, write_ngff_labels
+from pipeline.io.outputs import Output, check_outputs, report_csv_path, split_suffix
 from pipeline.io.store import work_store
 from pipeline.io.zarr_source import store_identity, zarr_view
-from pipeline.metrics import scores
-from pipeline.models import Model, load_model
-from pipeline.outputs import Output, check_outputs, report_csv_path, split_suffix
-from pipeline.plan_estimate import clip_chunks, estimate_plan
-from pipeline.report import label_rows, write_report
-from pipeline.segment import (
-    _check_model,
-    _label_counts,
-    aligned_windows,
-    check_capacity,
-    client_scope,
-    local_processes,
-    planned_workers,
-    run_facts,
-)
-from pipeline.stages import Stages
+from pipeline.model.models import Model, load_model
+from pipeline.report.tables import label_rows, write_report
+from pipeline.segment.driver import aligned_windows
+from pipeline.segment.plan_estimate import clip_chunks, estimate_plan
+from pipeline.segment.resources import check_capacity, client_scope, local_processes, planned_workers
+from pipeline.segment.result import run_facts
+from pipeline.segment.stages import Stages
+from pipeline.segment.volume import label_counts
 
 ZARR_SUFFIXES = (".ome.zarr", ".zarr")
 
@@ -108,12 +102,16 @@ def segment_zarr(
     source = open_zarr_input(store, level=level, array=array, spacing=spacing, axes=axes)
     codes = parse_orientation(orientation) if orientation else None
     mdl = (model if isinstance(model, Model) else load_model(model, trust=trust)).on_backend(backend)
-    _check_model(mdl)
-    if source.channels != 1:
-        raise InputError(f"{source.url}: {source.channels} channels; model {mdl.name!r} takes 1")
+    if mdl.card.spatial_dims != 3:
+        raise CardError(f"model {mdl.name!r} is {mdl.card.spatial_dims}D; segment-volume needs a 3D model")
+    if source.channels != mdl.card.in_channels:
+        raise InputError(f"{source.url}: {source.channels} channel(s); model {mdl.name!r} takes "
+                         f"{mdl.card.in_channels}")
     geometry = zarr_geometry(source, orientation=codes, card_orientation=mdl.card.orientation)
     label_name = name or mdl.name
     in_input = output is None
+    if in_input:
+        check_label_target(source.url, name or mdl.name, overwrite=overwrite, in_input=True)  # remote: needs -o
     target = Path(source.url) if in_input else Path(output)
     if not in_input and not split_suffix(target.name, ZARR_SUFFIXES)[1]:
         raise InputError(f"{target}: the labels are an OME-Zarr store; name it .ome.zarr or .zarr")
@@ -160,7 +158,7 @@ def segment_zarr(
 def _report(source: ZarrInput, identity: dict[str, Any], model: Model, written: Path, result: Any, started: float,
             workers_rss: int, stages: Stages, geometry: Any) -> dict[str, Any]:
     n = model.card.out_channels
-    measured = scores(_label_counts(result.labels, n))
+    measured = scores(label_counts(result.labels, n))
     return {
         "model": model.name,
         "model_sha256": model.sha256,
