@@ -36,6 +36,7 @@ UNIT_MM = {"angstrom": 1e-7, "nanometer": 1e-6, "micrometer": 1e-3, "millimeter"
 AXIS_TYPES = ("space", "channel", "time")
 #: ``--axes`` letters for plain arrays -> NGFF axis type.
 AXIS_LETTERS = {"z": "space", "y": "space", "x": "space", "c": "channel", "t": "time"}
+ZARR_SUFFIXES = (".ome.zarr", ".zarr")
 #: RAS+ direction of each anatomical axis code.
 CODE_DIRECTION = {"R": (0, 1.0), "L": (0, -1.0), "A": (1, 1.0), "P": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
 
@@ -96,6 +97,14 @@ class ZarrInput:
     @property
     def is_local(self) -> bool:
         return "://" not in self.url
+
+
+def is_zarr_input(path: str | os.PathLike[str]) -> bool:
+    """A ``.zarr`` name, a URL, or a directory holding Zarr metadata: segment-volume's Zarr inputs."""
+    text = os.fspath(path).rstrip("/")
+    if "://" in text or text.lower().endswith(ZARR_SUFFIXES):
+        return True
+    return os.path.isdir(text) and any(os.path.exists(os.path.join(text, m)) for m in ("zarr.json", ".zgroup", ".zarray"))
 
 
 def open_group(url: str, *, read_only: bool = True) -> Any:

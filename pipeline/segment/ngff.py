@@ -23,7 +23,7 @@ from pipeline.engine.infer import engine_fingerprint, preload_model, run_inferen
 from pipeline.engine.windows import parse_overlap
 from pipeline.errors import CardError, InputError
 from pipeline.evaluate.metrics import scores
-from pipeline.io.ngff import ZarrInput, open_zarr_input, parse_orientation, zarr_geometry
+from pipeline.io.ngff import ZARR_SUFFIXES, ZarrInput, open_zarr_input, parse_orientation, zarr_geometry
 from pipeline.io.ngff_labels import check_label_target, write_ngff_labels
 from pipeline.io.outputs import Output, check_outputs, report_csv_path, split_suffix
 from pipeline.io.store import work_store
@@ -37,7 +37,6 @@ from pipeline.segment.result import run_facts
 from pipeline.segment.stages import Stages
 from pipeline.segment.volume import label_counts
 
-ZARR_SUFFIXES = (".ome.zarr", ".zarr")
 
 
 @dataclass(frozen=True)
@@ -54,14 +53,6 @@ class ZarrSegmentation:
         return (f"{self.labels}: {run['seconds_total']:.1f} s, {run['mvox_per_s']:.2f} Mvox/s, "
                 f"peak RSS {run['peak_rss_mb']:.0f} MB (driver + workers), {run['windows']} windows, "
                 f"backend {run.get('backend', 'torch')}")
-
-
-def is_zarr_input(path: str | os.PathLike[str]) -> bool:
-    """A ``.zarr`` name, a URL, or a directory holding Zarr metadata: segment-volume's Zarr inputs."""
-    text = os.fspath(path).rstrip("/")
-    if "://" in text or text.lower().endswith(ZARR_SUFFIXES):
-        return True
-    return os.path.isdir(text) and any(os.path.exists(os.path.join(text, m)) for m in ("zarr.json", ".zgroup", ".zarray"))
 
 
 def segment_zarr(
