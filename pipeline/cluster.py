@@ -125,7 +125,7 @@ class TorchThreads(WorkerPlugin):
         self.threads = threads
 
     def setup(self, worker: Any) -> None:
-        from pipeline.engine.device import set_inference_threads
+        from pipeline.device import set_inference_threads
 
         set_inference_threads(self.threads)  # torch's too, now or when it is imported
 

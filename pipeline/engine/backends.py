@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.config.choices import unknown_choice
-from pipeline.engine.device import inference_threads
+from pipeline.device import inference_threads
 from pipeline.errors import SettingsError
+from pipeline.model.conversions import CACHE_FORMAT, cache_dir, card_index
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +41,6 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "torch", "openvino")
 #: Largest difference of softmax probabilities from torch's that a converted network may show.
 PROB_TOLERANCE = 1e-3
-#: Bumped when the cache layout or the conversion settings change, so old entries are not reused.
-CACHE_FORMAT = 1
 
 Forward = Callable[[Any], Any]
 
@@ -86,7 +85,8 @@ def compiled_forward(network: Any, *, backend: str, key: str, in_channels: int, 
     """A forward for ``(B <= batch, in_channels, *window)`` float32 tensors on ``backend``.
 
     ``key`` identifies the weights (their sha256). ``threads`` defaults to
-    :func:`pipeline.engine.device.inference_threads`, which the cluster sets per worker. The result is cached per process; it is safe to call from several
+    :func:`pipeline.device.inference_threads`, which the cluster sets per worker. The result is cached
+    per process; it is safe to call from several
     threads at once (one OpenVINO infer request per concurrent call), but such calls queue on the
     compiled network's one stream: give one caller all the threads, not two callers one each
     (bench/BACKENDS.md). ``torch`` returns ``network`` itself; a network OpenVINO cannot convert
@@ -131,7 +131,7 @@ def card_forward(identity: str, *, in_channels: int, window: tuple[int, ...],
 
     window = tuple(int(s) for s in window)
     threads = int(threads or inference_threads())
-    index = _card_index(identity, in_channels, window)
+    index = card_index(identity, in_channels, window)
     with _build_lock:
         if (index, threads) in _compiled_by_card:
             return _compiled_by_card[(index, threads)]
@@ -149,24 +149,9 @@ def card_forward(identity: str, *, in_channels: int, window: tuple[int, ...],
         return forward
 
 
-def has_card_entry(identity: str) -> bool:
-    """Whether some window of this card identity has a recorded conversion (see :func:`card_forward`)."""
-    directory = cache_dir() / "cards"
-    return directory.is_dir() and any(directory.glob(f"{_identity_digest(identity)}-*"))
-
-
-def _identity_digest(identity: str) -> str:
-    return hashlib.sha256(f"{identity}\n{CACHE_FORMAT}".encode()).hexdigest()[:24]
-
-
-def _card_index(identity: str, in_channels: int, window: tuple[int, ...]) -> Path:
-    shape = "x".join(map(str, (int(in_channels), *window)))
-    return cache_dir() / "cards" / f"{_identity_digest(identity)}-{shape}"
-
-
 def _remember_card(identity: str, name: str, in_channels: int, window: tuple[int, ...]) -> None:
     """Point the card identity at entry ``name`` (written atomically; not fatal if the cache is read-only)."""
-    index = _card_index(identity, in_channels, window)
+    index = card_index(identity, in_channels, window)
     with contextlib.suppress(OSError):
         if index.is_file() and index.read_text().strip() == name:
             return
@@ -183,13 +168,6 @@ def clear_cache() -> None:
         _compiled.clear()
         _by_network.clear()
         _compiled_by_card.clear()
-
-
-def cache_dir() -> Path:
-    """Where converted networks are kept: ``$VOLSEG_CACHE_DIR/openvino``, else ``~/.cache/volseg/openvino``."""
-    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "volseg"
-    root = os.environ.get("VOLSEG_CACHE_DIR") or default
-    return Path(root) / "openvino"
 
 
 def probabilities(logits: np.ndarray) -> np.ndarray:

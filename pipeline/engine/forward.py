@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.device import device_type, inference_threads, torch_with_threads
 from pipeline.engine import backends
-from pipeline.engine.device import device_type, inference_threads, torch_with_threads
 
 WindowForward = Callable[[np.ndarray], np.ndarray]
 
@@ -42,6 +42,11 @@ def window_forward(network: Any, settings: Any, in_channels: int) -> tuple[Windo
     return _torch_route(network, settings, backend, key, in_channels, window, device), backend
 
 
+def resolve_network(network: Any) -> Any:
+    """A torch module, or a handle with ``.network()`` that loads it once per process."""
+    return network.network() if hasattr(network, "network") and callable(network.network) else network
+
+
 def _numpy_route(compiled: backends.OpenVINOForward, align: Any) -> WindowForward:
     def forward(windows: np.ndarray) -> np.ndarray:
         shown = align.to_model_array(windows) if align else windows
@@ -53,14 +58,12 @@ def _numpy_route(compiled: backends.OpenVINOForward, align: Any) -> WindowForwar
 
 def _torch_route(network: Any, settings: Any, backend: str, key: str | None, in_channels: int,
                  window: tuple[int, ...], device_kind: str) -> WindowForward:
-    from pipeline.engine.predictor import resolve_network
-
     torch = torch_with_threads()
     device = torch.device(settings.device) if settings.device is not None else torch.device(device_kind)
     net = resolve_network(network).to(device)
     amp = settings.amp if settings.amp is not None else device.type == "cuda"
     align = settings.alignment
-    run = net if backend == "torch" else backends.compiled_forward(
+    run = net if backend == "torch" or key is None else backends.compiled_forward(
         net, backend=backend, key=key, in_channels=in_channels, window=window, batch=settings.sw_batch_size,
         identity=network.identity() if hasattr(network, "identity") else None)
 

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import zarr
 
+from pipeline.device import device_type
 from pipeline.engine.alignment import alignment_for
 from pipeline.engine.api import default_chunks
-from pipeline.engine.device import device_type
 from pipeline.engine.predictor import InferenceSettings
 from pipeline.engine.runner import BlockSink, ImageSource, block_jobs, run_block, run_jobs
 from pipeline.engine.windows import balanced_chunks, parse_overlap, plan_blocks, window_grid

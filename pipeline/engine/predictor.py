@@ -86,11 +86,6 @@ def importance_map(roi_size: tuple[int, ...], mode: str, sigma_scale: float | tu
     return np.maximum(weight, max(float(weight.min()), 1e-3)).astype(np.float32)
 
 
-def resolve_network(network: Any) -> Any:
-    """A torch module, or a handle with ``.network()`` that loads it once per process."""
-    return network.network() if hasattr(network, "network") and callable(network.network) else network
-
-
 def predict_group(
     region: np.ndarray,
     lo: tuple[int, ...],

@@ -29,6 +29,7 @@ from pipeline.engine.validity import neutralise
 from pipeline.errors import CardError, ModelError
 from pipeline.io.files import require_regular_file
 from pipeline.io.hashing import sha256_file
+from pipeline.model.conversions import has_card_entry
 
 logger = logging.getLogger(__name__)
 
@@ -262,8 +263,6 @@ def _converted_before(card: ModelCard, card_path: Path) -> bool:
     identity = card_identity(card)
     if identity is None:
         return False
-    from pipeline.engine.backends import has_card_entry
-
     if not has_card_entry(identity):
         return False
     weights = card_path.parent / card.weights

@@ -36,7 +36,8 @@ def test_importance_map_is_monais(roi: tuple[int, ...], sigma: float | tuple[flo
 
     expected = compute_importance_map(roi, mode=mode, sigma_scale=sigma).numpy()
     got = importance_map(roi, mode, sigma)
-    assert got.dtype == np.float32 and got.shape == expected.shape
+    assert got.dtype == np.float32
+    assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=0)  # a few ulps: NumPy's exp is not torch's
 
 
@@ -61,7 +62,8 @@ def test_a_recorded_conversion_runs_without_torch_and_gives_the_same_mask(tmp_pa
     assert "TORCH-LOADED" in first.stdout  # converting needs the network
     second = _segment(tmp_path / "second.nii.gz", cache)
     assert second.returncode == 0, second.stderr
-    assert "TORCH-ABSENT" in second.stdout and "MONAI-LOADED" not in second.stdout
+    assert "TORCH-ABSENT" in second.stdout
+    assert "MONAI-LOADED" not in second.stdout
     a = np.asarray(nib.load(tmp_path / "first.nii.gz").dataobj)
     b = np.asarray(nib.load(tmp_path / "second.nii.gz").dataobj)
     assert np.array_equal(a, b)
@@ -88,5 +90,6 @@ def test_a_wrong_weights_file_still_fails_at_load_with_a_recorded_conversion(tmp
     finally:
         del os.environ["PIPELINE_MODELS_DIR"]
     assert bad.returncode != 0
-    assert "sha256" in bad.stderr and "Traceback" not in bad.stderr
+    assert "sha256" in bad.stderr
+    assert "Traceback" not in bad.stderr
     assert not (tmp_path / "bad.nii.gz").exists()
