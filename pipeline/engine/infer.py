@@ -137,7 +137,8 @@ def run_inference(image: zarr.Array | Any, model: Model, group: zarr.Group, *, c
                                  attributes=dict(image.attrs))
     store = str(group.store.root)
     jobs = block_jobs(plan_blocks(grid, block))
-    source = ImageSource(store=store, name=image.path if in_store else "", array=None if in_store else image, pads=tuple(a.pad_before for a in grid.axes),
+    source = ImageSource(store=store, name=image.path if in_store else "", array=None if in_store else image,
+                         pads=tuple(a.pad_before for a in grid.axes),
                          preprocess=model.preprocess_block, statistics=statistics,
                          valid=valid.path if valid is not None else None)
     sink = BlockSink(store=store, spill_dir=str(Path(store).parent / "spill"), dtype=dtype.name,

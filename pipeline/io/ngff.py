@@ -62,7 +62,7 @@ class ZarrLevel:
 
 @dataclass(frozen=True, slots=True)
 class ZarrInput:
-    """A validated Zarr input (metadata only). ``level`` indexes ``levels``; ``multiscales`` is False for plain arrays."""
+    """A validated Zarr input (metadata only): ``level`` indexes ``levels``; no ``multiscales`` for plain arrays."""
 
     url: str  #: local path or fsspec URL of the store (root group, or the plain array's store)
     axes: tuple[Axis, ...]
@@ -104,7 +104,8 @@ def is_zarr_input(path: str | os.PathLike[str]) -> bool:
     text = os.fspath(path).rstrip("/")
     if "://" in text or text.lower().endswith(ZARR_SUFFIXES):
         return True
-    return os.path.isdir(text) and any(os.path.exists(os.path.join(text, m)) for m in ("zarr.json", ".zgroup", ".zarray"))
+    markers = ("zarr.json", ".zgroup", ".zarray")
+    return os.path.isdir(text) and any(os.path.exists(os.path.join(text, m)) for m in markers)
 
 
 def open_group(url: str, *, read_only: bool = True) -> Any:
@@ -286,7 +287,8 @@ def _plain(url: str, node: Any, *, array: str | None, spacing: Sequence[float] |
         raise InputError(f"{url}: array {path or '/'} has {data.ndim} dimensions, --axes {axes!r} names {len(parsed)}")
     values = [float(v) for v in spacing]
     if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise InputError(f"{url}: --spacing must be 3 positive numbers (mm, spatial axes in stored order), got {spacing}")
+        raise InputError(f"{url}: --spacing must be 3 positive numbers (mm, spatial axes in stored order), "
+                         f"got {spacing}")
     level = ZarrLevel(path=path, shape=tuple(int(s) for s in data.shape), scale=tuple(values),
                       translation=(0.0, 0.0, 0.0))
     return ZarrInput(url=url, axes=parsed, levels=(level,), level=0, dtype=np.dtype(data.dtype),

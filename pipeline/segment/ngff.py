@@ -38,7 +38,6 @@ from pipeline.segment.stages import Stages
 from pipeline.segment.volume import label_counts
 
 
-
 @dataclass(frozen=True)
 class ZarrSegmentation:
     """Where the labels went (``<store>/labels/<name>``) and the report written beside the store."""
