@@ -182,7 +182,8 @@ def main(verbose: VerboseOpt = 0, quiet: QuietOpt = False, debug: DebugOpt = Fal
 
 @app.command("segment-volume")
 def segment_volume_cmd(
-    scan: Annotated[Path, typer.Argument(help="Input 3D NIfTI scan (.nii / .nii.gz), or an OME-Zarr / Zarr store.")],
+    source: Annotated[str, typer.Argument(metavar="SCAN", help="Input 3D NIfTI scan (.nii / .nii.gz), or an OME-Zarr / "
+                                          "Zarr store (path or fsspec URL).")],
     model: ModelOpt = None,
     output: OutputOpt = None,
     reference: ReferenceOpt = None,
@@ -215,15 +216,15 @@ def segment_volume_cmd(
     from pipeline.io.ngff import is_zarr_input
     from pipeline.io.outputs import preflight_volume
 
-    if is_zarr_input(scan):
+    if is_zarr_input(source):
         if reference or probabilities or ome_zarr or instances:
             fail("--reference, --probabilities, --ome-zarr and --instances are not available for Zarr inputs", code=2)
         values = None if spacing is None else _floats(spacing, "--spacing")
-        _segment_zarr(str(scan), model=model, output=output, overwrite=overwrite, level=level, orientation=orientation,
+        _segment_zarr(source, model=model, output=output, overwrite=overwrite, level=level, orientation=orientation,
                       array=array, spacing=values, axes=axes, chunks=parse_chunks(chunk_size, 3), trust=trust,
                       backend=backend, runtime=_runtime(work_dir, workers, threads, memory_limit, dask_address))
         return
-
+    scan = Path(source)
     run(lambda: preflight_volume(scan, output=output, reference=reference, model=model, overwrite=overwrite, html=html,
                                  ome_zarr=ome_zarr, probabilities=probabilities, instances=instances))
     from pipeline.segment.options import SegmentOptions
