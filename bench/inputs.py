@@ -7,6 +7,7 @@ in memory. Geometry is the sample's: the same affine / CRS + transform (origin a
 grid simply extends along +index.
 
     python bench/inputs.py volume 11M [--format nii]     # prints the cached path
+    python bench/inputs.py volume 1G --format ome.zarr   # the same voxels as OME-Zarr, stored z, y, x (SAR)
     python bench/inputs.py raster 16x
 """
 
@@ -61,8 +62,8 @@ def volume(name: str, fmt: str = "nii.gz", cache: Path = CACHE) -> Path:
     """The CT of size ``name`` (a key of :data:`VOLUMES`) as ``.nii.gz`` or ``.nii``, built once and cached."""
     if name not in VOLUMES:
         raise KeyError(f"unknown volume size {name!r}; choose from {', '.join(VOLUMES)}")
-    if fmt not in {"nii.gz", "nii"}:
-        raise ValueError(f"format must be nii.gz or nii, not {fmt!r}")
+    if fmt not in {"nii.gz", "nii", "ome.zarr"}:
+        raise ValueError(f"format must be nii.gz, nii or ome.zarr, not {fmt!r}")
     if name == "sample" and fmt == "nii.gz":
         return SAMPLE_CT
     path = cache / f"ct_{name}.{fmt}"
@@ -70,6 +71,10 @@ def volume(name: str, fmt: str = "nii.gz", cache: Path = CACHE) -> Path:
         import nibabel as nib
 
         image = nib.load(SAMPLE_CT)
+        if fmt == "ome.zarr":
+            write_mirrored_ome_zarr(np.asanyarray(image.dataobj).astype(np.int16), image.affine,
+                                    VOLUMES[name] or image.shape, path)
+            return path
         write_mirrored_nifti(np.asanyarray(image.dataobj.get_unscaled()), image.header,
                              VOLUMES[name] or image.shape, path)
     return path
@@ -143,11 +148,35 @@ def _atomic(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def write_mirrored_ome_zarr(source: np.ndarray, affine: np.ndarray, shape: tuple[int, int, int], path: Path,
+                            chunks: tuple[int, int, int] = (64, 128, 128)) -> None:
+    """``source`` (i, j, k, RAS 3 mm) flip-tiled to ``shape`` as a one-level OME-Zarr (NGFF 0.5) stored z, y, x
+    = (k, j, i), so its axis codes are ``SAR``; written one chunk-thick z slab at a time. Segment it with
+    ``pipeline segment-volume <store> --orientation SAR``; its labels then equal the ``.nii`` run's, transposed."""
+    import zarr
+
+    index = [mirror_index(n, p) for n, p in zip(shape, source.shape)]
+    plane = source[np.ix_(index[0], index[1], np.arange(source.shape[2]))]
+    zooms = np.linalg.norm(affine[:3, :3], axis=0)
+    axes = [{"name": n, "type": "space", "unit": "millimeter"} for n in "zyx"]
+    transforms = [{"type": "scale", "scale": [float(z) for z in zooms[::-1]]},
+                  {"type": "translation", "translation": [float(t) for t in affine[:3, 3][::-1]]}]
+    with _atomic(path) as tmp:
+        root = zarr.open_group(zarr.storage.LocalStore(tmp), mode="w", zarr_format=3)
+        array = root.create_array("0", shape=shape[::-1], chunks=chunks, dtype=source.dtype,
+                                  dimension_names=("z", "y", "x"))
+        for z0 in range(0, shape[2], chunks[0]):
+            array[z0:z0 + chunks[0]] = plane[:, :, index[2][z0:z0 + chunks[0]]].transpose(2, 1, 0)
+        root.attrs["ome"] = {"version": "0.5", "multiscales": [{"name": path.name, "axes": axes, "datasets": [
+            {"path": "0", "coordinateTransformations": transforms}]}]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kind", choices=["volume", "raster"])
     parser.add_argument("name")
-    parser.add_argument("--format", default="nii.gz", choices=["nii.gz", "nii"], help="volumes only")
+    parser.add_argument("--format", default="nii.gz", choices=["nii.gz", "nii", "ome.zarr"],
+                        help="volumes only")
     args = parser.parse_args()
     print(volume(args.name, args.format) if args.kind == "volume" else raster(args.name))
 

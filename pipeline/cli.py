@@ -186,7 +186,8 @@ def main(verbose: VerboseOpt = 0, quiet: QuietOpt = False, debug: DebugOpt = Fal
 
 @app.command("segment-volume")
 def segment_volume_cmd(
-    scan: Annotated[Path, typer.Argument(help="Input 3D NIfTI scan (.nii / .nii.gz).")],
+    source: Annotated[str, typer.Argument(metavar="SCAN", help="Input 3D NIfTI scan (.nii / .nii.gz), or an OME-Zarr / "
+                                          "Zarr store (path or fsspec URL).")],
     model: ModelOpt = None,
     output: OutputOpt = None,
     reference: ReferenceOpt = None,
@@ -208,13 +209,31 @@ def segment_volume_cmd(
     tta: TtaOpt = "none",
     trust: TrustOpt = False,
     backend: BackendOpt = None,
+    level: Annotated[int, typer.Option("--level", help="OME-Zarr: pyramid level to segment (0: full resolution).")] = 0,
+    orientation: Annotated[str | None, typer.Option("--orientation", help="Zarr: axis codes of the stored spatial "
+                                                    "axes, e.g. SAR (default: the model's orientation).")] = None,
+    array: Annotated[str | None, typer.Option("--array", help="Plain Zarr: the array's name in the group.")] = None,
+    spacing: Annotated[str | None, typer.Option("--spacing", help="Plain Zarr: voxel size in mm per spatial "
+                                                "axis, stored order, e.g. 0.5,0.5,1.0.")] = None,
+    axes: Annotated[str | None, typer.Option("--axes", help="Plain Zarr: axis names in stored order, e.g. zyx.")] = None,
     verbose: VerboseOpt = 0,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Segment a NIfTI scan: writes <scan>_seg.nii.gz and <scan>_seg.report.json/.csv."""
+    """Segment a NIfTI scan (writes <scan>_seg.nii.gz and <scan>_seg.report.json/.csv) or a Zarr volume in place
+    (writes labels/<model> into the store, or into -o other.ome.zarr)."""
+    from pipeline.io.ngff import is_zarr_input
     from pipeline.io.outputs import preflight_volume
 
+    if is_zarr_input(source):
+        if reference or probabilities or ome_zarr or instances:
+            fail("--reference, --probabilities, --ome-zarr and --instances are not available for Zarr inputs", code=2)
+        values = None if spacing is None else _floats(spacing, "--spacing")
+        _segment_zarr(source, model=model, output=output, overwrite=overwrite, level=level, orientation=orientation,
+                      array=array, spacing=values, axes=axes, chunks=parse_chunks(chunk_size, 3), trust=trust,
+                      backend=backend, runtime=_runtime(work_dir, workers, threads, memory_limit, dask_address))
+        return
+    scan = Path(source)
     run(lambda: preflight_volume(scan, output=output, reference=reference, model=model, overwrite=overwrite, html=html,
                                  ome_zarr=ome_zarr, probabilities=probabilities, instances=instances, cutout=cutout))
     from pipeline.segment.options import SegmentOptions
@@ -228,6 +247,24 @@ def segment_volume_cmd(
     result = run(lambda: segment_volume(scan, model=model, output=output, reference=reference, options=options,
                                         runtime=runtime))
     _print_result(result)
+
+
+def _floats(text: str, option: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        fail(f"{option} must be comma-separated numbers, e.g. 0.5,0.5,1.0, got {text!r}", code=2)
+
+
+def _segment_zarr(store: str, *, runtime: Any, **keywords: Any) -> None:
+    """segment-volume on a Zarr store: one call to :func:`pipeline.segment.ngff.segment_zarr`."""
+    from pipeline.segment.ngff import segment_zarr
+
+    result = run(lambda: segment_zarr(store, work_dir=runtime.work_dir, cluster=runtime.cluster, progress=True,
+                                      **keywords))
+    typer.echo(f"labels: {result.labels}")
+    typer.echo(f"report: {result.report_json} (+ {result.report_csv})")
+    typer.echo(result.summary())
 
 
 def parse_bands(text: str | None) -> tuple[int, ...] | None:

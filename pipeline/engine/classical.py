@@ -345,7 +345,8 @@ def run_classical(image: zarr.Array, model: Model, group: zarr.Group, *, client:
     spatial = tuple(int(n) for n in image.shape[1:])
     block = tuple(chunks) if chunks else tuple(int(c) for c in image.chunks[1:])
     start = time.perf_counter()
-    x = da.from_zarr(image)[0].rechunk(block)
+    raw = da.from_zarr(image) if isinstance(image, zarr.Array) else image.to_dask()  # else: read in place
+    x = raw[0].rechunk(block)
     mask = None if valid is None else da.from_zarr(valid).rechunk(block)
     with dask.config.set(scheduler=client):  # this run's cluster, not whichever client is the default
         stats = method.statistics(x, spec.params, mask) if method.statistics else {}

@@ -76,12 +76,15 @@ def engine_fingerprint(model: Model, *, chunks: Sequence[int] | None, probabilit
             "tta": tta, "device": device_type(None), "code_version": code_version()}
 
 
-def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client: Any,
+def run_inference(image: zarr.Array | Any, model: Model, group: zarr.Group, *, client: Any,
                   chunks: Sequence[int] | None = None, probabilities: bool = False,
                   progress: bool = False, ledger: Ledger | None = None,
                   valid: zarr.Array | None = None, backend: str | None = None,
                   tta: str = "none") -> InferenceResult:
     """Segment ``image`` (C, *spatial) from the work store into ``group['labels']``.
+
+    ``image`` may also live outside the work store (read in place, never copied): then it is a picklable
+    array with ``shape``, ``attrs`` and ``to_dask()`` (:class:`pipeline.io.zarr_source.ZarrView`).
 
     With a ``ledger``, blocks it records as finished are kept and not recomputed (resume); the
     caller guarantees the store was made for the same input, model and parameters. With ``valid``
@@ -120,7 +123,8 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
     else:
         block = tuple(chunks) if chunks else balanced_chunks(grid, default_chunks(settings.roi_size),
                                                              TASKS_PER_WORKER * threads)
-    raw = da.from_zarr(image)
+    in_store = isinstance(image, zarr.Array)
+    raw = da.from_zarr(image) if in_store else image.to_dask()
     mask = None if valid is None else da.from_zarr(valid).rechunk(raw.chunks[1:])
     with dask.config.set(scheduler=client):  # this run's cluster, not whichever client is the default
         statistics = model.statistics(raw, mask)
@@ -138,7 +142,8 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
                                  attributes=dict(image.attrs))
     store = str(group.store.root)
     jobs = block_jobs(plan_blocks(grid, block))
-    source = ImageSource(store=store, name=image.path, pads=tuple(a.pad_before for a in grid.axes),
+    source = ImageSource(store=store, name=image.path if in_store else "", array=None if in_store else image,
+                         pads=tuple(a.pad_before for a in grid.axes),
                          preprocess=model.preprocess_block, statistics=statistics,
                          valid=valid.path if valid is not None else None)
     sink = BlockSink(store=store, spill_dir=str(Path(store).parent / "spill"), dtype=dtype.name,

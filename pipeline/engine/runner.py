@@ -108,10 +108,11 @@ class ImageSource:
     preprocess: Callable[..., np.ndarray]  #: (block, statistics[, valid]) -> float32 block
     statistics: Any
     valid: str | None = None  #: name of a boolean (*spatial) validity array; invalid pixels skip windows
+    array: Any = None  #: a picklable (C, *spatial) array read in place of ``store/name`` (an input read without a copy)
 
     def read(self, span: Span) -> tuple[np.ndarray, np.ndarray | None]:
         """The preprocessed span and, with a validity array, its mask (False where padded)."""
-        array = _open_array(self.store, self.name, "r")
+        array = self.array if self.array is not None else _open_array(self.store, self.name, "r")
         spatial, pad = padded_index(array.shape[1:], *span, self.pads)
         index, padding = (slice(None), *spatial), [(0, 0), *pad]
         raw = np.asarray(array[index])

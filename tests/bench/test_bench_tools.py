@@ -44,6 +44,22 @@ def test_mirrored_volume_keeps_geometry_and_flips_each_copy(tmp_path: Path, fmt:
     assert not list(tmp_path.glob(".*.partial"))
 
 
+def test_mirrored_ome_zarr_holds_the_nifti_voxels_stored_zyx(tmp_path: Path) -> None:
+    """The 1 Gvox OME-Zarr benchmark input's builder, at 1.4M: the .nii's voxels as (k, j, i), its geometry in
+    NGFF scale/translation, readable by the pipeline's reader."""
+    from pipeline.io.ngff import open_zarr_input, zarr_geometry
+
+    nifti = nib.load(inputs.volume("1.4M", "nii", cache=tmp_path))
+    store = inputs.volume("1.4M", "ome.zarr", cache=tmp_path)
+    source = open_zarr_input(store)
+    import zarr
+
+    stored = np.asarray(zarr.open_array(zarr.storage.LocalStore(store), path="0"))
+    assert np.array_equal(stored, np.asanyarray(nifti.dataobj).transpose(2, 1, 0))
+    geometry = zarr_geometry(source, orientation="SAR", card_orientation=None)
+    assert np.allclose(geometry.affine_matrix @ [5, 7, 9, 1], nifti.affine @ [9, 7, 5, 1])
+
+
 def test_mirrored_raster_keeps_georeference_and_crops(tmp_path: Path) -> None:
     path = tmp_path / "scene.tif"
     inputs.write_mirrored_geotiff(inputs.SAMPLE_TILE, (1000, 1900), path)

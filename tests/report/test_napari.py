@@ -47,7 +47,26 @@ def outputs(ct_case: dict[str, Any], ct_labels: dict[int, Label], tmp_path_facto
     write_labels(group["labels"], geometry, mask, label_names={v: label.name for v, label in ct_labels.items()})
     store = write_ome_zarr(group["image"], group["labels"], geometry, ome_zarr_path(mask), labels=ct_labels,
                            window=(-1000.0, 1000.0))  # ct-organs' HU window, as segment-volume passes it
-    return {"mask": mask, "ome_zarr": store}
+    return {"mask": mask, "ome_zarr": store, "ngff_input": ngff_input_with_labels(store, group["labels"], ct_labels)}
+
+
+def ngff_input_with_labels(image_store: Path, labels: Any, ct_labels: dict[int, Label]) -> Path:
+    """An OME-Zarr *input* (the image alone) with the same prediction added as labels by the Zarr-input writer
+    (``segment-volume x.ome.zarr`` writes ``labels/<name>`` this way): napari must overlay it on the image."""
+    import shutil
+
+    from pipeline.io.ngff import open_zarr_input
+    from pipeline.io.ngff_labels import write_ngff_labels
+
+    store = image_store.with_name("input.ome.zarr")
+    shutil.copytree(image_store, store)
+    shutil.rmtree(store / "labels")
+    zyx = zarr.open_array(zarr.storage.LocalStore(store.with_name("zyx.zarr")), mode="w", shape=labels.shape[::-1],
+                          chunks=(16, 64, 64), dtype=labels.dtype)
+    zyx[:] = np.asarray(labels).transpose(2, 1, 0)
+    write_ngff_labels(zyx, open_zarr_input(store), store, "prediction", labels_meta=ct_labels,
+                      scratch=store.with_name("scratch.zarr"), overwrite=False, in_input=True)
+    return store
 
 
 def busiest_slice(labels: np.ndarray) -> int:
@@ -107,7 +126,7 @@ def iou(want: np.ndarray, got: np.ndarray) -> float:
                for s in shifts)
 
 
-@pytest.mark.parametrize("source", ["nifti", "ome-zarr"])
+@pytest.mark.parametrize("source", ["nifti", "ome-zarr", "ngff-input"])
 def test_napari_shows_the_mask_on_the_scan(source: str, outputs: dict[str, Path], ct_case: dict[str, Any],
                                            ct_labels: dict[int, Label], tmp_path: Path) -> None:
     xvfb = napari_xvfb()
@@ -124,8 +143,10 @@ def test_napari_shows_the_mask_on_the_scan(source: str, outputs: dict[str, Path]
     assert scale[1] == scale[2]
     zoom = PX_PER_VOXEL / float(scale[1])
     ids = sorted(v for v in ct_labels if v > 0)
-    inputs = [CT, outputs["mask"]] if source == "nifti" else [outputs["ome_zarr"]]
-    facts = render(xvfb, source, inputs, tmp_path, z=z, center=center, zoom=zoom, labels=ids)
+    store = outputs["ngff_input"] if source == "ngff-input" else outputs["ome_zarr"]
+    inputs = [CT, outputs["mask"]] if source == "nifti" else [store]
+    facts = render(xvfb, "nifti" if source == "nifti" else "ome-zarr", inputs, tmp_path, z=z, center=center,
+                   zoom=zoom, labels=ids)
 
     # layers placed by the NIfTI affine (and, for OME-Zarr, by its coordinateTransformations), nothing else
     for layer in (facts["image"], facts["labels"]):
@@ -133,9 +154,9 @@ def test_napari_shows_the_mask_on_the_scan(source: str, outputs: dict[str, Path]
         assert np.allclose(layer["scale"], scale), layer
         assert np.allclose(layer["translate"], translate, atol=1e-4), layer
         assert layer["affine_is_identity"], layer
-    if source == "ome-zarr":
+    if source != "nifti":
         for node, layer in (("", facts["image"]), ("labels/prediction", facts["labels"])):
-            ngff = zarr.open_group(str(outputs["ome_zarr"] / node), mode="r").attrs["ome"]
+            ngff = zarr.open_group(str(store / node), mode="r").attrs["ome"]
             level0 = ngff["multiscales"][0]["datasets"][0]["coordinateTransformations"]
             to_world = {t["type"]: t[t["type"]] for t in level0}
             assert layer["scale"] == pytest.approx(to_world["scale"])

@@ -1,0 +1,164 @@
+"""Segment a volume that already lives in Zarr: OME-Zarr (NGFF) or a plain array in, NGFF labels out, no copy.
+
+The engine reads the input store's own chunks (:class:`~pipeline.io.zarr_source.ZarrView`); the work store
+holds only the labels and the merge's spills. Labels go to ``labels/<name>`` inside the input store (NGFF's
+place for them) or, with ``output``, into a store of their own; the report (JSON + CSV) beside that store.
+Resume is keyed on :func:`~pipeline.io.zarr_source.store_identity` (location, metadata, chunk file sizes and
+mtimes), the orientation and the engine's fingerprint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.cluster import ClusterSettings, worker_peak_rss
+from pipeline.engine.api import default_chunks
+from pipeline.engine.infer import engine_fingerprint, preload_model, run_inference
+from pipeline.engine.windows import parse_overlap
+from pipeline.errors import CardError, InputError
+from pipeline.evaluate.metrics import scores
+from pipeline.io.ngff import ZARR_SUFFIXES, ZarrInput, open_zarr_input, parse_orientation, zarr_geometry
+from pipeline.io.ngff_labels import check_label_target, write_ngff_labels
+from pipeline.io.outputs import Output, check_outputs, report_csv_path, split_suffix
+from pipeline.io.store import work_store
+from pipeline.io.zarr_source import store_identity, zarr_view
+from pipeline.model.models import Model, load_model
+from pipeline.report.tables import label_rows, write_report
+from pipeline.segment.driver import aligned_windows
+from pipeline.segment.plan_estimate import clip_chunks, estimate_plan
+from pipeline.segment.resources import check_capacity, client_scope, local_processes, planned_workers
+from pipeline.segment.result import run_facts
+from pipeline.segment.stages import Stages
+from pipeline.segment.volume import label_counts
+
+
+@dataclass(frozen=True)
+class ZarrSegmentation:
+    """Where the labels went (``<store>/labels/<name>``) and the report written beside the store."""
+
+    labels: Path
+    report_json: Path
+    report_csv: Path
+    report: dict[str, Any]
+
+    def summary(self) -> str:
+        run = self.report["run"]
+        return (f"{self.labels}: {run['seconds_total']:.1f} s, {run['mvox_per_s']:.2f} Mvox/s, "
+                f"peak RSS {run['peak_rss_mb']:.0f} MB (driver + workers), {run['windows']} windows, "
+                f"backend {run.get('backend', 'torch')}")
+
+
+def segment_zarr(
+    store: str | os.PathLike[str],
+    *,
+    model: str | os.PathLike[str] | Model | None = None,
+    output: str | os.PathLike[str] | None = None,
+    level: int = 0,
+    orientation: str | None = None,
+    array: str | None = None,
+    spacing: Sequence[float] | None = None,
+    axes: str | None = None,
+    name: str | None = None,
+    overwrite: bool = False,
+    work_dir: str | os.PathLike[str] | None = None,
+    chunks: Sequence[int] | None = None,
+    cluster: ClusterSettings | None = None,
+    client: Any = None,
+    progress: bool = False,
+    trust: bool = False,
+    backend: str | None = None,
+) -> ZarrSegmentation:
+    """Segment level ``level`` of an OME-Zarr image (or a plain array: ``array``, ``spacing`` in mm, ``axes``).
+
+    Parameters
+    ----------
+    store : local path or fsspec URL of the store; never modified except for adding ``labels/<name>``
+        (and its name in the ``labels`` list) when ``output`` is None.
+    output : write the labels into this ``.zarr`` store instead (needed for read-only and remote inputs).
+    orientation : anatomical axis codes of the stored spatial axes (e.g. ``SAR``); None: the card's.
+    name : the label image's name (default: the model's).
+
+    Raises
+    ------
+    InputError, CardError, ModelError, OutputExistsError, OutputError
+    """
+    started = time.perf_counter()
+    source = open_zarr_input(store, level=level, array=array, spacing=spacing, axes=axes)
+    codes = parse_orientation(orientation) if orientation else None
+    mdl = (model if isinstance(model, Model) else load_model(model, trust=trust)).on_backend(backend)
+    if mdl.card.spatial_dims != 3:
+        raise CardError(f"model {mdl.name!r} is {mdl.card.spatial_dims}D; segment-volume needs a 3D model")
+    if source.channels != mdl.card.in_channels:
+        raise InputError(f"{source.url}: {source.channels} channel(s); model {mdl.name!r} takes "
+                         f"{mdl.card.in_channels}")
+    geometry = zarr_geometry(source, orientation=codes, card_orientation=mdl.card.orientation)
+    label_name = name or mdl.name
+    in_input = output is None
+    if in_input:
+        check_label_target(source.url, name or mdl.name, overwrite=overwrite, in_input=True)  # remote: needs -o
+    target = Path(source.url) if in_input else Path(output)
+    if not in_input and not split_suffix(target.name, ZARR_SUFFIXES)[1]:
+        raise InputError(f"{target}: the labels are an OME-Zarr store; name it .ome.zarr or .zarr")
+    if not in_input and source.is_local and os.path.realpath(target) == os.path.realpath(source.url):
+        in_input = True
+    json_path = target.with_name(f"{split_suffix(target.name, ZARR_SUFFIXES)[0]}_{label_name}.report.json")
+    writes = [Output(json_path, "json"), Output(report_csv_path(json_path), "csv")]
+
+    def guard() -> None:
+        check_label_target(target, label_name, overwrite=overwrite, in_input=in_input)
+        check_outputs(writes, [], overwrite=overwrite)
+
+    guard()
+    aligned = aligned_windows(Path(source.url), geometry.to_attrs(), mdl)
+    block = clip_chunks(chunks, geometry.shape)
+    root = Path(work_dir) if work_dir else target.parent
+    check_capacity(estimate_plan(geometry.shape, roi=aligned, overlap=parse_overlap(mdl.overlap, 3), chunks=block,
+                                 default=default_chunks(aligned), in_channels=0, itemsize=source.dtype.itemsize,
+                                 classes=mdl.card.out_channels, workers=planned_workers(cluster, client),
+                                 processes=local_processes(cluster, client)),
+                   source=Path(source.url), work_root=root, cluster=cluster, client=client)
+    identity = store_identity(source)
+    fingerprint = {**identity, "orientation": geometry.affine, "labels_name": label_name,
+                   **engine_fingerprint(mdl, chunks=block, probabilities=False)}
+    stages = Stages()
+    key = target.with_name(f"{target.name}.{label_name}")  # work directory and lock beside the store, not in it
+    with work_store(root, key, fingerprint, check=guard) as work:
+        view = zarr_view(source, geometry)
+        with client_scope(client, cluster or ClusterSettings()) as active:
+            preload_model(active, mdl)
+            with stages("inference"):
+                classical = mdl.card.kind == "classical" and not block
+                result = run_inference(view, mdl, work.group, client=active, ledger=work.ledger, progress=progress,
+                                       chunks=default_chunks(aligned) if classical else block)
+            workers_rss = worker_peak_rss(active)
+        with stages("write"):
+            written = write_ngff_labels(result.labels, source, target, label_name, labels_meta=mdl.labels,
+                                        scratch=work.path / "labels.zarr", overwrite=overwrite, in_input=in_input)
+        report = _report(source, identity, mdl, written, result, started, workers_rss, stages, geometry)
+        csv_path = write_report(report, json_path)
+    return ZarrSegmentation(labels=written, report_json=json_path, report_csv=csv_path, report=report)
+
+
+def _report(source: ZarrInput, identity: dict[str, Any], model: Model, written: Path, result: Any, started: float,
+            workers_rss: int, stages: Stages, geometry: Any) -> dict[str, Any]:
+    n = model.card.out_channels
+    measured = scores(label_counts(result.labels, n))
+    return {
+        "model": model.name,
+        "model_sha256": model.sha256,
+        "input": {"path": source.url, "level": source.level, "array": source.array.path,
+                  "sha256": identity["input_sha256"], "shape": list(geometry.shape), "zooms": list(geometry.zooms),
+                  "axes": [a.name for a in source.axes], "dtype": source.dtype.name},
+        "output": str(written),
+        "reference": None,
+        "labels": label_rows(measured, model.labels, geometry.voxel_volume_ml, has_reference=False),
+        "run": run_facts(result, started=started, elements=math.prod(geometry.shape), workers_rss=workers_rss,
+                         stages=stages),
+    }
+
