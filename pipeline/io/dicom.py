@@ -61,7 +61,7 @@ class DicomSeries:
     path: Path  #: the folder or zip given
     series_uid: str
     frames: tuple[Frame, ...]  #: slice k of the volume is frames[k]
-    headers: tuple[Any, ...]  #: pydicom datasets without pixel data, one per instance (for SEG references)
+    headers: tuple[Any, ...]  #: pydicom datasets without pixel data, one per instance in volume order (as members)
     geometry: VolumeGeometry
     dtype: np.dtype  #: float32 when a rescale applies, else the stored type
     padding: tuple[int, int] | None  #: stored values [low, high] that are padding (invalid)
@@ -97,6 +97,8 @@ def open_series(path: str | Path, *, series_uid: str | None = None) -> DicomSeri
         raise InputError(f"{where}: mixes SOP classes ({', '.join(sorted(_class_name(c) for c in classes))})")
     frames = sorted(_frames(where, series[uid]), key=lambda f: float(np.dot(f.position, _normal(headers[0]))))
     geometry = _geometry(where, headers[0], frames)
+    by_member = dict(series[uid])
+    headers = [by_member[m] for m in dict.fromkeys(f.member for f in frames)]  # instances in volume order
     rescaled = any(f.slope != 1.0 or f.intercept != 0.0 for f in frames)
     stored = np.dtype(f"{'i' if int(headers[0].PixelRepresentation) else 'u'}{int(headers[0].BitsAllocated) // 8}")
     return DicomSeries(path=path, series_uid=uid, frames=tuple(frames), headers=tuple(headers), geometry=geometry,

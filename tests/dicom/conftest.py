@@ -35,3 +35,23 @@ def rotated(image: nib.Nifti1Image, degrees: float, axis: int = 0) -> nib.Nifti1
     turn = np.eye(4)
     turn[a, a], turn[a, b], turn[b, a], turn[b, b] = c, -s, s, c
     return nib.Nifti1Image(np.asarray(image.dataobj), turn @ image.affine)
+
+
+@pytest.fixture(scope="session")
+def sample_ref() -> nib.Nifti1Image:
+    """The shipped ct-organs reference mask of the sample CT (labels 0..5), on its grid."""
+    image = nib.load(DATA / "example_ct_sm_ct-organs_ref.nii.gz")
+    return nib.Nifti1Image(np.asarray(image.dataobj).astype(np.uint8), image.affine)
+
+
+def dciodvfy(path: Path) -> list[str]:
+    """The ``Error`` lines dicom3tools' validator prints for a file (skips locally without it, fails in CI)."""
+    import shutil
+    import subprocess
+
+    from tests.report.conftest import require
+
+    tool = shutil.which("dciodvfy")
+    require(tool is not None, "dciodvfy (dicom3tools)")
+    done = subprocess.run([str(tool), str(path)], capture_output=True, text=True, timeout=120, check=False)
+    return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
