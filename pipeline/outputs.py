@@ -39,6 +39,7 @@ FORMATS: dict[str, tuple[tuple[str, ...], str]] = {
     "html": ((".html",), "a page must be named .html"),
     "text": ((".txt", ".ctbl", ".qml"), "a viewer file must be named .txt, .ctbl or .qml"),
     "zarr": ((".zarr",), "a Zarr store must be named .zarr"),
+    "dicom": ((".dcm",), "a DICOM Segmentation must be named .dcm"),
 }
 
 
@@ -107,6 +108,11 @@ def viewer_paths(mask: Path, kind: str) -> tuple[Path, ...]:
 
 def ome_zarr_path(mask: Path) -> Path:
     return mask.with_name(f"{mask_stem(mask)}.ome.zarr")
+
+
+def dicom_seg_path(mask: Path) -> Path:
+    """``scan_seg.nii.gz`` -> ``scan_seg.dcm``: the DICOM Segmentation of a DICOM series' mask."""
+    return mask.with_name(f"{mask_stem(mask)}.dcm")
 
 
 def probabilities_path(mask: Path) -> Path:

@@ -45,15 +45,6 @@ class SegFacts:
                 "bytes": self.bytes, "segments": {str(k): v for k, v in self.segments.items()}}
 
 
-def seg_path(mask: Path) -> Path:
-    """``scan_seg.nii.gz`` -> ``scan_seg.dcm``: the SEG beside the mask."""
-    name = mask.name
-    for suffix in (".nii.gz", ".nii"):
-        if name.lower().endswith(suffix):
-            return mask.with_name(name[: -len(suffix)] + ".dcm")
-    return mask.with_suffix(".dcm")
-
-
 def _label_counts(labels: Any, n_labels: int) -> np.ndarray:
     counts = np.zeros(n_labels, dtype=np.int64)
     for k in range(0, labels.shape[-1], 16):
