@@ -66,4 +66,4 @@ def size_of(scene: Path) -> int:
 if __name__ == "__main__":
     main(__doc__, script=Path(__file__), default_model="buildings", section="raster-cpu", unit="px", suffix=".tif",
          heading="2D rasters", make_inputs=lambda tmp, args: make_scenes(tmp), size_of=size_of,
-         run_monai=run_monai, segment="pipeline.segment_raster:segment_raster")
+         run_monai=run_monai, segment="pipeline.segment.raster:segment_raster")

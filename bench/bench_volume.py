@@ -59,6 +59,6 @@ def size_of(scan: Path) -> int:
 if __name__ == "__main__":
     main(__doc__, script=Path(__file__), default_model="ct-organs", section="volume-cpu", unit="vox",
          suffix=".nii.gz", heading="3D volumes", make_inputs=lambda tmp, args: make_volumes(tmp, args.largest),
-         size_of=size_of, run_monai=run_monai, segment="pipeline.segment:segment_volume",
+         size_of=size_of, run_monai=run_monai, segment="pipeline.segment.volume:segment_volume",
          add_arguments=lambda parser: parser.add_argument(
              "--largest", type=int, default=2, help="largest tiling factor per axis (2: 8x, 4: 64x)"))

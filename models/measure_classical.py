@@ -83,7 +83,7 @@ def main() -> None:
 
     from pipeline.cluster import ClusterSettings, dask_client
     from pipeline.segment import segment_volume
-    from pipeline.segment_raster import segment_raster
+    from pipeline.segment.raster import segment_raster
 
     ref = np.asarray(nib.load(CT_REF).dataobj)
     scan = np.asarray(nib.load(CT).dataobj)

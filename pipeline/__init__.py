@@ -12,7 +12,7 @@ from pipeline.models import load_model
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 #: Front ends imported on first use, so `import pipeline` (and `pipeline --help`) stays light.
-_LAZY = {"segment_volume": "pipeline.segment", "segment_raster": "pipeline.segment_raster"}
+_LAZY = {"segment_volume": "pipeline.segment.volume", "segment_raster": "pipeline.segment.raster"}
 
 __all__ = ["load_model", "segment_raster", "segment_volume", "sliding_window"]
 

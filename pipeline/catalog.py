@@ -68,8 +68,8 @@ class Segmenter:
 
 #: Source kind -> segmenter. The catalog's ``kind`` choices come from here, so they cannot disagree.
 SEGMENTERS: dict[str, Segmenter] = {
-    "medical": Segmenter("pipeline.segment", "segment_volume", (".nii.gz", ".nii"), ".nii.gz"),
-    "geo": Segmenter("pipeline.segment_raster", "segment_raster", (".tiff", ".tif"), ".tif",
+    "medical": Segmenter("pipeline.segment.volume", "segment_volume", (".nii.gz", ".nii"), ".nii.gz"),
+    "geo": Segmenter("pipeline.segment.raster", "segment_raster", (".tiff", ".tif"), ".tif",
                      frozenset({"bands", "vectors"})),
 }
 

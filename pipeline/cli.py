@@ -208,16 +208,15 @@ def segment_volume_cmd(
 
     run(lambda: preflight_volume(scan, output=output, reference=reference, model=model, overwrite=overwrite, html=html,
                                  ome_zarr=ome_zarr, probabilities=probabilities, instances=instances))
-    from pipeline.cluster import ClusterSettings
-    from pipeline.segment import segment_volume
+    from pipeline.segment.options import SegmentOptions
+    from pipeline.segment.volume import segment_volume
 
-    chunks = parse_chunks(chunk_size, 3)
-    result = run(lambda: segment_volume(
-        scan, model=model, output=output, reference=reference, overwrite=overwrite, work_dir=work_dir,
-        chunks=chunks, cluster=ClusterSettings(address=dask_address, workers=workers, threads_per_worker=threads,
-                                               memory_limit=memory_limit),
-        probabilities=probabilities, progress=True, html=html, ome_zarr=ome_zarr, instances=instances, trust=trust,
-        backend=backend))
+    options = SegmentOptions(overwrite=overwrite, html=html, ome_zarr=ome_zarr, instances=instances,
+                             chunks=parse_chunks(chunk_size, 3), backend=backend, trust=trust,
+                             probabilities=probabilities)
+    runtime = _runtime(work_dir, workers, threads, memory_limit, dask_address)
+    result = run(lambda: segment_volume(scan, model=model, output=output, reference=reference, options=options,
+                                        runtime=runtime))
     _print_result(result)
 
 
@@ -262,20 +261,29 @@ def segment_raster_cmd(
 
     run(lambda: preflight_raster(scene, output=output, reference=reference, model=model, vectors=vectors,
                                  overwrite=overwrite, html=html, ome_zarr=ome_zarr, instances=instances))
-    from pipeline.cluster import ClusterSettings
-    from pipeline.segment_raster import segment_raster
+    from pipeline.segment.options import SegmentOptions
+    from pipeline.segment.raster import segment_raster
 
-    chunks, selected = parse_chunks(chunk_size, 2), parse_bands(bands)
-    result = run(lambda: segment_raster(
-        scene, model=model, output=output, reference=reference, bands=selected, vectors=vectors,
-        overwrite=overwrite, work_dir=work_dir, chunks=chunks,
-        cluster=ClusterSettings(address=dask_address, workers=workers, threads_per_worker=threads,
-                                memory_limit=memory_limit),
-        progress=True, html=html, ome_zarr=ome_zarr, instances=instances, trust=trust,
-        backend=backend))
+    options = SegmentOptions(overwrite=overwrite, html=html, ome_zarr=ome_zarr, instances=instances,
+                             chunks=parse_chunks(chunk_size, 2), backend=backend, trust=trust,
+                             bands=parse_bands(bands), vectors=vectors)
+    runtime = _runtime(work_dir, workers, threads, memory_limit, dask_address)
+    result = run(lambda: segment_raster(scene, model=model, output=output, reference=reference, options=options,
+                                        runtime=runtime))
     _print_result(result)
     if result.vectors:
         typer.echo(f"vectors: {result.vectors} ({result.report['features']} polygons)")
+
+
+def _runtime(work_dir: Path | None, workers: int, threads: int | None, memory_limit: str,
+             dask_address: str | None) -> Any:
+    """The shared run options of the segment commands (progress bars on: a terminal is watching)."""
+    from pipeline.cluster import ClusterSettings
+    from pipeline.segment.options import RunSettings
+
+    cluster = run(lambda: ClusterSettings(address=dask_address, workers=workers, threads_per_worker=threads,
+                                          memory_limit=memory_limit))
+    return RunSettings(work_dir=work_dir, cluster=cluster, progress=True)
 
 
 def _print_result(result: Any) -> None:

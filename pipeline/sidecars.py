@@ -1,6 +1,6 @@
 """What is written beside a mask after its JSON/CSV report: viewer files, the HTML report, OME-Zarr.
 
-One call from each front end (:mod:`pipeline.segment`, :mod:`pipeline.segment_raster`), made
+One call from the segmentation driver (:mod:`pipeline.segment.driver`), made
 inside the work store block, so images are rendered from the Zarr ``image``/``labels`` arrays.
 """
 

@@ -32,7 +32,7 @@ from pipeline.engine.validity import NEUTRAL, neutralise, windows_with_data
 from pipeline.engine.windows import window_grid
 from pipeline.io.geotiff import read_bands
 from pipeline.models import apply_preprocess, intensity_statistics
-from pipeline.segment_raster import segment_raster
+from pipeline.segment.raster import segment_raster
 from tests.factories import make_card
 from tests.test_segment_raster import check_segmentation, mask_of
 

@@ -275,7 +275,7 @@ def test_a_coarser_scene_is_windowed_at_the_models_ground_size(data_dir: Path, t
                                                               client2: Any) -> None:
     """The SpaceNet tile at 0.83 m instead of 0.5 m: with the card's spacing the buildings model keeps most
     of its Dice against the human footprints; the same weights on raw 0.83 m pixels lose much of it."""
-    from pipeline.segment_raster import segment_raster
+    from pipeline.segment.raster import segment_raster
 
     scene = _resampled_scene(data_dir / "geo" / "sample_geotiff.tif", tmp_path / "coarse.tif", 0.6)
     footprints = data_dir / "geo" / "geotiff_labels.geojson"

@@ -2,7 +2,7 @@
 
 One scenario, run once per module by :func:`served_runs`: copies of the real sample CT (with a
 reference on its grid) and MR, a text file named ``broken.nii.gz``, and a GeoTIFF when
-``pipeline.segment_raster`` exists; an untrained seeded model per kind; a 1-worker LocalCluster.
+``pipeline.segment.raster`` exists; an untrained seeded model per kind; a 1-worker LocalCluster.
 The tests below check its parts. Every subprocess is killed in teardown.
 """
 
@@ -32,7 +32,7 @@ from tests.flows.prefect_server import DEPLOYMENT, free_port, health, start, sto
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-HAS_GEO = importlib.util.find_spec("pipeline.segment_raster") is not None
+HAS_GEO = importlib.util.find_spec("pipeline.segment.raster") is not None
 
 
 @dataclass

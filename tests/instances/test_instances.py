@@ -123,7 +123,7 @@ def test_volume_end_to_end(tmp_path: Path, data_dir: Path, client2: object) -> N
 def test_raster_end_to_end(tmp_path: Path, data_dir: Path, client2: object) -> None:
     import rasterio
 
-    from pipeline.segment_raster import segment_raster
+    from pipeline.segment.raster import segment_raster
 
     scene = data_dir / "geo/sample_geotiff.tif"
     result = segment_raster(scene, model="otsu-foreground", output=tmp_path / "scene_seg.tif", chunks=(300, 350),

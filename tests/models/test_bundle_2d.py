@@ -59,7 +59,7 @@ def test_simple_inferer_bundle_uses_its_resized_size_as_roi(tmp_path: Path) -> N
 def test_simple_inferer_bundle_segments_the_real_raster(tmp_path: Path, client1: Any) -> None:
     import rasterio
 
-    from pipeline.segment_raster import segment_raster
+    from pipeline.segment.raster import segment_raster
 
     bundle = simple_bundle(tmp_path / "roofs")
     result = segment_raster(SCENE, model=bundle, output=tmp_path / "scene_seg.tif", client=client1, html=False)

@@ -68,7 +68,7 @@ def test_disk_full_while_writing_keeps_the_old_output_and_the_work_store(
         setup: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, client1) -> None:
     """ENOSPC while the mask is written: a clear OutputError, the previous mask untouched, every block
     kept, and the next run (space freed) only writes."""
-    import pipeline.segment as segment
+    import pipeline.segment.volume as segment
     from pipeline.errors import OutputError
 
     out = tmp_path / "mask.nii.gz"

@@ -17,7 +17,7 @@ from pipeline.cards import load_card
 from pipeline.errors import OutputExistsError
 from pipeline.models import resolve_card_path
 from pipeline.segment import segment_volume
-from pipeline.segment_raster import segment_raster
+from pipeline.segment.raster import segment_raster
 from tests.report.conftest import CT, CT_REF, DATA, pyqgis
 
 
