@@ -48,6 +48,12 @@ def open_member(member: Member) -> Iterator[IO[bytes]]:
             yield fh
 
 
+def is_series_path(path: str | os.PathLike[str]) -> bool:
+    """A folder or a ``.zip``: what ``segment-volume`` reads as a DICOM series rather than a NIfTI file."""
+    path = Path(path)
+    return path.is_dir() or path.name.lower().endswith(".zip")
+
+
 def _candidates(path: Path) -> list[Member]:
     if path.is_dir():
         found = []
