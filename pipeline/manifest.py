@@ -32,15 +32,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.catalog import SEGMENTERS, Catalog, Source
-from pipeline.errors import CardError, PipelineError, StorageError, as_storage_error, storage_failure
+from pipeline.errors import CardError, PipelineError, RemoteError, StorageError, as_storage_error, storage_failure
 from pipeline.hashing import sha256_file
 from pipeline.io.atomic import atomic_path
 from pipeline.io.lock import lock_holder, output_lock
+
+if TYPE_CHECKING:
+    from pipeline.pacs import PacsSeries
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +113,7 @@ class ScanJob:
     bands: tuple[int, ...] | None = None
     vectors: Path | None = None  #: polygon output (geo), beside the mask
     trust: bool = False  #: the source trusts its bundle's config (``trust: true``)
+    pacs: PacsSeries | None = None  #: kind dicomweb: the series to retrieve into ``scan`` and store the SEG of
 
     @property
     def name(self) -> str:
@@ -138,6 +142,8 @@ class ScanJob:
             kwargs["vectors"] = self.vectors
         if self.trust:
             kwargs["trust"] = True
+        if self.pacs is not None:
+            kwargs["dicom_seg"] = "binary"
         return kwargs
 
 
@@ -169,9 +175,10 @@ class ScanOutcome:
         """
         if storage_failure(error):
             error = as_storage_error(error, job.output)  # type: ignore[arg-type]  # an OSError, checked above
-        if isinstance(error, StorageError):
+        if isinstance(error, StorageError | RemoteError):
+            reason = error.summary if isinstance(error, StorageError) else f"remote: {error}"
             return cls(source=job.source, scan=str(job.scan), status=ScanStatus.RETRY, output=str(job.output),
-                       reason=error.summary, user_error=False)
+                       reason=reason, user_error=False)
         user_error = isinstance(error, PipelineError)
         text = (str(error).strip().splitlines() or [""])[0] if error is not None else ""
         reason = text if user_error or error is None else f"{type(error).__name__}: {text}".rstrip(": ")
@@ -273,7 +280,7 @@ def _model(catalog: Catalog, index: int, source: Source) -> tuple[str, str, str]
 def scans(catalog: Catalog, index: int, source: Source) -> list[Path]:
     """The source's input files, sorted: glob matches with the kind's suffix, minus hidden files,
     files under the output or work root, and files that are another scan's reference."""
-    if not source.directory.is_dir():
+    if source.directory is None or not source.directory.is_dir():
         raise catalog.error(index, "directory", f"{source.directory} is not a directory")
     excluded = [catalog.output_root.resolve(), catalog.work_dir.resolve()]
     found = []
@@ -303,6 +310,23 @@ def _job(catalog: Catalog, source: Source, scan: Path, model: tuple[str, str, st
                    trust=source.trust)
 
 
+def _file_jobs(catalog: Catalog, index: int, source: Source, model: tuple[str, str, str]) -> list[ScanJob]:
+    jobs = []
+    for scan in scans(catalog, index, source):
+        output = catalog.output_for(source, scan)
+        jobs.append(_job(catalog, source, scan, model, read_manifest(output.with_name(_stem(output) + ".manifest.json")),
+                         output))
+    return jobs
+
+
+def _jobs(catalog: Catalog, index: int, source: Source, model: tuple[str, str, str]) -> list[ScanJob]:
+    if source.pacs_source:
+        from pipeline.pacs import series_jobs
+
+        return series_jobs(catalog, source, model)
+    return _file_jobs(catalog, index, source, model)
+
+
 def discover(catalog: Catalog, *, source: str | None = None) -> Plan:
     """Decide, for every scan of the catalog (or of one source), whether it must be segmented.
 
@@ -318,10 +342,8 @@ def discover(catalog: Catalog, *, source: str | None = None) -> Plan:
     up_to_date = 0
     for index, src in catalog.select(source):
         model = _model(catalog, index, src)
-        for scan in scans(catalog, index, src):
-            output = catalog.output_for(src, scan)
-            manifest = read_manifest(output.with_name(_stem(output) + ".manifest.json"))
-            job = _job(catalog, src, scan, model, manifest, output)
+        for job in _jobs(catalog, index, src, model):
+            manifest = read_manifest(job.manifest_path)
             state = classify(job, manifest)
             if state is None:
                 pending.append(job)
@@ -344,9 +366,11 @@ def _manifest(job: ScanJob, status: Literal["done", "failed"], **fields: Any) ->
 def _done_manifest(job: ScanJob, result: Any) -> Manifest:
     """Record what was actually used: the report's input and weights hashes when it has them."""
     report = result.report
-    record = job.input.model_copy(update={"sha256": report.get("input", {}).get("sha256") or job.input.sha256})
+    record = job.input if job.pacs else job.input.model_copy(  # a PACS series is known by its instances' UIDs
+        update={"sha256": report.get("input", {}).get("sha256") or job.input.sha256})
     outputs = {"mask": result.mask, "report_json": result.report_json, "report_csv": result.report_csv,
-               "probabilities": result.probabilities, "vectors": result.vectors}
+               "probabilities": result.probabilities, "vectors": result.vectors,
+               "dicom_seg": report.get("dicom_seg", {}).get("path")}
     manifest = _manifest(job, "done", outputs={k: str(v) for k, v in outputs.items() if v is not None})
     return manifest.model_copy(update={"input": record,
                                        "model_sha256": report.get("model_sha256") or job.model_sha256})
@@ -373,8 +397,8 @@ def run_scan(job: ScanJob, *, client: Any = None) -> ScanOutcome:
         started = time.perf_counter()
         logger.info("segmenting %s with %s -> %s", job.scan, job.model_name, job.output)
         try:
-            result = segment(job.scan, **job.segment_kwargs(client))
-        except StorageError:
+            result = _segment(job, segment, client)
+        except (StorageError, RemoteError):
             raise
         except PipelineError as e:
             write_manifest(job.manifest_path, _manifest(job, "failed", reason=ScanOutcome.failed(job, e).reason,
@@ -384,14 +408,23 @@ def run_scan(job: ScanJob, *, client: Any = None) -> ScanOutcome:
     return ScanOutcome.done(job, result, time.perf_counter() - started)
 
 
+def _segment(job: ScanJob, segment: Any, client: Any) -> Any:
+    if job.pacs is None:
+        return segment(job.scan, **job.segment_kwargs(client))
+    from pipeline.pacs import segment_series_job
+
+    return segment_series_job(job, segment, client)
+
+
 def is_transient(error: BaseException | None) -> bool:
-    """Worth retrying: infrastructure trouble (``OSError``: network, disk, a lost Dask connection), and
-    :class:`StorageError` (space may be freed meanwhile).
+    """Worth retrying: infrastructure trouble (``OSError``: network, disk, a lost Dask connection),
+    :class:`StorageError` (space may be freed meanwhile) and :class:`RemoteError` (a PACS down or overloaded).
 
     Never another :class:`PipelineError` (even :class:`OutputError`, an ``OSError`` too): the same
     input and settings fail the same way again.
     """
-    return isinstance(error, StorageError) or (isinstance(error, OSError) and not isinstance(error, PipelineError))
+    return isinstance(error, StorageError | RemoteError) or (
+        isinstance(error, OSError) and not isinstance(error, PipelineError))
 
 
 #: Columns of the per-run table: one row per scan and label (one row per scan without labels).

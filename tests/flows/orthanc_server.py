@@ -32,11 +32,15 @@ class Orthanc:
     def dicomweb(self) -> str:
         return f"{self.url}/dicom-web"
 
-    def get(self, path: str) -> object:
-        """GET a REST path (``/series``), decoded from JSON."""
+    def raw(self, path: str) -> bytes:
+        """GET a REST path's bytes (``/instances/<id>/file``)."""
         request = urllib.request.Request(f"{self.url}{path}", headers={"Authorization": basic_auth()})
         with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())
+            return bytes(response.read())
+
+    def get(self, path: str) -> object:
+        """GET a REST path (``/series``), decoded from JSON."""
+        return json.loads(self.raw(path))
 
     def upload(self, files: list[Path]) -> None:
         """POST instances through the REST API (as a modality or an import tool would put them)."""
