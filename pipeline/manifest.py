@@ -314,8 +314,8 @@ def _file_jobs(catalog: Catalog, index: int, source: Source, model: tuple[str, s
     jobs = []
     for scan in scans(catalog, index, source):
         output = catalog.output_for(source, scan)
-        jobs.append(_job(catalog, source, scan, model, read_manifest(output.with_name(_stem(output) + ".manifest.json")),
-                         output))
+        previous = read_manifest(output.with_name(_stem(output) + ".manifest.json"))
+        jobs.append(_job(catalog, source, scan, model, previous, output))
     return jobs
 
 

@@ -161,5 +161,5 @@ def multipart_parts(content_type: str, body: bytes) -> Iterator[bytes]:
     for chunk in body.split(delimiter)[1:]:
         if chunk.startswith(b"--"):
             return
-        head, _, data = chunk.partition(b"\r\n\r\n")
+        _, _, data = chunk.partition(b"\r\n\r\n")  # part headers, blank line, body
         yield data[:-2] if data.endswith(b"\r\n") else data

@@ -24,7 +24,7 @@ from pipeline.io.dicom_seg import SEG_TYPES, SegFacts, write_dicom_seg
 from pipeline.io.nifti import write_labels
 from pipeline.io.store import WorkStore, create_array
 from pipeline.models import Model
-from pipeline.outputs import Output, default_series_output, dicom_seg_path, volume_outputs
+from pipeline.outputs import Output, default_series_output, dicom_seg_path
 from pipeline.report import code_version
 from pipeline.segment.domain import PlanInputs
 from pipeline.segment.driver import PathArg, segment

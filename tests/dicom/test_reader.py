@@ -94,7 +94,8 @@ def test_zip_and_rescale(sample_ct: nib.Nifti1Image, tmp_path: Path) -> None:
         for f in files:
             out.write(f, f"study/CT/{f.name}")
     series = open_series(archive)
-    assert series.dtype == np.float32 and series.frames[0].intercept == INTERCEPT
+    assert series.dtype == np.float32
+    assert series.frames[0].intercept == INTERCEPT
     assert len(series.sha256()) == 64
     assert_same_image(*read_volume(archive), image)
 
@@ -121,7 +122,7 @@ def test_several_series_need_a_choice(sample_ct: nib.Nifti1Image, tmp_path: Path
         open_series(tmp_path / "study")
     wanted = open_series(tmp_path / "study" / "b").series_uid
     assert open_series(tmp_path / "study", series_uid=wanted).geometry.shape[2] == 10
-    with pytest.raises(InputError, match="no series 1.2.3; found: "):
+    with pytest.raises(InputError, match=r"no series 1\.2\.3; found: "):
         open_series(tmp_path / "study", series_uid="1.2.3")
 
 
@@ -144,7 +145,7 @@ def test_no_dicom(tmp_path: Path) -> None:
         open_series(tmp_path)
     with pytest.raises(InputNotFoundError):
         open_series(tmp_path / "missing")
-    with pytest.raises(InputError, match="not a folder or a .zip"):
+    with pytest.raises(InputError, match=r"not a folder or a \.zip"):
         open_series(tmp_path / "notes.txt")
 
 

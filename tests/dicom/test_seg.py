@@ -84,7 +84,8 @@ def test_seg_round_trip(sample_ct: nib.Nifti1Image, sample_ref: nib.Nifti1Image,
     assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("ct-organs", ct_organs.sha256)
     import highdicom as hd
 
-    assert tuple(hd.color.CIELabColor.from_dicom_value(segments[2].RecommendedDisplayCIELabValue).to_rgb()) == (150, 60, 200)
+    colour = hd.color.CIELabColor.from_dicom_value(segments[2].RecommendedDisplayCIELabValue)
+    assert tuple(colour.to_rgb()) == (150, 60, 200)
     if kind == "binary":  # empty frames omitted: one frame per (segment, slice) holding that segment
         per_slice = sum(int(np.any(labels[:, :, k] == v)) for k in range(labels.shape[2]) for v in (1, 2, 3, 5))
         assert facts.frames == per_slice
@@ -100,7 +101,8 @@ def test_generic_code_and_seg_name(sample_ct: nib.Nifti1Image, tmp_path: Path, t
     assert dciodvfy(facts.path) == []
     item = dcmread(facts.path).SegmentSequence[0]
     assert item.SegmentedPropertyCategoryCodeSequence[0].CodeValue == GENERIC[0]
-    assert item.SegmentLabel == "class2" and facts.frames == 6
+    assert item.SegmentLabel == "class2"
+    assert facts.frames == 6
 
 
 def test_deterministic_uids(sample_ct: nib.Nifti1Image, tmp_path: Path, ct_organs: Model) -> None:

@@ -42,12 +42,14 @@ def test_series_segments_as_its_nifti(study: tuple[Path, Path], tiny_card: Path,
     labels = np.asarray(ours.dataobj)
     np.testing.assert_array_equal(labels, np.asarray(theirs.dataobj))
     seg = result.report["dicom_seg"]
-    assert Path(seg["path"]) == tmp_path / "CT_seg.dcm" and dciodvfy(Path(seg["path"])) == []
+    assert Path(seg["path"]) == tmp_path / "CT_seg.dcm"
+    assert dciodvfy(Path(seg["path"])) == []
     segments = {int(k): v for k, v in seg["segments"].items()}
     assert set(segments.values()) == set(np.unique(labels)) - {0}
     np.testing.assert_array_equal(decode(Path(seg["path"]), open_series(folder), segments), labels)
     facts = result.report["input"]
-    assert facts["series_uid"] == open_series(folder).series_uid and facts["instances"] == 30
+    assert facts["series_uid"] == open_series(folder).series_uid
+    assert facts["instances"] == 30
     assert facts["sha256"] == open_series(folder).sha256()
 
 
@@ -60,11 +62,13 @@ def test_cli_series_with_padding(sample_ct: nib.Nifti1Image, tiny_card: Path, tm
     args = ["segment-volume", str(tmp_path / "CT"), "-m", str(tiny_card), "--dicom-seg", "--no-html"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "dicom seg: " in result.stdout and "CT_seg.dcm (binary" in result.stdout
+    assert "dicom seg: " in result.stdout
+    assert "CT_seg.dcm (binary" in result.stdout
     labels = np.asarray(nib.load(tmp_path / "CT_seg.nii.gz").dataobj)
     assert not labels[values == INTERCEPT].any()
     again = runner.invoke(app, args)
-    assert again.exit_code == 1 and "output exists" in again.stderr
+    assert again.exit_code == 1
+    assert "output exists" in again.stderr
 
 
 def test_cli_refusals(sample_ct: nib.Nifti1Image, tmp_path: Path, tiny_card: Path) -> None:
@@ -78,7 +82,8 @@ def test_cli_refusals(sample_ct: nib.Nifti1Image, tmp_path: Path, tiny_card: Pat
     write_series(np.asarray(image.dataobj), image.affine, tmp_path / "two" / "a")
     write_series(np.asarray(image.dataobj)[:, :, :4], image.affine, tmp_path / "two" / "b")
     result = runner.invoke(app, ["segment-volume", str(tmp_path / "two"), "-m", str(tiny_card)])
-    assert result.exit_code == 1 and "2 image series; choose one with --series UID" in result.stderr
+    assert result.exit_code == 1
+    assert "2 image series; choose one with --series UID" in result.stderr
     assert not list(tmp_path.glob("two_seg*"))
     (tmp_path / "sr").mkdir()
     write_non_image(tmp_path / "sr" / "sr.dcm", BasicTextSRStorage)
@@ -87,7 +92,9 @@ def test_cli_refusals(sample_ct: nib.Nifti1Image, tmp_path: Path, tiny_card: Pat
     nifti = tmp_path / "ct.nii.gz"
     nib.save(image, nifti)
     result = runner.invoke(app, ["segment-volume", str(nifti), "--dicom-seg"])
-    assert result.exit_code == 2 and "--series and --dicom-seg are for DICOM series" in result.stderr
+    assert result.exit_code == 2
+    assert "--series and --dicom-seg are for DICOM series" in result.stderr
     shutil.rmtree(tmp_path / "two" / "b")
     result = runner.invoke(app, ["segment-volume", str(tmp_path / "two"), "--dicom-seg", "--dicom-seg-type", "rle"])
-    assert result.exit_code == 2 and "--dicom-seg-type must be one of binary, labelmap" in result.stderr
+    assert result.exit_code == 2
+    assert "--dicom-seg-type must be one of binary, labelmap" in result.stderr

@@ -45,8 +45,8 @@ class Orthanc:
     def upload(self, files: list[Path]) -> None:
         """POST instances through the REST API (as a modality or an import tool would put them)."""
         for f in files:
-            request = urllib.request.Request(f"{self.url}/instances", data=f.read_bytes(), method="POST",
-                                             headers={"Authorization": basic_auth(), "Content-Type": "application/dicom"})
+            headers = {"Authorization": basic_auth(), "Content-Type": "application/dicom"}
+            request = urllib.request.Request(f"{self.url}/instances", data=f.read_bytes(), headers=headers)
             with urllib.request.urlopen(request, timeout=30):
                 pass
 

@@ -46,7 +46,8 @@ def test_find_retrieve_store(orthanc: Orthanc, sample_ct: nib.Nifti1Image, tmp_p
     seg = write_dicom_seg(labels, series, load_model("ct-organs"), tmp_path / "seg.dcm")
     pacs.store([seg.path])
     stored = [s for s in pacs.find_series({"Modality": "SEG"})]
-    assert len(stored) == 1 and stored[0].study_uid == found[0].study_uid
+    assert len(stored) == 1
+    assert stored[0].study_uid == found[0].study_uid
     seg_uid = dcmread(seg.path).SOPInstanceUID
     back = pacs.retrieve_series(stored[0], tmp_path / "seg-back")
     assert dcmread(back[0]).SOPInstanceUID == seg_uid
@@ -64,12 +65,13 @@ def test_pacs_failures(orthanc: Orthanc, tmp_path: Path, credentials: dict[str, 
     (tmp_path / "junk.dcm").write_bytes(b"not dicom at all")
     with pytest.raises(OutputError, match=r"STOW-RS /studies: HTTP 400 \(\{"):
         DicomWeb(orthanc.dicomweb, **credentials).store([tmp_path / "junk.dcm"])
-    with pytest.raises(InputError, match="series 1.2.3.4 has no instances on the server"):
+    with pytest.raises(InputError, match=r"series 1\.2\.3\.4 has no instances on the server"):
         DicomWeb(orthanc.dicomweb, **credentials).retrieve_series(SeriesRef("1.2.3", "1.2.3.4"), tmp_path / "none")
 
 
 def test_multipart_parts() -> None:
-    body = b"--b1\r\nContent-Type: application/dicom\r\n\r\nAAA\r\n--b1\r\nContent-Type: application/dicom\r\n\r\nB\r\n--b1--\r\n"
+    part = b"--b1\r\nContent-Type: application/dicom\r\n\r\n"
+    body = part + b"AAA\r\n" + part + b"B\r\n--b1--\r\n"
     assert list(multipart_parts('multipart/related; type="application/dicom"; boundary=b1', body)) == [b"AAA", b"B"]
     with pytest.raises(InputError, match="not multipart"):
         list(multipart_parts("application/json", b"{}"))

@@ -40,21 +40,21 @@ def pacs_catalog(root: Path, url: str, **source: Any) -> Path:
                                  **source}], cluster={"workers": 1, "threads_per_worker": 1, "memory_limit": "2GiB"})
 
 
-def upload_ct(orthanc: Orthanc, image: nib.Nifti1Image, folder: Path, slices: int | None = None) -> str:
+def upload_ct(pacs: Orthanc, image: nib.Nifti1Image, folder: Path, slices: int | None = None) -> str:
     data = np.asarray(image.dataobj)[:, :, :slices]
     files = write_series(data, image.affine, folder)
-    orthanc.upload(files)
+    pacs.upload(files)
     return str(dcmread(files[0]).SeriesInstanceUID)
 
 
-def seg_instances(orthanc: Orthanc) -> list[Any]:
+def seg_instances(pacs: Orthanc) -> list[Any]:
     """Every SEG instance the PACS holds, read back through its REST API."""
     import io
 
     found = []
-    for series in orthanc.get("/series?expand"):  # type: ignore[union-attr]
+    for series in pacs.get("/series?expand"):  # type: ignore[union-attr]
         if series["MainDicomTags"].get("Modality") == "SEG":
-            found += [dcmread(io.BytesIO(orthanc.raw(f"/instances/{i}/file"))) for i in series["Instances"]]
+            found += [dcmread(io.BytesIO(pacs.raw(f"/instances/{i}/file"))) for i in series["Instances"]]
     return found
 
 
@@ -86,16 +86,19 @@ def test_series_found_segmented_stored_once(orthanc: Orthanc, sample_ct: nib.Nif
     plan = discover(catalog)
     assert [j.pacs.series_uid for j in plan.pending if j.pacs] == [first_uid]
     outcome = run_scan(plan.pending[0])
-    assert outcome.status is ScanStatus.DONE and all(r["dice"] is not None for r in outcome.labels)
+    assert outcome.status is ScanStatus.DONE
+    assert all(r["dice"] is not None for r in outcome.labels)
     out = tmp_path / "out" / "pacs"
     manifest = json.loads((out / f"{first_uid}_seg.manifest.json").read_text())
     seg = Path(manifest["outputs"]["dicom_seg"])
-    assert seg == out / f"{first_uid}_seg.dcm" and dciodvfy(seg) == []
+    assert seg == out / f"{first_uid}_seg.dcm"
+    assert dciodvfy(seg) == []
     [stored] = seg_instances(orthanc)
     assert stored.SOPInstanceUID == dcmread(seg).SOPInstanceUID
     assert not (tmp_path / "work" / "pacs" / "dicomweb" / first_uid).exists()  # the retrieved copy is gone
     again = discover(catalog)
-    assert again.pending == [] and again.up_to_date == 1
+    assert again.pending == []
+    assert again.up_to_date == 1
     second_uid = upload_ct(orthanc, image, tmp_path / "dcm" / "b", slices=12)
     later = discover(catalog)
     assert [j.pacs.series_uid for j in later.pending if j.pacs] == [second_uid]
@@ -141,8 +144,11 @@ def test_deployment_run_against_orthanc(served: tuple[dict[str, str], Any], orth
 
         def run_once() -> Any:
             run_id: uuid.UUID = trigger(env)
-            return wait_for("a flow run", lambda: (r := client.read_flow_run(run_id)) and r.state and r.state.is_final()
-                            and r or None, 300, alive=serve, log=tmp_path / "serve.log")
+            def final() -> Any:
+                run = client.read_flow_run(run_id)
+                return run if run.state is not None and run.state.is_final() else None
+
+            return wait_for("a flow run", final, 300, alive=serve, log=tmp_path / "serve.log")
 
         first = run_once()
         assert first.state.is_completed(), (tmp_path / "serve.log").read_text()[-3000:]
@@ -152,4 +158,5 @@ def test_deployment_run_against_orthanc(served: tuple[dict[str, str], Any], orth
         assert len(seg_instances(pacs)) == 1  # the second run stored nothing new
         later = upload_ct(pacs, image, tmp_path / "dcm" / "b", slices=12)
         assert run_once().state.is_completed()
-        assert sorted(s.ReferencedSeriesSequence[0].SeriesInstanceUID for s in seg_instances(pacs)) == sorted([uid, later])
+        referenced = sorted(s.ReferencedSeriesSequence[0].SeriesInstanceUID for s in seg_instances(pacs))
+        assert referenced == sorted([uid, later])
