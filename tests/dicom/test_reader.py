@@ -189,3 +189,24 @@ def _same_series(folder: Path, keep: list[Path]) -> None:
         ds.SeriesInstanceUID = uid
         ds.SOPInstanceUID = ds.SOPInstanceUID if path in keep else generate_uid()
         ds.save_as(path)
+
+
+def test_streaming_holds_one_slab(sample_ct: nib.Nifti1Image, tmp_path: Path) -> None:
+    """A 600-slice series goes into the work store holding about a slab (8 slices here), never the volume."""
+    import tracemalloc
+
+    import zarr
+
+    image = reoriented(sample_ct, "LPS")
+    values = np.concatenate([np.asarray(image.dataobj)] * 20, axis=2)  # 122 x 101 x 600
+    write_series(values, image.affine, tmp_path / "s")
+    series = open_series(tmp_path / "s")
+    target = zarr.create_array(zarr.storage.LocalStore(tmp_path / "z"), shape=(1, *values.shape),
+                               chunks=(1, 122, 101, 8), dtype="float32")
+    tracemalloc.start()
+    stream_to_array(series, target)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    volume = values.size * 4
+    assert peak < volume / 10, f"peak {peak / 1e6:.1f} MB for a {volume / 1e6:.1f} MB volume"
+    np.testing.assert_array_equal(target[0, :, :, 150:160], values[:, :, 150:160])
