@@ -160,3 +160,30 @@ def test_deployment_run_against_orthanc(served: tuple[dict[str, str], Any], orth
         assert run_once().state.is_completed()
         referenced = sorted(s.ReferencedSeriesSequence[0].SeriesInstanceUID for s in seg_instances(pacs))
         assert referenced == sorted([uid, later])
+
+
+def test_unreachable_pacs_is_retried_not_failed(orthanc: Orthanc, sample_ct: nib.Nifti1Image,  # noqa: F811
+                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PACS goes away between discovery and the scan's turn: no manifest (the next run segments it), the
+    outcome is ``retry``, and it is transient (the flow's Prefect retry condition is :func:`is_transient`)."""
+    import dataclasses
+
+    from pipeline.errors import RemoteError
+    from pipeline.manifest import ScanOutcome, is_transient
+
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    upload_ct(orthanc, reoriented(sample_ct, "LPS"), tmp_path / "dcm")
+    [job] = discover(load_catalog(pacs_catalog(tmp_path, orthanc.dicomweb))).pending
+    assert job.pacs is not None
+    gone = dataclasses.replace(job, pacs=dataclasses.replace(
+        job.pacs, config=job.pacs.config.model_copy(update={"url": f"http://127.0.0.1:{free_port()}/dicom-web"})))
+    with pytest.raises(RemoteError, match="ConnectError") as caught:
+        run_scan(gone)
+    assert not job.manifest_path.exists()
+    assert is_transient(caught.value)
+    outcome = ScanOutcome.failed(gone, caught.value)
+    assert outcome.status is ScanStatus.RETRY
+    assert outcome.reason is not None
+    assert outcome.reason.startswith("remote: ")
+    assert not outcome.user_error
