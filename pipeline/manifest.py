@@ -121,6 +121,11 @@ class ScanJob:
         return f"{self.source}/{self.scan.name}"
 
     @property
+    def shown(self) -> str:
+        """The input as the run's table names it: the file, or a PACS series' DICOMweb URL."""
+        return self.input.path if self.pacs else str(self.scan)
+
+    @property
     def manifest_path(self) -> Path:
         return self.output.with_name(_stem(self.output) + ".manifest.json")
 
@@ -164,7 +169,7 @@ class ScanOutcome:
 
     @classmethod
     def skipped(cls, job: ScanJob, status: ScanStatus, reason: str) -> ScanOutcome:
-        return cls(source=job.source, scan=str(job.scan), status=status, output=str(job.output), reason=reason)
+        return cls(source=job.source, scan=job.shown, status=status, output=str(job.output), reason=reason)
 
     @classmethod
     def failed(cls, job: ScanJob, error: BaseException | None) -> ScanOutcome:
@@ -177,18 +182,18 @@ class ScanOutcome:
             error = as_storage_error(error, job.output)  # type: ignore[arg-type]  # an OSError, checked above
         if isinstance(error, StorageError | RemoteError):
             reason = error.summary if isinstance(error, StorageError) else f"remote: {error}"
-            return cls(source=job.source, scan=str(job.scan), status=ScanStatus.RETRY, output=str(job.output),
+            return cls(source=job.source, scan=job.shown, status=ScanStatus.RETRY, output=str(job.output),
                        reason=reason, user_error=False)
         user_error = isinstance(error, PipelineError)
         text = (str(error).strip().splitlines() or [""])[0] if error is not None else ""
         reason = text if user_error or error is None else f"{type(error).__name__}: {text}".rstrip(": ")
-        return cls(source=job.source, scan=str(job.scan), status=ScanStatus.FAILED, reason=reason or "failed",
+        return cls(source=job.source, scan=job.shown, status=ScanStatus.FAILED, reason=reason or "failed",
                    user_error=user_error)
 
     @classmethod
     def done(cls, job: ScanJob, result: Any, seconds: float) -> ScanOutcome:
         report = result.report
-        return cls(source=job.source, scan=str(job.scan), status=ScanStatus.DONE, output=str(result.mask),
+        return cls(source=job.source, scan=job.shown, status=ScanStatus.DONE, output=str(result.mask),
                    report_json=str(result.report_json), report_csv=str(result.report_csv),
                    seconds=report.get("run", {}).get("seconds_total", round(seconds, 3)),
                    labels=tuple(report.get("labels", ())))

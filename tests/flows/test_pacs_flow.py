@@ -87,6 +87,7 @@ def test_series_found_segmented_stored_once(orthanc: Orthanc, sample_ct: nib.Nif
     assert [j.pacs.series_uid for j in plan.pending if j.pacs] == [first_uid]
     outcome = run_scan(plan.pending[0])
     assert outcome.status is ScanStatus.DONE
+    assert outcome.scan == f"{orthanc.dicomweb}/studies/{plan.pending[0].pacs.study_uid}/series/{first_uid}"
     assert all(r["dice"] is not None for r in outcome.labels)
     out = tmp_path / "out" / "pacs"
     manifest = json.loads((out / f"{first_uid}_seg.manifest.json").read_text())
