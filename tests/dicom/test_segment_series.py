@@ -98,3 +98,13 @@ def test_cli_refusals(sample_ct: nib.Nifti1Image, tmp_path: Path, tiny_card: Pat
     result = runner.invoke(app, ["segment-volume", str(tmp_path / "two"), "--dicom-seg", "--dicom-seg-type", "rle"])
     assert result.exit_code == 2
     assert "--dicom-seg-type must be one of binary, labelmap" in result.stderr
+
+
+def test_truncated_pixel_data(sample_ct: nib.Nifti1Image, tmp_path: Path, tiny_card: Path) -> None:
+    """A file cut short inside its pixel data: one line naming it, no output, no work store left."""
+    image = reoriented(sample_ct, "LPS")
+    files = write_series(np.asarray(image.dataobj), image.affine, tmp_path / "CT")
+    broken = sorted(files)[7]
+    broken.write_bytes(broken.read_bytes()[:-5000])
+    run_and_check_clean_failure(runner, app, ["segment-volume", str(tmp_path / "CT"), "-m", str(tiny_card),
+                                              "--dicom-seg", "--no-html"], tmp_path, f"{broken}: cannot decode pixel data")
