@@ -44,8 +44,9 @@ def sample_ref() -> nib.Nifti1Image:
     return nib.Nifti1Image(np.asarray(image.dataobj).astype(np.uint8), image.affine)
 
 
-def dciodvfy(path: Path) -> list[str]:
-    """The ``Error`` lines dicom3tools' validator prints for a file (skips locally without it, fails in CI)."""
+def dciodvfy(path: Path, *, warnings: bool = False) -> list[str]:
+    """The ``Error`` lines (and ``Warning`` lines, with ``warnings``) dicom3tools' validator prints for a file
+    (skips locally without it, fails in CI)."""
     import shutil
     import subprocess
 
@@ -54,4 +55,5 @@ def dciodvfy(path: Path) -> list[str]:
     tool = shutil.which("dciodvfy")
     require(tool is not None, "dciodvfy (dicom3tools)")
     done = subprocess.run([str(tool), str(path)], capture_output=True, text=True, timeout=120, check=False)
-    return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
+    kinds = ("Error", "Warning") if warnings else ("Error",)
+    return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith(kinds)]
