@@ -49,9 +49,11 @@ def open_member(member: Member) -> Iterator[IO[bytes]]:
 
 
 def is_series_path(path: str | os.PathLike[str]) -> bool:
-    """A folder or a ``.zip``: what ``segment-volume`` reads as a DICOM series rather than a NIfTI file."""
+    """A folder or a ``.zip``: what ``segment-volume`` reads as a DICOM series rather than a NIfTI file (a folder
+    named like a NIfTI file is a misplaced NIfTI path, and reported as one)."""
     path = Path(path)
-    return path.is_dir() or path.name.lower().endswith(".zip")
+    name = path.name.lower()
+    return name.endswith(".zip") or (path.is_dir() and not name.endswith((".nii", ".nii.gz")))
 
 
 def _candidates(path: Path) -> list[Member]:
