@@ -108,3 +108,18 @@ def test_truncated_pixel_data(sample_ct: nib.Nifti1Image, tmp_path: Path, tiny_c
     broken.write_bytes(broken.read_bytes()[:-5000])
     run_and_check_clean_failure(runner, app, ["segment-volume", str(tmp_path / "CT"), "-m", str(tiny_card),
                                               "--dicom-seg", "--no-html"], tmp_path, f"{broken}: cannot decode pixel data")
+
+
+def test_default_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.io.dicom_files import is_series_path
+    from pipeline.outputs import default_series_output, dicom_seg_path
+
+    assert default_series_output(Path("study/CT/")) == Path("study/CT_seg.nii.gz")
+    assert default_series_output(Path("in/study.ZIP")) == Path("in/study_seg.nii.gz")
+    monkeypatch.chdir(tmp_path)
+    assert default_series_output(Path(".")) == tmp_path.parent / f"{tmp_path.name}_seg.nii.gz"
+    assert dicom_seg_path(Path("out/CT_seg.nii.gz")) == Path("out/CT_seg.dcm")
+    (tmp_path / "scan.nii.gz").mkdir()
+    assert not is_series_path(tmp_path / "scan.nii.gz")  # a misplaced NIfTI path, reported as one
+    assert is_series_path(tmp_path)
+    assert is_series_path(tmp_path / "missing.zip")
