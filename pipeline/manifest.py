@@ -19,6 +19,8 @@ so a nightly run over thousands of large volumes does not re-read them all.
 
 Two runs at once are safe: :func:`run_scan` holds a per-output ``fcntl.flock`` lock while it
 writes, and a run that finds the lock taken skips the scan (``busy``) instead of waiting.
+Series on a PACS (sources of kind ``dicomweb``) are found, retrieved and stored back by :mod:`pipeline.pacs`;
+their identity is the set of their instances' UIDs, and a PACS that does not answer is retried like storage.
 Nothing here imports Prefect; ``flows/`` wraps :func:`discover` and :func:`run_scan` in tasks.
 """
 
