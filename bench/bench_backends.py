@@ -75,7 +75,7 @@ def bench_model(name: str, thread_counts: list[int], rounds: int, batch: int) ->
     import torch
 
     from pipeline.engine import backends
-    from pipeline.models import load_model
+    from pipeline.model.models import load_model
     from tests.factories import grid_windows
 
     model = load_model(name)

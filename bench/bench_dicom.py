@@ -56,7 +56,7 @@ def run(slices: int, directory: Path) -> dict[str, Any]:
     from pipeline.io.dicom_seg import write_dicom_seg
     from pipeline.io.nifti import open_scan
     from pipeline.io.nifti import stream_to_array as nifti_stream
-    from pipeline.models import load_model
+    from pipeline.model.models import load_model
     from tests.dicom.series import write_series
 
     affine, values, labels = _volumes(slices)

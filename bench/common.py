@@ -49,7 +49,7 @@ def run_ours(segment: Callable[..., Any], source: Path, model_name: str, out: Pa
     from pipeline import load_model
     from pipeline.cluster import ClusterSettings, dask_client, worker_peak_rss
     from pipeline.engine.predictor import windows_evaluated
-    from pipeline.infer import preload_model
+    from pipeline.engine.infer import preload_model
 
     started = time.perf_counter()
     with dask_client(ClusterSettings(workers=workers)) as client:

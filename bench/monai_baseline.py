@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-from pipeline.models import load_model
+from pipeline.model.models import load_model
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("input")

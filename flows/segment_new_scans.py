@@ -2,7 +2,7 @@
 
 One Prefect task per scan (never per tile: Dask parallelises the tiles inside it), all sharing
 one Dask cluster per flow run. The rules for what runs, the manifests and the locks live in
-:mod:`pipeline.manifest`; this module only orchestrates and publishes artifacts.
+:mod:`pipeline.batch.manifest`; this module only orchestrates and publishes artifacts.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from prefect.futures import PrefectFuture
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from pipeline.catalog import load_catalog
+from pipeline.config.catalog import load_catalog
 from pipeline.cluster import dask_client
-from pipeline.manifest import (
+from pipeline.batch.manifest import (
     Plan,
     ScanJob,
     ScanOutcome,

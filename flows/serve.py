@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.catalog import Catalog, load_catalog
+from pipeline.config.catalog import Catalog, load_catalog
 from pipeline.errors import CatalogError, PipelineError
 
 logger = logging.getLogger(__name__)

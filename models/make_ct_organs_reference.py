@@ -13,8 +13,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from pipeline.catalog import load_catalog
-from pipeline.datasets import group_labels
+from pipeline.config.catalog import load_catalog
+from pipeline.train.datasets import group_labels
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = ROOT / "data" / "medical" / "example_ct_sm_ct-organs_ref.nii.gz"

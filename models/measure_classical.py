@@ -63,7 +63,7 @@ def volume_metrics(name: str, mask: np.ndarray, ref: np.ndarray, scan: np.ndarra
 
 
 def raster_metrics(mask: np.ndarray) -> dict[str, Any]:
-    from pipeline.cards import Label
+    from pipeline.config.cards import Label
     from pipeline.io.geotiff import open_raster
     from pipeline.io.vectors import read_reference_vectors
 

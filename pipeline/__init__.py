@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from pipeline.engine import sliding_window
-from pipeline.models import load_model
+from pipeline.model.models import load_model
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

@@ -208,7 +208,7 @@ def segment_volume_cmd(
 ) -> None:
     """Segment a NIfTI scan, or a DICOM series (a folder or .zip): writes <scan>_seg.nii.gz and
     <scan>_seg.report.json/.csv (and <scan>_seg.dcm with --dicom-seg)."""
-    from pipeline.outputs import preflight_volume
+    from pipeline.io.outputs import preflight_volume
 
     dicom = _dicom_input(scan, series, dicom_seg, dicom_seg_type)
     run(lambda: preflight_volume(scan, output=output, reference=reference, model=model, overwrite=overwrite, html=html,
@@ -284,7 +284,7 @@ def segment_raster_cmd(
 
     --reference also takes vectors (.geojson, .gpkg), rasterised onto the scene's grid.
     """
-    from pipeline.outputs import preflight_raster
+    from pipeline.io.outputs import preflight_raster
 
     run(lambda: preflight_raster(scene, output=output, reference=reference, model=model, vectors=vectors,
                                  overwrite=overwrite, html=html, ome_zarr=ome_zarr, instances=instances))
@@ -346,7 +346,7 @@ def report_cmd(
     debug: DebugOpt = False,
 ) -> None:
     """Batch summary: <dir>/index.html + <dir>/summary.csv over every report, outliers flagged."""
-    from pipeline.batch_report import batch_report
+    from pipeline.report.batch_report import batch_report
 
     summary = run(lambda: batch_report(output_dir, dice_threshold=dice_threshold, overwrite=overwrite))
     typer.echo(f"index:  {summary.index} ({summary.reports} reports, {len(summary.outliers)} flagged)")
@@ -367,7 +367,7 @@ def evaluate_cmd(
     debug: DebugOpt = False,
 ) -> None:
     """Dice, IoU, pixel accuracy for two label masks; prints JSON (and writes it with -o)."""
-    from pipeline.evaluate import evaluate_report
+    from pipeline.evaluate.compare import evaluate_report
 
     report = run(lambda: evaluate_report(prediction, reference, output=output, overwrite=overwrite, model=model))
     typer.echo(json.dumps(report, indent=2))
@@ -388,7 +388,7 @@ def train_cmd(
     debug: DebugOpt = False,
 ) -> None:
     """Train a card's network on a catalog dataset; writes weights, sha256 and the filled card. Resumes."""
-    from pipeline.train import train
+    from pipeline.train.trainer import train
 
     result = run(lambda: train(dataset, model_card, epochs, catalog=catalog, out_dir=out_dir, seed=seed,
                                device=device, threads=threads, progress=True))
@@ -403,8 +403,8 @@ def train_cmd(
 @models_app.command("list")
 def models_list(verbose: VerboseOpt = 0, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """Name, domain, dims and labels of every card in models/."""
-    from pipeline.cards import load_card
-    from pipeline.models import available_models
+    from pipeline.config.cards import load_card
+    from pipeline.model.models import available_models
 
     for name, path in available_models().items():
         card = load_card(path)
@@ -421,9 +421,9 @@ def models_list(verbose: VerboseOpt = 0, quiet: QuietOpt = False, debug: DebugOp
 def models_show(name: Annotated[str, typer.Argument(help="Card name or path, a MONAI bundle directory or a TorchScript file.")],
                 verbose: VerboseOpt = 0, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """Print a model card as JSON (for a bundle directory: the card made from its metadata)."""
-    from pipeline.bundles import imported_path
-    from pipeline.cards import load_card
-    from pipeline.models import load_model, resolve_card_path
+    from pipeline.model.bundles import imported_path
+    from pipeline.config.cards import load_card
+    from pipeline.model.models import load_model, resolve_card_path
 
     def card_of() -> Any:
         imported = imported_path(name)
@@ -439,8 +439,8 @@ def models_show(name: Annotated[str, typer.Argument(help="Card name or path, a M
 def catalog_check(path: Annotated[Path, typer.Argument(help="The data catalog.")] = Path("data_catalog.yaml"),
                   verbose: VerboseOpt = 0, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """Validate a data catalog and list the scans the next flow run would segment (nothing is run)."""
-    from pipeline.catalog import load_catalog
-    from pipeline.manifest import discover
+    from pipeline.config.catalog import load_catalog
+    from pipeline.batch.manifest import discover
 
     plan = run(lambda: discover(load_catalog(path)))
     for job in plan.pending:

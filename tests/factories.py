@@ -11,9 +11,9 @@ import numpy as np
 import torch
 import yaml
 
-from pipeline.cards import ModelCard
-from pipeline.hashing import sha256_file
-from pipeline.models import build_network
+from pipeline.config.cards import ModelCard
+from pipeline.io.hashing import sha256_file
+from pipeline.model.models import build_network
 
 
 def make_card(directory: Path, *, name: str = "tiny", spatial_dims: int = 3, in_channels: int = 1,
@@ -67,7 +67,7 @@ def oblique_affine(zooms: tuple[float, float, float] = (0.8, 1.1, 2.5), lps: boo
 def run_and_check_clean_failure(runner: Any, app: Any, args: list[str], directory: Path, message: str) -> None:
     """Run the CLI on a bad input: exit 1, one ``error:`` line containing ``message``, no traceback,
     every file in ``directory`` byte-identical afterwards, no new file, no leftover work directory."""
-    from pipeline.hashing import sha256_file
+    from pipeline.io.hashing import sha256_file
 
     before = {p.name: sha256_file(p) for p in directory.iterdir() if p.is_file()}
     result = runner.invoke(app, args)

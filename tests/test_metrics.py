@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.metrics import PairCounts, confusion, pair_counts, scores
+from pipeline.evaluate.metrics import PairCounts, confusion, pair_counts, scores
 
 
 def test_hand_computed() -> None:

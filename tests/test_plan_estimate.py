@@ -8,7 +8,7 @@ import nibabel as nib
 import pytest
 
 from pipeline.errors import SettingsError
-from pipeline.plan_estimate import MAX_TASKS, check_plan, clip_chunks, estimate_plan
+from pipeline.segment.plan_estimate import MAX_TASKS, check_plan, clip_chunks, estimate_plan
 
 GiB = 2**30
 

@@ -24,14 +24,14 @@ from skimage.filters import threshold_otsu
 from typer.testing import CliRunner
 
 from pipeline import load_model
-from pipeline.cards import KMeansParams, OtsuParams, load_card
+from pipeline.config.cards import KMeansParams, OtsuParams, load_card
 from pipeline.cli import app
 from pipeline.engine import predictor
 from pipeline.engine.classical import kmeans_centres, kmeans_statistics, otsu_block, otsu_statistics
 from pipeline.engine.validity import NEUTRAL, neutralise, windows_with_data
 from pipeline.engine.windows import window_grid
 from pipeline.io.geotiff import read_bands
-from pipeline.models import apply_preprocess, intensity_statistics
+from pipeline.model.models import apply_preprocess, intensity_statistics
 from pipeline.segment.raster import segment_raster
 from tests.factories import make_card
 from tests.test_segment_raster import check_segmentation, mask_of

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from pipeline import load_model
 from pipeline.cli import app
-from pipeline.metrics import confusion, scores
+from pipeline.evaluate.metrics import confusion, scores
 from pipeline.segment.raster import segment_raster
 from tests.factories import make_card, run_and_check_clean_failure
 from tests.io.test_geotiff import crop, raw_geometry, tile_sample, truncated, write_raster, zero_bands

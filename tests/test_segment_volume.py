@@ -16,7 +16,7 @@ import zarr
 from monai.inferers import sliding_window_inference
 
 from pipeline import load_model
-from pipeline.metrics import confusion, scores
+from pipeline.evaluate.metrics import confusion, scores
 from pipeline.segment import segment_volume
 from tests.factories import oblique_affine, write_nifti
 from tests.io.test_nifti_geometry import assert_same_geometry

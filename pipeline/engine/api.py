@@ -76,7 +76,7 @@ def merge_tasks(x: Any, network: Any, settings: InferenceSettings, *, chunks: Se
     """Plan the graph: one predict task per window group, and for each output block the partials it sums.
 
     ``network`` is a torch module or a handle whose ``.network()`` loads one per worker
-    (:class:`pipeline.models.ModelRef`). With a distributed ``client``, a torch module is
+    (:class:`pipeline.model.models.ModelRef`). With a distributed ``client``, a torch module is
     scattered to the workers once instead of travelling with every task. With ``valid``
     (a boolean Dask array of the spatial shape), windows holding no valid pixel are not evaluated
     (``settings.out_channels`` must then be set).

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.choices import unknown_choice
+from pipeline.config.choices import unknown_choice
 from pipeline.errors import SettingsError
 
 logger = logging.getLogger(__name__)

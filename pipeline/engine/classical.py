@@ -7,7 +7,7 @@ centres from a seeded sample). Blocks run through :func:`dask.array.map_overlap`
 has, and every local method (threshold, Sobel, Gaussian, morphology) gives *exactly* the
 whole-array result when the halo covers its footprint. Steps global by nature (region
 growing, largest component, hole filling) run on chunked connected components
-(:mod:`pipeline.components`), also exact.
+(:mod:`pipeline.engine.components`), also exact.
 
 The one approximation is ``watershed``: flooding is global, so each block floods only within
 its halo; voxels farther than the halo from any marker may differ from a whole-array watershed
@@ -27,7 +27,7 @@ import numpy as np
 import zarr
 from scipy import ndimage
 
-from pipeline.cards import (
+from pipeline.config.cards import (
     Cleanup,
     EdgesParams,
     KMeansParams,
@@ -36,14 +36,14 @@ from pipeline.cards import (
     ThresholdParams,
     WatershedParams,
 )
-from pipeline.components import gather, label_components
+from pipeline.engine.components import gather, label_components
 from pipeline.errors import InputError, SettingsError
 from pipeline.geometry import block_slices
 from pipeline.io.store import create_array, write_region
 
 if TYPE_CHECKING:
-    from pipeline.infer import InferenceResult
-    from pipeline.models import Model
+    from pipeline.engine.infer import InferenceResult
+    from pipeline.model.models import Model
 
 logger = logging.getLogger(__name__)
 
@@ -332,7 +332,7 @@ def run_classical(image: zarr.Array, model: Model, group: zarr.Group, *, client:
     import dask
     import dask.array as da
 
-    from pipeline.infer import InferenceResult
+    from pipeline.engine.infer import InferenceResult
 
     spec = model.card.classical
     assert spec is not None

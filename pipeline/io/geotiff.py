@@ -36,7 +36,7 @@ import zarr
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
-from pipeline.cards import Label
+from pipeline.config.cards import Label
 from pipeline.errors import GridMismatchError, InputError, InputNotFoundError, OutputError
 from pipeline.geometry import RasterGeometry, block_slices, same_crs
 from pipeline.io.atomic import atomic_path

@@ -26,7 +26,7 @@ from pipeline.errors import InputError, InputNotFoundError
 from pipeline.geometry import VolumeGeometry
 from pipeline.io.atomic import atomic_path
 from pipeline.io.files import require_regular_file
-from pipeline.outputs import is_gzip
+from pipeline.io.outputs import is_gzip
 
 logger = logging.getLogger(__name__)
 

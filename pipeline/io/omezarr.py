@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cards import Label
+from pipeline.config.cards import Label
 from pipeline.geometry import RasterGeometry, VolumeGeometry
 from pipeline.io.atomic import atomic_path
 

@@ -39,7 +39,7 @@ from pipeline.errors import (
 )
 from pipeline.io.atomic import atomic_path, sweep_partials
 from pipeline.io.lock import lock_holder, output_lock
-from pipeline.outputs import lock_path
+from pipeline.io.outputs import lock_path
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def work_store(root: Path, output: Path, fingerprint: dict[str, Any], *,
                check: Callable[[], None] | None = None) -> Iterator[WorkStore]:
     """Open (resume) or create the work store for ``output``, under the output's exclusive lock.
 
-    The lock is keyed on the output (:func:`pipeline.outputs.lock_path`), not on ``root``: two runs
+    The lock is keyed on the output (:func:`pipeline.io.outputs.lock_path`), not on ``root``: two runs
     writing one output exclude each other whatever their work directories. ``check`` (the output
     guard) runs again once the lock is held, so a run that finished meanwhile is not replaced.
 

@@ -30,7 +30,7 @@ import numpy as np
 import shapely
 import zarr
 
-from pipeline.cards import Label
+from pipeline.config.cards import Label
 from pipeline.errors import GridMismatchError, InputError, InputNotFoundError, OutputError
 from pipeline.geometry import RasterGeometry, block_slices, same_crs
 from pipeline.io.files import require_regular_file

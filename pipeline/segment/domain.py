@@ -9,7 +9,7 @@ module** with a :class:`Domain` and its :class:`Source`, plus one entry in :data
 ``Domain`` (a stateless value, one per kind)
     ``name``           the sidecar kind: ``"volume"`` (ITK-SNAP/Slicer label files, ml) or ``"raster"``
                        (QGIS style, map units); it picks the viewer files and the HTML page layout.
-    ``default_model``  the card used when none is given (``None``: :func:`pipeline.models.load_model`'s).
+    ``default_model``  the card used when none is given (``None``: :func:`pipeline.model.models.load_model`'s).
     ``options``        the domain-only :class:`~pipeline.segment.options.SegmentOptions` fields it takes
                        (``probabilities``, ``bands``, ``vectors``); the driver refuses the others when set.
     ``open(path)``     open and validate the input (header only, nothing big read) -> a ``Source``;
@@ -17,10 +17,10 @@ module** with a :class:`Domain` and its :class:`Source`, plus one entry in :data
 
 ``Source`` (one opened input; attributes ``path`` and ``geometry``, a ``VolumeGeometry``/``RasterGeometry``)
     ``bind(model, options)``            check the model fits (dims, channels; select bands) or raise ``CardError``.
-    ``default_output()``                the mask path when none is given (names from :mod:`pipeline.outputs`).
-    ``outputs(mask, options, instances)``  every file the run writes (``pipeline.outputs.Output``).
+    ``default_output()``                the mask path when none is given (names from :mod:`pipeline.io.outputs`).
+    ``outputs(mask, options, instances)``  every file the run writes (``pipeline.io.outputs.Output``).
     ``reads(reference)``                the files the run reads (never to be overwritten).
-    ``plan_inputs()``                   ``PlanInputs`` for :func:`pipeline.plan_estimate.estimate_plan`.
+    ``plan_inputs()``                   ``PlanInputs`` for :func:`pipeline.segment.plan_estimate.estimate_plan`.
     ``open_reference(reference, model)``  check a reference before any work; returns the handle that
                                         ``confusion`` and the sidecars read it through.
     ``fingerprint()``                   extra keys that make a work store reusable (e.g. the bands).
@@ -57,9 +57,9 @@ if TYPE_CHECKING:
 
     from pipeline.geometry import RasterGeometry, VolumeGeometry
     from pipeline.io.store import WorkStore
-    from pipeline.metrics import Scores
-    from pipeline.models import Model
-    from pipeline.outputs import Output
+    from pipeline.evaluate.metrics import Scores
+    from pipeline.model.models import Model
+    from pipeline.io.outputs import Output
     from pipeline.segment.options import SegmentOptions
 
 

@@ -2,9 +2,9 @@
 
 Every domain (see :mod:`pipeline.segment.domain`) runs through :func:`segment`, which does the shared
 steps once, in this order: open and validate the input (the adapter), load and check the model,
-check every output (:func:`pipeline.outputs.check_outputs`), estimate the plan and refuse one that
+check every output (:func:`pipeline.io.outputs.check_outputs`), estimate the plan and refuse one that
 cannot fit, check the reference, fingerprint the run and open (or resume) the work store, start or
-reuse the cluster, tile (the adapter), preload the model and infer (:func:`pipeline.infer.run_inference`,
+reuse the cluster, tile (the adapter), preload the model and infer (:func:`pipeline.engine.infer.run_inference`,
 the same code for 2D and 3D), find instances, write the mask (the adapter), count the confusion
 matrix (the adapter), write the report and the sidecars.
 """
@@ -27,13 +27,13 @@ from pipeline.engine.alignment import alignment_for
 from pipeline.engine.api import default_chunks
 from pipeline.engine.windows import parse_overlap
 from pipeline.errors import InputError, SettingsError
-from pipeline.hashing import sha256_file
-from pipeline.infer import InferenceResult, engine_fingerprint, preload_model, run_inference
-from pipeline.instances import check_instances, parse_classes
+from pipeline.io.hashing import sha256_file
+from pipeline.engine.infer import InferenceResult, engine_fingerprint, preload_model, run_inference
+from pipeline.evaluate.instances import check_instances, parse_classes
 from pipeline.io.atomic import atomic_path
 from pipeline.io.store import WorkStore, create_array, work_store
-from pipeline.models import Model, load_model
-from pipeline.outputs import (
+from pipeline.model.models import Model, load_model
+from pipeline.io.outputs import (
     Output,
     check_outputs,
     created_parents,
@@ -42,14 +42,14 @@ from pipeline.outputs import (
     probabilities_path,
     report_json_path,
 )
-from pipeline.plan_estimate import clip_chunks, estimate_plan
-from pipeline.report import write_report
+from pipeline.segment.plan_estimate import clip_chunks, estimate_plan
+from pipeline.report.tables import write_report
 from pipeline.segment.domain import DOMAIN_OPTIONS, Domain, Source
 from pipeline.segment.options import RunSettings, SegmentOptions
 from pipeline.segment.resources import check_capacity, client_scope, local_processes, planned_workers
 from pipeline.segment.result import RunRecord, SegmentationResult, build_report
-from pipeline.sidecars import write_sidecars
-from pipeline.stages import Stages
+from pipeline.report.sidecars import write_sidecars
+from pipeline.segment.stages import Stages
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import zarr
 
 from pipeline.errors import CardError, InputError
 from pipeline.geometry import RasterGeometry
-from pipeline.instances import raster_instances
+from pipeline.evaluate.instances import raster_instances
 from pipeline.io.geotiff import (
     NODATA_LABEL,
     Raster,
@@ -44,10 +44,10 @@ from pipeline.io.geotiff import (
 )
 from pipeline.io.store import WorkStore
 from pipeline.io.vectors import read_reference_vectors, write_vectors
-from pipeline.metrics import Scores, confusion
-from pipeline.models import Model
-from pipeline.outputs import Output, default_raster_output, raster_outputs, vector_reads
-from pipeline.report import label_rows
+from pipeline.evaluate.metrics import Scores, confusion
+from pipeline.model.models import Model
+from pipeline.io.outputs import Output, default_raster_output, raster_outputs, vector_reads
+from pipeline.report.tables import label_rows
 from pipeline.segment.domain import PlanInputs
 from pipeline.segment.driver import PathArg, segment
 from pipeline.segment.options import RunSettings, SegmentOptions, resolve_options

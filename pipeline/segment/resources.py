@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.cluster import ClusterSettings, dashboard_link, dask_client, memory_limit_bytes, resolved_threads
-from pipeline.infer import worker_threads
-from pipeline.plan_estimate import PlanEstimate, check_plan
+from pipeline.engine.infer import worker_threads
+from pipeline.segment.plan_estimate import PlanEstimate, check_plan
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def local_processes(cluster: ClusterSettings | None, client: Any) -> int:
 
 def check_capacity(plan: PlanEstimate, *, source: Path, work_root: Path, cluster: ClusterSettings | None,
                    client: Any) -> None:
-    """:func:`pipeline.plan_estimate.check_plan` with this run's memory limit: a local cluster's (auto:
+    """:func:`pipeline.segment.plan_estimate.check_plan` with this run's memory limit: a local cluster's (auto:
     RAM / workers) and RAM, a given client's workers' own limits, nothing for a scheduler not yet reached."""
     import psutil
 

@@ -12,16 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.metrics import scores
-from pipeline.report import code_version
+from pipeline.evaluate.metrics import scores
+from pipeline.report.tables import code_version
 from pipeline.segment.resources import peak_rss_bytes
-from pipeline.stages import Stages, describe
+from pipeline.segment.stages import Stages, describe
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from pipeline.infer import InferenceResult
-    from pipeline.models import Model
+    from pipeline.engine.infer import InferenceResult
+    from pipeline.model.models import Model
     from pipeline.segment.domain import Source
 
 

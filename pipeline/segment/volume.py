@@ -17,15 +17,15 @@ import numpy as np
 import zarr
 
 from pipeline.errors import CardError
-from pipeline.evaluate import SLAB, check_reference_labels, confusion_against
+from pipeline.evaluate.compare import SLAB, check_reference_labels, confusion_against
 from pipeline.geometry import VolumeGeometry
-from pipeline.instances import volume_instances
+from pipeline.evaluate.instances import volume_instances
 from pipeline.io.nifti import NiftiScan, open_scan, stream_to_array, write_labels
 from pipeline.io.store import WorkStore, create_array
-from pipeline.metrics import Scores
-from pipeline.models import Model
-from pipeline.outputs import Output, default_volume_output, volume_outputs
-from pipeline.report import label_rows
+from pipeline.evaluate.metrics import Scores
+from pipeline.model.models import Model
+from pipeline.io.outputs import Output, default_volume_output, volume_outputs
+from pipeline.report.tables import label_rows
 from pipeline.segment.domain import PlanInputs
 from pipeline.segment.driver import PathArg, segment
 from pipeline.segment.options import RunSettings, SegmentOptions, resolve_options
@@ -127,7 +127,7 @@ class VolumeDomain:
     """NIfTI ``.nii`` / ``.nii.gz`` scans, segmented by a 3D single-channel model."""
 
     name: str = "volume"
-    default_model: str | None = None  #: :func:`pipeline.models.load_model`'s default (``ct-organs``)
+    default_model: str | None = None  #: :func:`pipeline.model.models.load_model`'s default (``ct-organs``)
     options: frozenset[str] = frozenset({"probabilities"})
 
     def open(self, path: PathArg) -> VolumeSource:

@@ -17,15 +17,15 @@ import pytest
 import typer
 import yaml
 
-from pipeline.cards import load_card
+from pipeline.config.cards import load_card
 from pipeline.cli import fail
 from pipeline.errors import CardError, InputError, ModelError
-from pipeline.evaluate import evaluate_report
+from pipeline.evaluate.compare import evaluate_report
 from pipeline.io.geotiff import read_bands
 from pipeline.io.nifti import iter_slabs, open_scan
-from pipeline.metrics import PairCounts, confusion, pair_counts, scores
-from pipeline.models import load_weights
-from pipeline.yamlfile import MAX_DEPTH, MAX_NODES, bounded_load, read_mapping
+from pipeline.evaluate.metrics import PairCounts, confusion, pair_counts, scores
+from pipeline.model.models import load_weights
+from pipeline.config.yamlfile import MAX_DEPTH, MAX_NODES, bounded_load, read_mapping
 from tests.badinputs.make_corpus import _nifti, _raster, _volume
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -233,7 +233,7 @@ def test_colours_are_0_to_255(tmp_path: Path) -> None:
 @pytest.mark.parametrize("content", [b"these bytes are not a torch file\n" * 8, b"\x80\x02K\x01."],
                          ids=["text", "a-pickled-int"])
 def test_bytes_that_are_not_torch_weights_are_a_model_error(tmp_path: Path, content: bytes) -> None:
-    from pipeline.hashing import sha256_file
+    from pipeline.io.hashing import sha256_file
 
     path = tmp_path / "w.pt"
     path.write_bytes(content)
@@ -304,7 +304,7 @@ def test_control_characters_in_a_message_stay_on_one_line(capsys: pytest.Capture
 
 
 def test_a_yaml_bundle_config_is_bounded_too(tmp_path: Path) -> None:
-    from pipeline.models import load_model
+    from pipeline.model.models import load_model
 
     (tmp_path / "configs").mkdir()
     (tmp_path / "models").mkdir()

@@ -103,8 +103,8 @@ def test_the_pickle_payload_is_real(tmp_path: Path) -> None:
     import torch
 
     from pipeline.errors import ModelError
-    from pipeline.hashing import sha256_file
-    from pipeline.models import load_weights
+    from pipeline.io.hashing import sha256_file
+    from pipeline.model.models import load_weights
     from tests.badinputs.make_corpus import MARKER, _Payload
 
     torch.save(_Payload(tmp_path / MARKER), tmp_path / "evil.pt")
@@ -118,7 +118,7 @@ def test_the_pickle_payload_is_real(tmp_path: Path) -> None:
 def test_the_yaml_payload_is_real(tmp_path: Path) -> None:
     import yaml
 
-    from pipeline.cards import load_card
+    from pipeline.config.cards import load_card
     from pipeline.errors import CardError
 
     card = tmp_path / "card.yaml"

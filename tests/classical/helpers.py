@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from pipeline.engine.classical import run_classical
 from pipeline.io.store import create_array, open_work_group
-from pipeline.models import Model, load_model
+from pipeline.model.models import Model, load_model
 
 
 def blobs(shape: tuple[int, ...], seed: int = 0, *, scale: float = 1000.0, sigma: float = 2.0) -> np.ndarray:

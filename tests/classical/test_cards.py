@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.cards import load_card
+from pipeline.config.cards import load_card
 from pipeline.errors import CardError
-from pipeline.hashing import sha256_file
-from pipeline.models import MODELS_DIR, available_models, load_model
+from pipeline.io.hashing import sha256_file
+from pipeline.model.models import MODELS_DIR, available_models, load_model
 from tests.classical.helpers import classical_card
 
 SHIPPED = ("ct-body", "ct-body-edges", "ct-bone", "ct-bone-grow", "ct-bone-watershed", "ct-kmeans", "otsu-foreground")

@@ -11,7 +11,7 @@ from pydicom import dcmread
 
 from pipeline.io.dicom import DicomSeries, open_series
 from pipeline.io.dicom_seg import GENERIC, write_dicom_seg
-from pipeline.models import Model, load_model
+from pipeline.model.models import Model, load_model
 from tests.dicom.conftest import dciodvfy, reoriented, rotated
 from tests.dicom.series import write_enhanced, write_series
 

@@ -112,7 +112,7 @@ def test_truncated_pixel_data(sample_ct: nib.Nifti1Image, tmp_path: Path, tiny_c
 
 def test_default_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline.io.dicom_files import is_series_path
-    from pipeline.outputs import default_series_output, dicom_seg_path
+    from pipeline.io.outputs import default_series_output, dicom_seg_path
 
     assert default_series_output(Path("study/CT/")) == Path("study/CT_seg.nii.gz")
     assert default_series_output(Path("in/study.ZIP")) == Path("in/study_seg.nii.gz")

@@ -18,10 +18,10 @@ import torch
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 from scipy import ndimage
 
-from pipeline.cards import load_card
+from pipeline.config.cards import load_card
 from pipeline.engine.alignment import alignment_for, voxel_sizes, window_alignment
 from pipeline.errors import CardError
-from pipeline.metrics import confusion, scores
+from pipeline.evaluate.metrics import confusion, scores
 from tests.factories import oblique_affine
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -191,8 +191,8 @@ def test_a_finer_ct_is_windowed_at_the_models_voxel_size(tmp_path: Path, ct: dic
 
 
 def test_training_pairs_are_turned_to_the_cards_orientation(tmp_path: Path) -> None:
-    from pipeline.catalog import TrainingPair
-    from pipeline.datasets import _read_medical
+    from pipeline.config.catalog import TrainingPair
+    from pipeline.train.datasets import _read_medical
 
     card = load_card(MODELS / "ct-organs.yaml")
     rng = np.random.default_rng(1)

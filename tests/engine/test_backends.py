@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cards import ARCHITECTURES, ModelCard, load_card
+from pipeline.config.cards import ARCHITECTURES, ModelCard, load_card
 from pipeline.engine import backends
 from pipeline.errors import CardError, SettingsError
-from pipeline.models import build_network, load_model
+from pipeline.model.models import build_network, load_model
 from tests.factories import grid_windows, make_card
 
 ROOT = Path(__file__).resolve().parents[2]

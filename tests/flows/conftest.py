@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline import catalog as catalog_module
-from pipeline.catalog import Segmenter
+from pipeline.config import catalog as catalog_module
+from pipeline.config.catalog import Segmenter
 from tests.flows import fakes
 
 

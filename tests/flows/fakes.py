@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import InputError, StorageError
-from pipeline.hashing import sha256_file
+from pipeline.io.hashing import sha256_file
 from pipeline.segment import SegmentationResult
 
 CALLS: Counter[str] = Counter()

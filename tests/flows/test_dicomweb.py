@@ -13,7 +13,7 @@ from pipeline.errors import InputError, OutputError, RemoteError, SettingsError
 from pipeline.io.dicom import open_series
 from pipeline.io.dicom_seg import write_dicom_seg
 from pipeline.io.dicomweb import DicomWeb, SeriesRef, multipart_parts
-from pipeline.models import load_model
+from pipeline.model.models import load_model
 from tests.dicom.conftest import reoriented, sample_ct  # noqa: F401  (fixture)
 from tests.dicom.series import write_series
 from tests.flows.orthanc_server import PASSWORD, USER, Orthanc, orthanc  # noqa: F401  (fixture)

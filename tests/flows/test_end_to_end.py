@@ -24,7 +24,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.hashing import sha256_file
+from pipeline.io.hashing import sha256_file
 from tests.factories import make_card, write_nifti
 from tests.flows.conftest import write_catalog
 from tests.flows.prefect_server import DEPLOYMENT, free_port, health, start, stop, trigger, wait_for

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.catalog import load_catalog
+from pipeline.config.catalog import load_catalog
 from pipeline.errors import InputError, StorageError
-from pipeline.manifest import (
+from pipeline.batch.manifest import (
     FileRecord,
     ScanOutcome,
     ScanStatus,
@@ -218,7 +218,7 @@ def test_two_threads_on_one_scan_segment_it_once(tmp_path: Path, tiny_card: Path
 HOLD = """
 import sys, time
 from pathlib import Path
-from pipeline.manifest import output_lock
+from pipeline.batch.manifest import output_lock
 with output_lock(Path(sys.argv[1])) as held:
     print("held" if held else "busy", flush=True)
     time.sleep(60)
@@ -317,7 +317,7 @@ def test_geo_jobs_pass_bands_and_write_vectors_inside_the_output_root(tmp_path: 
 
 def test_a_bundle_source_with_trust_passes_it_to_the_segmenter(tmp_path: Path) -> None:
     """``trust: true`` reaches the segment call; a bundle directory's identity is its weights' sha256."""
-    from pipeline.hashing import sha256_file
+    from pipeline.io.hashing import sha256_file
 
     bundle = tmp_path / "bundle"
     (bundle / "configs").mkdir(parents=True)

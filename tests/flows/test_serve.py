@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from flows.serve import main, schedule_for
-from pipeline.catalog import load_catalog
+from pipeline.config.catalog import load_catalog
 from pipeline.errors import CatalogError
 from tests.flows.conftest import write_catalog
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline.components import label_components, structure
+from pipeline.engine.components import label_components, structure
 from pipeline.io.store import create_array, open_work_group
 
 

@@ -12,11 +12,11 @@ import pytest
 from scipy import ndimage
 from typer.testing import CliRunner
 
-from pipeline.cards import Label
+from pipeline.config.cards import Label
 from pipeline.cli import app
 from pipeline.errors import SettingsError
 from pipeline.geometry import RasterGeometry, VolumeGeometry
-from pipeline.instances import (
+from pipeline.evaluate.instances import (
     find_instances,
     instance_csv_path,
     instance_mask_path,

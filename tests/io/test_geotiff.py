@@ -23,7 +23,7 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
 
-from pipeline.cards import Label
+from pipeline.config.cards import Label
 from pipeline.errors import GridMismatchError, InputError, InputNotFoundError
 from pipeline.geometry import RasterGeometry, block_slices
 from pipeline.io.geotiff import (
@@ -448,7 +448,7 @@ from pathlib import Path
 from distributed import Client
 from pipeline.io.geotiff import open_raster, tile_to_store, write_mask
 from pipeline.io.store import create_array, open_work_group
-from pipeline.cards import Label
+from pipeline.config.cards import Label
 
 def peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024

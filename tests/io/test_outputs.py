@@ -1,4 +1,4 @@
-"""The output guard (:mod:`pipeline.outputs`): naming, the complete output list, and what it refuses."""
+"""The output guard (:mod:`pipeline.io.outputs`): naming, the complete output list, and what it refuses."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import pytest
 
 from pipeline.errors import InputError, OutputBusyError, OutputError, OutputExistsError
 from pipeline.geometry import VolumeGeometry
-from pipeline.instances import instance_csv_path, instance_mask_path
+from pipeline.evaluate.instances import instance_csv_path, instance_mask_path
 from pipeline.io.atomic import atomic_path
 from pipeline.io.nifti import open_scan, write_labels
 from pipeline.io.store import work_dir_for, work_store
-from pipeline.outputs import (
+from pipeline.io.outputs import (
     Output,
     check_outputs,
     created_parents,
@@ -30,7 +30,7 @@ from pipeline.outputs import (
     report_csv_path,
     volume_outputs,
 )
-from pipeline.report import write_report
+from pipeline.report.tables import write_report
 
 ROOT = Path(__file__).resolve().parents[2]
 PRINT = {"input_sha256": "a" * 64}

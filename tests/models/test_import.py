@@ -17,7 +17,7 @@ import yaml
 
 from pipeline import load_model, segment_volume, sliding_window
 from pipeline.errors import CardError, ModelError
-from pipeline.hashing import sha256_file
+from pipeline.io.hashing import sha256_file
 from tests.factories import make_card, write_nifti
 
 ROI = (16, 16, 16)

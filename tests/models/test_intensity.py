@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.bundle_config import BundleValues, NeedsTrust, harmless
-from pipeline.bundles import bundle_preprocess
-from pipeline.intensity import apply, statistics
+from pipeline.model.bundle_config import BundleValues, NeedsTrust, harmless
+from pipeline.model.bundles import bundle_preprocess
+from pipeline.engine.intensity import apply, statistics
 
 CT = Path(__file__).resolve().parents[2] / "data" / "medical" / "example_ct_sm.nii.gz"
 
@@ -72,7 +72,7 @@ def test_each_bundle_transform_streams_to_monais_result(transform: dict[str, Any
 def _validated(step: dict[str, Any]) -> Any:
     from pydantic import TypeAdapter
 
-    from pipeline.cards import Preprocess
+    from pipeline.config.cards import Preprocess
 
     return TypeAdapter(Preprocess).validate_python(step)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.hashing import sha256_file
+from pipeline.io.hashing import sha256_file
 from tests.reliability.helpers import finished_blocks, segment_args, start, stop, wait_for
 
 pytestmark = pytest.mark.slow

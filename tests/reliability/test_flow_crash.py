@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.hashing import sha256_file
+from pipeline.io.hashing import sha256_file
 from tests.factories import make_card
 from tests.flows.conftest import write_catalog
 from tests.flows.prefect_server import DEPLOYMENT, free_port, health, kill_tree, start, stop, trigger, wait_for

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from flows import segment_new_scans as flow_module
-from pipeline.hashing import sha256_file
+from pipeline.io.hashing import sha256_file
 from tests.factories import make_card
 from tests.flows.conftest import write_catalog
 from tests.flows.test_flow import table

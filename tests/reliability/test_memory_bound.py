@@ -19,7 +19,7 @@ import pytest
 import torch
 from monai.inferers import sliding_window_inference
 
-from pipeline.models import load_model
+from pipeline.model.models import load_model
 from tests.factories import write_nifti
 
 PIPELINE = Path(sys.executable).parent / "pipeline"

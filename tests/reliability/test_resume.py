@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.hashing import sha256_file
+from pipeline.io.hashing import sha256_file
 from tests.reliability.helpers import finished_blocks, kill_group, segment_args, start, stop, wait_for
 
 pytestmark = pytest.mark.slow

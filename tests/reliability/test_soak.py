@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from pipeline.hashing import sha256_file
+from pipeline.io.hashing import sha256_file
 from tests.factories import make_card
 from tests.flows.conftest import write_catalog
 from tests.reliability.helpers import many_block_scan

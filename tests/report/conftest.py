@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.cards import Label, load_card
+from pipeline.config.cards import Label, load_card
 from pipeline.io.nifti import open_scan
-from pipeline.metrics import confusion, scores
-from pipeline.models import resolve_card_path
-from pipeline.report import label_rows
+from pipeline.evaluate.metrics import confusion, scores
+from pipeline.model.models import resolve_card_path
+from pipeline.report.tables import label_rows
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 CT = DATA / "medical" / "example_ct_sm.nii.gz"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.batch_report import batch_report, find_reports
+from pipeline.report.batch_report import batch_report, find_reports
 from pipeline.cli import app
 from pipeline.errors import InputError, OutputExistsError
 

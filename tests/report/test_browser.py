@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline.cards import Label
-from pipeline.html_report import volume_report
+from pipeline.config.cards import Label
+from pipeline.report.html_report import volume_report
 from tests.report.conftest import CT_REF, chromium
 
 

@@ -13,9 +13,9 @@ import pytest
 import rasterio
 from PIL import Image
 
-from pipeline.cards import load_card
+from pipeline.config.cards import load_card
 from pipeline.errors import OutputExistsError
-from pipeline.models import resolve_card_path
+from pipeline.model.models import resolve_card_path
 from pipeline.segment import segment_volume
 from pipeline.segment.raster import segment_raster
 from tests.report.conftest import CT, CT_REF, DATA, pyqgis

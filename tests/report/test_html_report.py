@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.cards import Label
-from pipeline.html_report import (
+from pipeline.config.cards import Label
+from pipeline.report.html_report import (
     compose,
     display_size,
     find_focus,
@@ -198,7 +198,7 @@ def raster_store(directory: Path, height: int, width: int) -> Any:
 
 @pytest.mark.parametrize(("height", "width", "panels"), [(900, 700, 3), (1500, 1300, 4)])
 def test_raster_panels(tmp_path: Path, height: int, width: int, panels: int) -> None:
-    from pipeline.html_report import MAX_PNG_SIDE, raster_report
+    from pipeline.report.html_report import MAX_PNG_SIDE, raster_report
 
     group = raster_store(tmp_path, height, width)
     labels = {0: Label(name="background", color=(0, 0, 0)), 1: Label(name="building", color=(230, 60, 60))}

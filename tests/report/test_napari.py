@@ -22,10 +22,10 @@ import pytest
 import zarr
 from PIL import Image
 
-from pipeline.cards import Label
+from pipeline.config.cards import Label
 from pipeline.io.nifti import write_labels
 from pipeline.io.omezarr import write_ome_zarr
-from pipeline.sidecars import ome_zarr_path
+from pipeline.report.sidecars import ome_zarr_path
 from tests.report.conftest import CT, napari_xvfb
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.cards import Label
+from pipeline.config.cards import Label
 from pipeline.geometry import RasterGeometry, VolumeGeometry
 from pipeline.io.omezarr import write_ome_zarr
 from tests.factories import oblique_affine

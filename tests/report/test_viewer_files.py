@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cards import Label
-from pipeline.viewer_files import (
+from pipeline.config.cards import Label
+from pipeline.report.viewer_files import (
     itksnap_labels,
     qgis_style,
     slicer_color_table,

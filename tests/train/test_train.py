@@ -15,11 +15,11 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline import load_model
-from pipeline.catalog import load_catalog
+from pipeline.config.catalog import load_catalog
 from pipeline.cli import app
 from pipeline.errors import CatalogError, InputError
-from pipeline.hashing import sha256_file
-from pipeline.train import train
+from pipeline.io.hashing import sha256_file
+from pipeline.train.trainer import train
 from tests.factories import make_card, write_nifti
 
 RECIPE = {"batch_size": 2, "steps_per_epoch": 6, "lr": 0.01, "flip_axes": [0]}

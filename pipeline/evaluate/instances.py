@@ -1,7 +1,7 @@
 """Instance labels: each connected object of chosen classes (lesions, nodules, buildings) gets its own id.
 
 Objects are the face-connected components of a class in the work store's ``labels``, found chunk
-by chunk and merged across chunk borders (:mod:`pipeline.components`, equal to
+by chunk and merged across chunk borders (:mod:`pipeline.engine.components`, equal to
 ``scipy.ndimage.label`` on the whole mask). Ids are unique across the chosen classes (the first
 class's objects come first). Written beside the mask as ``<mask>_instances.nii.gz`` / ``.tif``
 (uint32, 0 = no object, the mask's exact geometry), with one row per object in the report under
@@ -21,14 +21,14 @@ from typing import Any
 import numpy as np
 import zarr
 
-from pipeline.cards import Label
-from pipeline.choices import unknown_choice
-from pipeline.components import gather, label_components
+from pipeline.config.cards import Label
+from pipeline.config.choices import unknown_choice
+from pipeline.engine.components import gather, label_components
 from pipeline.errors import SettingsError
 from pipeline.geometry import RasterGeometry, VolumeGeometry, block_slices
 from pipeline.io.atomic import atomic_path
 from pipeline.io.store import write_region
-from pipeline.outputs import instance_csv_path, instance_mask_path
+from pipeline.io.outputs import instance_csv_path, instance_mask_path
 
 TARGET = "instances"
 

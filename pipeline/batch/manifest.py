@@ -19,7 +19,7 @@ so a nightly run over thousands of large volumes does not re-read them all.
 
 Two runs at once are safe: :func:`run_scan` holds a per-output ``fcntl.flock`` lock while it
 writes, and a run that finds the lock taken skips the scan (``busy``) instead of waiting.
-Series on a PACS (sources of kind ``dicomweb``) are found, retrieved and stored back by :mod:`pipeline.pacs`;
+Series on a PACS (sources of kind ``dicomweb``) are found, retrieved and stored back by :mod:`pipeline.batch.pacs`;
 their identity is the set of their instances' UIDs, and a PACS that does not answer is retried like storage.
 Nothing here imports Prefect; ``flows/`` wraps :func:`discover` and :func:`run_scan` in tasks.
 """
@@ -38,14 +38,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from pipeline.catalog import SEGMENTERS, Catalog, Source
+from pipeline.config.catalog import SEGMENTERS, Catalog, Source
 from pipeline.errors import CardError, PipelineError, RemoteError, StorageError, as_storage_error, storage_failure
-from pipeline.hashing import sha256_file
+from pipeline.io.hashing import sha256_file
 from pipeline.io.atomic import atomic_path
 from pipeline.io.lock import lock_holder, output_lock
 
 if TYPE_CHECKING:
-    from pipeline.pacs import PacsSeries
+    from pipeline.batch.pacs import PacsSeries
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ def _stem(path: Path) -> str:
 
 @functools.cache
 def _code_version() -> str:
-    from pipeline.report import code_version
+    from pipeline.report.tables import code_version
 
     return code_version()
 
@@ -267,9 +267,9 @@ def classify(job: ScanJob, manifest: Manifest | None) -> ScanStatus | None:
 def _model(catalog: Catalog, index: int, source: Source) -> tuple[str, str, str]:
     """(card path, model name, weights sha256) for a source; cheap: reads the card, not the weights
     (a MONAI bundle directory without a volseg card: its directory name and its weights' sha256)."""
-    from pipeline.bundles import WEIGHTS, imported_path
-    from pipeline.cards import load_card
-    from pipeline.models import resolve_card_path
+    from pipeline.model.bundles import WEIGHTS, imported_path
+    from pipeline.config.cards import load_card
+    from pipeline.model.models import resolve_card_path
 
     try:
         bundle = imported_path(source.model)
@@ -328,7 +328,7 @@ def _file_jobs(catalog: Catalog, index: int, source: Source, model: tuple[str, s
 
 def _jobs(catalog: Catalog, index: int, source: Source, model: tuple[str, str, str]) -> list[ScanJob]:
     if source.pacs_source:
-        from pipeline.pacs import series_jobs
+        from pipeline.batch.pacs import series_jobs
 
         return series_jobs(catalog, source, model)
     return _file_jobs(catalog, index, source, model)
@@ -418,7 +418,7 @@ def run_scan(job: ScanJob, *, client: Any = None) -> ScanOutcome:
 def _segment(job: ScanJob, segment: Any, client: Any) -> Any:
     if job.pacs is None:
         return segment(job.scan, **job.segment_kwargs(client))
-    from pipeline.pacs import segment_series_job
+    from pipeline.batch.pacs import segment_series_job
 
     return segment_series_job(job, segment, client)
 

@@ -15,7 +15,7 @@
 
 Trust: building a bundle's network runs its config. ``_target_`` can name any Python callable and
 ``$`` expressions are ``eval``'d, so by default only ``monai.*`` targets (or MONAI's short names),
-harmless expressions (literals, arithmetic, references, ``len``...: :mod:`pipeline.bundle_config`)
+harmless expressions (literals, arithmetic, references, ``len``...: :mod:`pipeline.model.bundle_config`)
 and no macros of code (``_requires_``) or ``_mode_`` are allowed in ``network_def`` and everything it
 references. ``trust=True`` (``--trust``, ``trust: true`` in a catalog source) lifts that: only pass it
 for bundles whose code you would run. TorchScript runs only TorchScript code (no pickle), so it needs
@@ -34,13 +34,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.bundle_config import BundleValues, harmless
-from pipeline.cards import ModelCard
+from pipeline.model.bundle_config import BundleValues, harmless
+from pipeline.config.cards import ModelCard
 from pipeline.errors import CardError, ModelError
-from pipeline.hashing import sha256_file
+from pipeline.io.hashing import sha256_file
 from pipeline.io.files import require_regular_file
-from pipeline.models import Model, load_weights
-from pipeline.yamlfile import read_mapping
+from pipeline.model.models import Model, load_weights
+from pipeline.config.yamlfile import read_mapping
 
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
 WEIGHTS = Path("models") / "model.pt"

@@ -19,18 +19,18 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import intensity
-from pipeline.cards import ARCHITECTURES, IMPORTED, Label, ModelCard, load_card
-from pipeline.choices import unknown_choice
+from pipeline.engine import intensity
+from pipeline.config.cards import ARCHITECTURES, IMPORTED, Label, ModelCard, load_card
+from pipeline.config.choices import unknown_choice
 from pipeline.engine.validity import neutralise
 from pipeline.errors import CardError, ModelError
-from pipeline.hashing import sha256_file
+from pipeline.io.hashing import sha256_file
 from pipeline.io.files import require_regular_file
 
 logger = logging.getLogger(__name__)
 
 #: Directory searched for cards by name; ``PIPELINE_MODELS_DIR`` overrides it.
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 DEFAULT_MODEL = "ct-organs"
 
 Statistics = intensity.Statistics
@@ -110,7 +110,7 @@ def intensity_statistics(card: ModelCard, array: Any, valid: Any = None) -> Stat
     """Global statistics the card's preprocessing needs (empty for pointwise ones).
 
     ``array`` (C, *spatial) may be NumPy or Dask; with Dask the statistics stream over chunks
-    (:mod:`pipeline.intensity`). With ``valid`` (*spatial, bool), only valid pixels count: nodata
+    (:mod:`pipeline.engine.intensity`). With ``valid`` (*spatial, bool), only valid pixels count: nodata
     never shifts the statistics.
     """
     return intensity.statistics(card.preprocess, array, valid)
@@ -184,7 +184,7 @@ class ModelRef:
 
     card_path: str
     sha256: str
-    trust: bool = False  #: a bundle's config may run non-monai code (see pipeline.bundles)
+    trust: bool = False  #: a bundle's config may run non-monai code (see pipeline.model.bundles)
 
     def network(self) -> Any:
         return _cached_model(self.card_path, self.sha256, self.trust).network
@@ -201,7 +201,7 @@ def load_model(name_or_path: str | os.PathLike[str] | None = None, *, trust: boo
     ModelError
         Missing weights, checksum mismatch, unsafe or incompatible weights.
     """
-    from pipeline import bundles
+    from pipeline.model import bundles
 
     imported = bundles.imported_path(name_or_path)
     if imported is not None and imported.is_dir():

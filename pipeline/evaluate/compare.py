@@ -8,13 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cards import Label
+from pipeline.config.cards import Label
 from pipeline.errors import InputError
 from pipeline.geometry import VolumeGeometry
 from pipeline.io.nifti import iter_slabs, open_scan, read_reference
-from pipeline.metrics import MAX_LABEL, PairCounts, pair_counts, scores
-from pipeline.outputs import check_outputs, created_parents, report_outputs
-from pipeline.report import label_rows, write_report
+from pipeline.evaluate.metrics import MAX_LABEL, PairCounts, pair_counts, scores
+from pipeline.io.outputs import check_outputs, created_parents, report_outputs
+from pipeline.report.tables import label_rows, write_report
 
 #: Slices per slab when streaming masks (uint8 masks: a 512 x 512 plane x 16 = 4 MiB).
 SLAB = 16
@@ -39,7 +39,7 @@ def confusion_against(reference: str | Path, geometry: VolumeGeometry, predicted
     ``predicted(k_slice)`` slabs; ``.dense(n)`` gives the matrix.
 
     With ``n_labels`` reference values >= n_labels are an :class:`InputError`; without, any label
-    up to :data:`~pipeline.metrics.MAX_LABEL` is counted, in memory for the pairs that occur only.
+    up to :data:`~pipeline.evaluate.metrics.MAX_LABEL` is counted, in memory for the pairs that occur only.
     """
     ref = read_reference(reference, geometry)
     total = PairCounts.empty()
@@ -102,9 +102,9 @@ def evaluate_report(prediction: str | Path, reference: str | Path, *, output: Pa
 
 def _card_labels(model: str) -> dict[int, Label]:
     """The card's labels, read from the card alone (no weights are loaded)."""
-    from pipeline.bundles import imported_path
-    from pipeline.cards import load_card
-    from pipeline.models import load_model, resolve_card_path
+    from pipeline.model.bundles import imported_path
+    from pipeline.config.cards import load_card
+    from pipeline.model.models import load_model, resolve_card_path
 
     imported = imported_path(model)
     if imported is not None and imported.is_dir():

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cards import ModelCard
-from pipeline.catalog import Holdout, TrainingDataset, TrainingPair
+from pipeline.config.cards import ModelCard
+from pipeline.config.catalog import Holdout, TrainingDataset, TrainingPair
 from pipeline.errors import InputError
 
 VECTOR_SUFFIXES = (".geojson", ".json", ".gpkg", ".shp", ".fgb")

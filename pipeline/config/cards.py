@@ -14,9 +14,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.choices import check_choice
+from pipeline.config.choices import check_choice
 from pipeline.errors import CardError
-from pipeline.yamlfile import read_mapping
+from pipeline.config.yamlfile import read_mapping
 
 #: Registry of networks a card may name: card name -> (module, class). Imported lazily.
 ARCHITECTURES: dict[str, tuple[str, str]] = {
@@ -29,7 +29,7 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "DynUNet": ("monai.networks.nets", "DynUNet"),
 }
 
-#: Networks that are not built from a class but imported whole (see :mod:`pipeline.bundles`).
+#: Networks that are not built from a class but imported whole (see :mod:`pipeline.model.bundles`).
 IMPORTED = ("torchscript", "bundle")
 
 Channel = Annotated[int, Field(ge=0, le=255)]

@@ -11,10 +11,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pipeline.cards import Label
+from pipeline.config.cards import Label
 from pipeline.io.atomic import atomic_path
-from pipeline.metrics import Scores
-from pipeline.outputs import report_csv_path
+from pipeline.evaluate.metrics import Scores
+from pipeline.io.outputs import report_csv_path
 
 CSV_FIELDS = ("label", "name", "voxels", "volume_ml", "reference_voxels", "reference_volume_ml", "dice", "iou")
 

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.catalog import Catalog, DicomWebConfig, Source
+from pipeline.config.catalog import Catalog, DicomWebConfig, Source
 from pipeline.errors import OutputError
 from pipeline.io.dicomweb import DicomWeb, SeriesRef
 
 if TYPE_CHECKING:
-    from pipeline.manifest import ScanJob
+    from pipeline.batch.manifest import ScanJob
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def retrieval_dir(catalog: Catalog, source: Source, series_uid: str) -> Path:
 
 def series_jobs(catalog: Catalog, source: Source, model: tuple[str, str, str]) -> list[ScanJob]:
     """One scan job per image series the source's PACS lists; ``model`` is (card path, name, weights sha256)."""
-    from pipeline.manifest import FileRecord, ScanJob
+    from pipeline.batch.manifest import FileRecord, ScanJob
 
     if source.dicomweb is None:
         raise ValueError(f"source {source.name!r} has no dicomweb section")

@@ -7,7 +7,7 @@ so a deployment behaves the same wherever it is started. Outputs go to
 ``<output_root>/<source output>/<path under the source directory>/<stem>_seg<suffix>`` and can never
 leave ``output_root`` (``..``, absolute paths and symlinks pointing outside are refused).
 
-Nothing here reads a scan or a model: :mod:`pipeline.manifest` decides what to run.
+Nothing here reads a scan or a model: :mod:`pipeline.batch.manifest` decides what to run.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.choices import check_choice
+from pipeline.config.choices import check_choice
 from pipeline.cluster import ClusterSettings
 from pipeline.errors import CatalogError, OutputError
-from pipeline.yamlfile import read_mapping
+from pipeline.config.yamlfile import read_mapping
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class Source(BaseModel):
     bands: tuple[Annotated[int, Field(ge=1)], ...] | None = Field(default=None, description="geo only: 1-based")
     output: str | None = Field(default=None, description="directory under output_root; default: the source name")
     trust: bool = Field(default=False, description="the model is a MONAI bundle whose config may run code beyond "
-                        "monai classes and harmless expressions (see pipeline.bundles); only for code you would run")
+                        "monai classes and harmless expressions (see pipeline.model.bundles); only for code you would run")
 
     @field_validator("kind")
     @classmethod
@@ -399,7 +399,7 @@ class Catalog(BaseModel):
 
     def dataset(self, name: str) -> TrainingDataset:
         """The training dataset called ``name``; a one-line error with a suggestion otherwise."""
-        from pipeline.choices import unknown_choice
+        from pipeline.config.choices import unknown_choice
 
         if name not in self.datasets:
             raise CatalogError(f"{self.file}: {unknown_choice('dataset', name, self.datasets, listing='datasets')}")
@@ -428,7 +428,7 @@ class Catalog(BaseModel):
 
 
 def _describe(error: ValidationError) -> str:
-    """Pydantic's errors as ``key: message``, the way ``pipeline.cards`` reports card errors."""
+    """Pydantic's errors as ``key: message``, the way ``pipeline.config.cards`` reports card errors."""
     parts = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"])

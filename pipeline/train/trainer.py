@@ -32,13 +32,13 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline.cards import ARCHITECTURES, ModelCard, _describe
-from pipeline.catalog import TrainingDataset, load_catalog
-from pipeline.datasets import LabelledImage, Region, load_pair, split_regions
+from pipeline.config.cards import ARCHITECTURES, ModelCard, _describe
+from pipeline.config.catalog import TrainingDataset, load_catalog
+from pipeline.train.datasets import LabelledImage, Region, load_pair, split_regions
 from pipeline.errors import CardError, ModelError, PipelineError
-from pipeline.hashing import sha256_file
-from pipeline.models import apply_preprocess, build_network, intensity_statistics
-from pipeline.yamlfile import read_mapping
+from pipeline.io.hashing import sha256_file
+from pipeline.model.models import apply_preprocess, build_network, intensity_statistics
+from pipeline.config.yamlfile import read_mapping
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class TrainResult:
 
 
 def read_template(path: Path) -> tuple[ModelCard, Recipe, dict[str, Any]]:
-    """Read a card to train: like :func:`pipeline.cards.load_card`, but weights and sha256 may be missing."""
+    """Read a card to train: like :func:`pipeline.config.cards.load_card`, but weights and sha256 may be missing."""
     data = read_mapping(path, "model card", CardError)
     data.setdefault("weights", f"{data.get('name', path.stem)}.pt")
     data.setdefault("sha256", PLACEHOLDER_SHA256)
@@ -408,7 +408,7 @@ def _rel(path: Path) -> str:
 
 
 def _code_version() -> str:
-    from pipeline.report import code_version
+    from pipeline.report.tables import code_version
 
     return code_version()
 

@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cards import Label
+from pipeline.config.cards import Label
 from pipeline.geometry import VolumeGeometry
 from pipeline.io.atomic import atomic_path
-from pipeline.outputs import html_report_path  # noqa: F401  (named in one place)
-from pipeline.viewer_files import hex_color
+from pipeline.io.outputs import html_report_path  # noqa: F401  (named in one place)
+from pipeline.report.viewer_files import hex_color
 
 #: Elements read (strided) to find the largest structure.
 FOCUS_BUDGET = 2_000_000
@@ -426,7 +426,7 @@ def raster_panels(image: Any, labels: Any, valid: Any, spacing: Sequence[float],
 def _environment() -> Any:
     from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-    env = Environment(loader=PackageLoader("pipeline", "templates"), autoescape=select_autoescape(["j2", "html"]),
+    env = Environment(loader=PackageLoader("pipeline.report", "templates"), autoescape=select_autoescape(["j2", "html"]),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = _num
     return env

@@ -24,9 +24,9 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from pathlib import Path
 
-from pipeline.cards import Label
+from pipeline.config.cards import Label
 from pipeline.io.atomic import atomic_path
-from pipeline.outputs import mask_stem, viewer_paths  # noqa: F401  (named in one place)
+from pipeline.io.outputs import mask_stem, viewer_paths  # noqa: F401  (named in one place)
 
 #: Raster mask value for nodata pixels (see :data:`pipeline.io.geotiff.NODATA_LABEL`).
 RASTER_NODATA = 255

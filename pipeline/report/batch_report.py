@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import InputError, InputNotFoundError
-from pipeline.html_report import figure_uri, render_page, write_html
+from pipeline.report.html_report import figure_uri, render_page, write_html
 from pipeline.io.atomic import atomic_path, check_output
 
 logger = logging.getLogger(__name__)

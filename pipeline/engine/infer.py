@@ -1,7 +1,7 @@
 """Tiled inference on the work store: Zarr image -> (Dask + MONAI) -> Zarr labels.
 
 Shared by volumes and rasters: the image is (C, *spatial) in the work store, the
-model a :class:`pipeline.models.Model`. Each output block is argmax-ed and written
+model a :class:`pipeline.model.models.Model`. Each output block is argmax-ed and written
 by the task that merged it, so one task writes each label chunk, once.
 """
 
@@ -25,7 +25,7 @@ from pipeline.engine.runner import BlockSink, ImageSource, block_jobs, run_block
 from pipeline.engine.windows import balanced_chunks, parse_overlap, plan_blocks, window_grid
 from pipeline.errors import InputError
 from pipeline.io.store import Ledger, block_name, create_array
-from pipeline.models import Model
+from pipeline.model.models import Model
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def engine_fingerprint(model: Model, *, chunks: Sequence[int] | None, probabilit
     fingerprint is never resumed (see :func:`pipeline.io.store.work_store`)."""
     import torch
 
-    from pipeline.report import code_version
+    from pipeline.report.tables import code_version
 
     return {"model": model.name, "model_sha256": model.sha256, "card": model.card.model_dump(mode="json"),
             "chunks": list(chunks) if chunks else None, "probabilities": probabilities,

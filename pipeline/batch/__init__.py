@@ -1,0 +1,1 @@
+"""Scheduled runs: which catalog scans need segmenting, their manifests, locks and retries (flows/ sits on top)."""

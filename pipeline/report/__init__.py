@@ -1,0 +1,1 @@
+"""What is written beside a mask: the JSON/CSV report, the HTML page, viewer label files, batch summaries."""
