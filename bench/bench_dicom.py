@@ -1,9 +1,9 @@
 """Benchmark (DICOM): reading a series into the work store vs the same volume from NIfTI, and SEG writing.
 
 The sample CT is written as a DICOM series of ``--slices`` slices (the sample's 30 repeated along k), and
-as a NIfTI file of the same voxels. Measured, one process each: tiling into a Zarr array (seconds, Python
-peak allocations by tracemalloc, in a second run), and writing the ct-organs reference (tiled the same way) as a BINARY and
-a LABELMAP DICOM SEG (seconds, size, frames), per 100 slices. Timings need a quiet machine.
+as a NIfTI file of the same voxels. Measured in this process: tiling into a Zarr array (seconds; Python peak
+allocations by tracemalloc, in a second run), and writing the ct-organs reference (tiled the same way) as a
+BINARY and a LABELMAP DICOM SEG (seconds, size, frames), per 100 slices. Timings need a quiet machine.
 
     python bench/bench_dicom.py [--slices 300]
 """

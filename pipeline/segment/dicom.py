@@ -22,9 +22,9 @@ from pipeline.errors import SettingsError
 from pipeline.io.dicom import DicomSeries, open_series, stream_to_array
 from pipeline.io.dicom_seg import SEG_TYPES, SegFacts, write_dicom_seg
 from pipeline.io.nifti import write_labels
+from pipeline.io.outputs import Output, default_series_output, dicom_seg_path
 from pipeline.io.store import WorkStore, create_array
 from pipeline.model.models import Model
-from pipeline.io.outputs import Output, default_series_output, dicom_seg_path
 from pipeline.report.tables import code_version
 from pipeline.segment.domain import PlanInputs
 from pipeline.segment.driver import PathArg, segment

@@ -106,8 +106,8 @@ def test_truncated_pixel_data(sample_ct: nib.Nifti1Image, tmp_path: Path, tiny_c
     files = write_series(np.asarray(image.dataobj), image.affine, tmp_path / "CT")
     broken = sorted(files)[7]
     broken.write_bytes(broken.read_bytes()[:-5000])
-    run_and_check_clean_failure(runner, app, ["segment-volume", str(tmp_path / "CT"), "-m", str(tiny_card),
-                                              "--dicom-seg", "--no-html"], tmp_path, f"{broken}: cannot decode pixel data")
+    args = ["segment-volume", str(tmp_path / "CT"), "-m", str(tiny_card), "--dicom-seg", "--no-html"]
+    run_and_check_clean_failure(runner, app, args, tmp_path, f"{broken}: cannot decode pixel data")
 
 
 def test_default_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
