@@ -48,8 +48,8 @@ def run_ours(segment: Callable[..., Any], source: Path, model_name: str, out: Pa
     """Our front end on a LocalCluster started (and the model loaded in its workers) before timing."""
     from pipeline import load_model
     from pipeline.cluster import ClusterSettings, dask_client, worker_peak_rss
-    from pipeline.engine.predictor import windows_evaluated
     from pipeline.engine.infer import preload_model
+    from pipeline.engine.predictor import windows_evaluated
 
     started = time.perf_counter()
     with dask_client(ClusterSettings(workers=workers)) as client:

@@ -17,8 +17,6 @@ from prefect.futures import PrefectFuture
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from pipeline.config.catalog import load_catalog
-from pipeline.cluster import dask_client
 from pipeline.batch.manifest import (
     Plan,
     ScanJob,
@@ -30,6 +28,8 @@ from pipeline.batch.manifest import (
     run_scan,
     table_rows,
 )
+from pipeline.cluster import dask_client
+from pipeline.config.catalog import load_catalog
 
 #: Scans in flight at once; each one's tiles already spread over the whole Dask cluster.
 SCANS_AT_ONCE = 2

@@ -367,7 +367,7 @@ def evaluate_cmd(
     debug: DebugOpt = False,
 ) -> None:
     """Dice, IoU, pixel accuracy for two label masks; prints JSON (and writes it with -o)."""
-    from pipeline.evaluate.compare import evaluate_report
+    from pipeline.report.compare import evaluate_report
 
     report = run(lambda: evaluate_report(prediction, reference, output=output, overwrite=overwrite, model=model))
     typer.echo(json.dumps(report, indent=2))
@@ -421,8 +421,8 @@ def models_list(verbose: VerboseOpt = 0, quiet: QuietOpt = False, debug: DebugOp
 def models_show(name: Annotated[str, typer.Argument(help="Card name or path, a MONAI bundle directory or a TorchScript file.")],
                 verbose: VerboseOpt = 0, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """Print a model card as JSON (for a bundle directory: the card made from its metadata)."""
-    from pipeline.model.bundles import imported_path
     from pipeline.config.cards import load_card
+    from pipeline.model.bundles import imported_path
     from pipeline.model.models import load_model, resolve_card_path
 
     def card_of() -> Any:
@@ -439,8 +439,8 @@ def models_show(name: Annotated[str, typer.Argument(help="Card name or path, a M
 def catalog_check(path: Annotated[Path, typer.Argument(help="The data catalog.")] = Path("data_catalog.yaml"),
                   verbose: VerboseOpt = 0, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """Validate a data catalog and list the scans the next flow run would segment (nothing is run)."""
-    from pipeline.config.catalog import load_catalog
     from pipeline.batch.manifest import discover
+    from pipeline.config.catalog import load_catalog
 
     plan = run(lambda: discover(load_catalog(path)))
     for job in plan.pending:

@@ -105,7 +105,8 @@ def check_address(address: str) -> None:
     except ValueError:
         scheme, location = "", ""
     if scheme not in backends:
-        raise SettingsError(f"Dask address {address!r}: unknown scheme {scheme!r} (known: {', '.join(sorted(backends))})")
+        known = ", ".join(sorted(backends))
+        raise SettingsError(f"Dask address {address!r}: unknown scheme {scheme!r} (known: {known})")
     if scheme in {"tcp", "tls", "ws", "wss"}:
         try:
             host, port = parse_host_port(location)
@@ -124,9 +125,9 @@ class TorchThreads(WorkerPlugin):
         self.threads = threads
 
     def setup(self, worker: Any) -> None:
-        import torch
+        from pipeline.engine.device import set_inference_threads
 
-        torch.set_num_threads(self.threads)
+        set_inference_threads(self.threads)  # torch's too, now or when it is imported
 
 
 class IgnoreInterrupt(WorkerPlugin):
@@ -226,7 +227,8 @@ def dask_client(settings: ClusterSettings) -> Iterator[Any]:
     with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
         with _spawning_without_sigint():
             cluster = LocalCluster(n_workers=settings.workers, threads_per_worker=resolved_threads(settings),
-                                   memory_limit=settings.memory_limit, processes=True, dashboard_address=_dashboard_address(),
+                                   memory_limit=settings.memory_limit, processes=True,
+                                   dashboard_address=_dashboard_address(),
                                    silence_logs=logging.ERROR)
         with _driver_logs_restored(), cluster, Client(cluster) as client:
             client.register_plugin(IgnoreInterrupt())  # also for workers the nannies restart later

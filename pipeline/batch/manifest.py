@@ -40,8 +40,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.config.catalog import SEGMENTERS, Catalog, Source
 from pipeline.errors import CardError, PipelineError, RemoteError, StorageError, as_storage_error, storage_failure
-from pipeline.io.hashing import sha256_file
 from pipeline.io.atomic import atomic_path
+from pipeline.io.hashing import sha256_file
 from pipeline.io.lock import lock_holder, output_lock
 
 if TYPE_CHECKING:
@@ -223,7 +223,7 @@ def _stem(path: Path) -> str:
 
 @functools.cache
 def _code_version() -> str:
-    from pipeline.report.tables import code_version
+    from pipeline.version import code_version
 
     return code_version()
 
@@ -267,8 +267,8 @@ def classify(job: ScanJob, manifest: Manifest | None) -> ScanStatus | None:
 def _model(catalog: Catalog, index: int, source: Source) -> tuple[str, str, str]:
     """(card path, model name, weights sha256) for a source; cheap: reads the card, not the weights
     (a MONAI bundle directory without a volseg card: its directory name and its weights' sha256)."""
-    from pipeline.model.bundles import WEIGHTS, imported_path
     from pipeline.config.cards import load_card
+    from pipeline.model.bundles import WEIGHTS, imported_path
     from pipeline.model.models import resolve_card_path
 
     try:

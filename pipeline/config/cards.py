@@ -15,8 +15,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.config.choices import check_choice
-from pipeline.errors import CardError
 from pipeline.config.yamlfile import read_mapping
+from pipeline.errors import CardError
 
 #: Registry of networks a card may name: card name -> (module, class). Imported lazily.
 ARCHITECTURES: dict[str, tuple[str, str]] = {

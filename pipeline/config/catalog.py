@@ -34,10 +34,10 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.config.choices import check_choice
 from pipeline.cluster import ClusterSettings
-from pipeline.errors import CatalogError, OutputError
+from pipeline.config.choices import check_choice
 from pipeline.config.yamlfile import read_mapping
+from pipeline.errors import CatalogError, OutputError
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,8 @@ class Source(BaseModel):
     bands: tuple[Annotated[int, Field(ge=1)], ...] | None = Field(default=None, description="geo only: 1-based")
     output: str | None = Field(default=None, description="directory under output_root; default: the source name")
     trust: bool = Field(default=False, description="the model is a MONAI bundle whose config may run code beyond "
-                        "monai classes and harmless expressions (see pipeline.model.bundles); only for code you would run")
+                        "monai classes and harmless expressions (see pipeline.model.bundles); "
+                        "only for code you would run")
 
     @field_validator("kind")
     @classmethod

@@ -45,7 +45,8 @@ def _as_dask(x: Any) -> Any:
     return da.from_array(x, chunks=chunks if isinstance(chunks, tuple) else "auto", asarray=True)
 
 
-def _padded_region(x: Any, lo: Sequence[int], hi: Sequence[int], pads: Sequence[int]) -> tuple[Any, list[tuple[int, int]]]:
+def _padded_region(x: Any, lo: Sequence[int], hi: Sequence[int],
+                   pads: Sequence[int]) -> tuple[Any, list[tuple[int, int]]]:
     """The part of ``x`` under padded span [lo, hi), and the zero padding that completes it."""
     index, padding = padded_index(x.shape[1:], lo, hi, pads)
     return x[(slice(None), *index)], [(0, 0), *padding]

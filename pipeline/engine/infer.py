@@ -11,8 +11,8 @@ import functools
 import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ import zarr
 
 from pipeline.engine.alignment import alignment_for
 from pipeline.engine.api import default_chunks
+from pipeline.engine.device import device_type
 from pipeline.engine.predictor import InferenceSettings
 from pipeline.engine.runner import BlockSink, ImageSource, block_jobs, run_block, run_jobs
 from pipeline.engine.windows import balanced_chunks, parse_overlap, plan_blocks, window_grid
@@ -51,7 +52,7 @@ def label_dtype(n_labels: int) -> np.dtype:
 
 
 def _load_network(ref: Any) -> str:
-    ref.network()
+    ref.load()
     return ref.sha256
 
 
@@ -66,13 +67,11 @@ def preload_model(client: Any, model: Model) -> None:
 def engine_fingerprint(model: Model, *, chunks: Sequence[int] | None, probabilities: bool) -> dict[str, Any]:
     """Everything besides the input that decides a block's labels: a work store made with another
     fingerprint is never resumed (see :func:`pipeline.io.store.work_store`)."""
-    import torch
-
-    from pipeline.report.tables import code_version
+    from pipeline.version import code_version
 
     return {"model": model.name, "model_sha256": model.sha256, "card": model.card.model_dump(mode="json"),
             "chunks": list(chunks) if chunks else None, "probabilities": probabilities,
-            "device": "cuda" if torch.cuda.is_available() else "cpu", "code_version": code_version()}
+            "device": device_type(None), "code_version": code_version()}
 
 
 def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client: Any,
@@ -98,7 +97,8 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
 
     spatial = tuple(int(n) for n in image.shape[1:])
     if image.shape[0] != model.card.in_channels:
-        raise InputError(f"model {model.name!r} needs {model.card.in_channels} channel(s), the input has {image.shape[0]}")
+        raise InputError(f"model {model.name!r} needs {model.card.in_channels} channel(s), "
+                         f"the input has {image.shape[0]}")
     alignment = alignment_for(image.attrs.get("geometry"), model.card)
     settings = InferenceSettings(roi_size=alignment.roi_scan if alignment else model.roi_size,
                                  overlap=parse_overlap(model.overlap, len(spatial)),
@@ -147,7 +147,7 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
     seen = None
     with tqdm(total=len(jobs), initial=len(finished), desc="blocks", unit="block", disable=not progress,
               leave=False) as bar:
-        for seen in run_jobs(client, jobs, task, finished=finished, in_flight=threads):
+        for _ in run_jobs(client, jobs, task, finished=finished, in_flight=threads):
             bar.update(1)
     seconds = time.perf_counter() - start
     return InferenceResult(labels=labels, probabilities=probs, seconds=seconds, windows=grid.n_windows,
@@ -158,11 +158,9 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
 
 def _backend_used(requested: str) -> str:
     """The backend the workers resolve for the card's models on this device (see engine/backends.py)."""
-    import torch
-
     from pipeline.engine.backends import resolve_backend
 
-    return resolve_backend(requested, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    return resolve_backend(requested, device_type(None))
 
 
 def worker_threads(client: Any) -> int:

@@ -1,1 +1,1 @@
-"""Measuring masks: confusion counts and scores (metrics), mask-vs-reference reports, connected instances."""
+"""Measuring masks: confusion counts and scores (metrics), connected instances."""

@@ -27,8 +27,8 @@ from pipeline.engine.components import gather, label_components
 from pipeline.errors import SettingsError
 from pipeline.geometry import RasterGeometry, VolumeGeometry, block_slices
 from pipeline.io.atomic import atomic_path
-from pipeline.io.store import write_region
 from pipeline.io.outputs import instance_csv_path, instance_mask_path
+from pipeline.io.store import write_region
 
 TARGET = "instances"
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import shutil
 import warnings
@@ -38,7 +37,7 @@ from rasterio.windows import Window
 
 from pipeline.config.cards import Label
 from pipeline.errors import GridMismatchError, InputError, InputNotFoundError, OutputError
-from pipeline.geometry import RasterGeometry, block_slices, same_crs
+from pipeline.geometry import RasterGeometry, block_slices, crs_name, same_crs
 from pipeline.io.atomic import atomic_path
 from pipeline.io.files import require_regular_file
 from pipeline.io.store import create_array, write_region
@@ -338,69 +337,6 @@ def write_mask(labels: zarr.Array, valid: zarr.Array, geometry: RasterGeometry, 
     finally:
         tiled.unlink(missing_ok=True)
     publish(cog, path)
-
-
-def crs_name(crs: str | None) -> str:
-    """A short name for a CRS: ``EPSG:32616`` when it has a code, else its name; ``none`` for none."""
-    if crs is None:
-        return "none"
-    from rasterio.crs import CRS
-
-    if CRS.from_user_input(crs).to_epsg():
-        return str(CRS.from_user_input(crs).to_string())
-    return crs.split('"')[1] if '"' in crs else crs[:40]  # a WKT's first quoted string is its name
-
-
-def map_unit(geometry: RasterGeometry) -> str:
-    """Name of the unit of map coordinates: the CRS's (``metre``, ``degree``...), ``pixel`` or ``unknown``."""
-    if geometry.crs is None:
-        return "unknown" if geometry.is_georeferenced else "pixel"
-    from rasterio.crs import CRS
-
-    return str(CRS.from_user_input(geometry.crs).units_factor[0])
-
-
-def metres_per_unit(geometry: RasterGeometry) -> float | None:
-    """Metres in one map unit of a projected CRS; None without a CRS or for degrees."""
-    if geometry.crs is None:
-        return None
-    from rasterio.crs import CRS
-
-    parsed = CRS.from_user_input(geometry.crs)
-    return float(parsed.linear_units_factor[1]) if parsed.is_projected else None
-
-
-#: Mean Earth radius (m): haversine distances between neighbouring pixel centres are exact to well
-#: under 1%, ample for deciding whether a model's ground sampling distance fits (which allows 5%).
-EARTH_RADIUS_M = 6_371_008.8
-
-
-def pixel_size_m(geometry: RasterGeometry) -> tuple[float, float] | None:
-    """Ground size (m) of a pixel at the scene's centre, (along rows, along columns): the distance on
-    the Earth between neighbouring pixel centres, so degrees and Web-Mercator's stretched metres come
-    out as true ground sizes. None without a CRS (pixel coordinates say nothing about the ground)."""
-    if geometry.crs is None:
-        return None
-    from rasterio.crs import CRS
-    from rasterio.transform import Affine
-    from rasterio.warp import transform as reproject_points
-
-    row, col = geometry.height / 2, geometry.width / 2
-    to_map = Affine(*geometry.transform)
-    points = [to_map * (col, row), to_map * (col, row + 1), to_map * (col + 1, row)]
-    try:
-        lons, lats = reproject_points(CRS.from_user_input(geometry.crs), CRS.from_epsg(4326),
-                                      [x for x, _ in points], [y for _, y in points])
-    except Exception:  # a CRS without a path to WGS 84 (engineering, planetary): trust its units
-        factor = metres_per_unit(geometry)
-        return None if factor is None else (geometry.pixel_size[0] * factor, geometry.pixel_size[1] * factor)
-    return (_haversine(lons[0], lats[0], lons[1], lats[1]), _haversine(lons[0], lats[0], lons[2], lats[2]))
-
-
-def _haversine(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    h = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(math.sqrt(h))
 
 
 def open_reference(path: str | os.PathLike[str], geometry: RasterGeometry) -> Raster:

@@ -77,7 +77,8 @@ def open_scan(path: str | Path) -> NiftiScan:
     if min(shape) < 1:
         raise InputError(f"{path}: image has an empty axis (shape {shape})")
     if math.prod(shape) > MAX_VOXELS:
-        raise InputError(f"{path}: header claims {math.prod(shape):.3g} voxels (shape {shape}); refusing (corrupt header?)")
+        raise InputError(f"{path}: header claims {math.prod(shape):.3g} voxels (shape {shape}); "
+                         "refusing (corrupt header?)")
     dtype = image.get_data_dtype()
     if dtype.kind not in "biuf" or dtype.fields is not None:
         raise InputError(f"{path}: voxel type {dtype} is not a scalar number")
@@ -244,7 +245,8 @@ def stream_to_array(scan: NiftiScan, target: Any) -> None:
         target[0, :, :, k] = slab.astype(target.dtype, copy=False)
 
 
-def write_labels(labels: Any, geometry: VolumeGeometry, path: Path, *, label_names: dict[int, str] | None = None) -> None:
+def write_labels(labels: Any, geometry: VolumeGeometry, path: Path, *,
+                 label_names: dict[int, str] | None = None) -> None:
     """Stream a label array (i, j, k; Zarr or NumPy) to a NIfTI file on ``geometry``'s exact grid.
 
     The header copies the scan's spatial fields bit for bit (qform/sform and codes,

@@ -187,11 +187,12 @@ def vector_reads(path: Path) -> list[Path]:
 
 
 def model_reads(model: object) -> list[Path]:
-    """What a loaded :class:`pipeline.model.models.Model` was read from: its card and weights, or a bundle's directory."""
-    card_path = Path(getattr(model, "card_path"))
+    """What a loaded :class:`~pipeline.model.models.Model` was read from: its card and weights, or a bundle's
+    directory."""
+    card_path = Path(model.card_path)
     if card_path.is_dir():
         return [card_path]
-    card = getattr(model, "card")
+    card = model.card
     reads = [card_path]
     weights = getattr(card, "weights", None)
     if weights:

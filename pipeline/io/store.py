@@ -28,9 +28,7 @@ from pipeline.errors import (
     InputError,
     ModelError,
     OutputBusyError,
-    OutputError,
     OutputExistsError,
-    PipelineError,
     RunInterrupted,
     SettingsError,
     StorageError,
@@ -208,3 +206,16 @@ def write_region(store_path: str, name: str, region: tuple[slice, ...], values: 
     """Write ``values`` into ``region`` of array ``name``; runs inside a Dask task that owns those chunks."""
     array = zarr.open_array(zarr.storage.LocalStore(store_path), path=name, mode="r+")
     array[region] = values
+
+
+def store_root(group: zarr.Group) -> str:
+    """The local directory of a work store's group, as Dask tasks reopen it (they get a path, not a store)."""
+    return str(group.store.root)  # type: ignore[attr-defined]  # a LocalStore; zarr types it as Store
+
+
+def work_array(group: zarr.Group, name: str) -> zarr.Array:
+    """``group[name]`` as the array it is in a work store (zarr types members as array or group)."""
+    member = group[name]
+    if not isinstance(member, zarr.Array):
+        raise TypeError(f"{name!r} in the work store is a group, not an array")
+    return member

@@ -34,13 +34,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.model.bundle_config import BundleValues, harmless
 from pipeline.config.cards import ModelCard
-from pipeline.errors import CardError, ModelError
-from pipeline.io.hashing import sha256_file
-from pipeline.io.files import require_regular_file
-from pipeline.model.models import Model, load_weights
 from pipeline.config.yamlfile import read_mapping
+from pipeline.errors import CardError, ModelError
+from pipeline.io.files import require_regular_file
+from pipeline.io.hashing import sha256_file
+from pipeline.model.bundle_config import BundleValues, harmless
+from pipeline.model.models import Model, given, load_weights
 
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
 WEIGHTS = Path("models") / "model.pt"
@@ -318,7 +318,7 @@ def load_bundle(root: Path, card: ModelCard | None = None, card_path: Path | Non
     except RuntimeError as e:
         raise ModelError(f"{weights}: weights do not fit the bundle's network_def ({str(e).splitlines()[0]})") from e
     network.eval()
-    return Model(card=card, card_path=card_path or root, network=network, sha256=sha256)
+    return Model(card=card, card_path=card_path or root, loader=given(network), sha256=sha256)
 
 
 # ---------------------------------------------------------------- cards naming imported models
@@ -331,7 +331,7 @@ def load_imported(card: ModelCard, card_path: Path, *, trust: bool = False) -> M
         if weights.parent.name != "models" or bundle_config(weights.parent.parent) is None:
             raise CardError(f"{card_path}: bundle weights must be <bundle>/models/model.pt, not {card.weights}")
         return load_bundle(weights.parent.parent, card, card_path, trust=trust)
-    return Model(card=card, card_path=card_path, network=load_torchscript(weights, str(card.sha256)),
+    return Model(card=card, card_path=card_path, loader=given(load_torchscript(weights, str(card.sha256))),
                  sha256=str(card.sha256))
 
 
@@ -345,6 +345,6 @@ def load_torchscript(path: Path, expected_sha256: str) -> Any:
         raise ModelError(f"{path}: weights sha256 is {actual[:12]}..., the card expects {expected_sha256[:12]}...")
     try:
         network = torch.jit.load(str(path), map_location="cpu")
-    except Exception as e:  # noqa: BLE001 - whatever the reader trips on, the file is not TorchScript
+    except Exception as e:
         raise ModelError(f"{path}: not a TorchScript file ({str(e).splitlines()[0] if str(e) else e})") from e
     return network.eval()

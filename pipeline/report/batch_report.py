@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import InputError, InputNotFoundError
-from pipeline.report.html_report import figure_uri, render_page, write_html
 from pipeline.io.atomic import atomic_path, check_output
+from pipeline.report.html_report import figure_uri, render_page, write_html
 
 logger = logging.getLogger(__name__)
 

@@ -426,7 +426,8 @@ def raster_panels(image: Any, labels: Any, valid: Any, spacing: Sequence[float],
 def _environment() -> Any:
     from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-    env = Environment(loader=PackageLoader("pipeline.report", "templates"), autoescape=select_autoescape(["j2", "html"]),
+    env = Environment(loader=PackageLoader("pipeline.report", "templates"),
+                      autoescape=select_autoescape(["j2", "html"]),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = _num
     return env

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.geometry import RasterGeometry, VolumeGeometry
-from pipeline.report.html_report import raster_report, volume_report
-from pipeline.model.models import Model
 from pipeline.io.outputs import html_report_path, ome_zarr_path
+from pipeline.model.models import Model
+from pipeline.report.html_report import raster_report, volume_report
 from pipeline.report.viewer_files import write_viewer_files
 
 logger = logging.getLogger(__name__)

@@ -6,31 +6,15 @@ import csv
 import io
 import json
 import math
-import subprocess
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from pipeline.config.cards import Label
-from pipeline.io.atomic import atomic_path
 from pipeline.evaluate.metrics import Scores
+from pipeline.io.atomic import atomic_path
 from pipeline.io.outputs import report_csv_path
 
 CSV_FIELDS = ("label", "name", "voxels", "volume_ml", "reference_voxels", "reference_volume_ml", "dice", "iou")
-
-
-def code_version() -> str:
-    """Package version, plus the git commit when running from a checkout."""
-    try:
-        version = metadata.version("volseg")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return version
-    return f"{version}+g{commit}" if commit else version
 
 
 def _round(value: float | None, digits: int = 6) -> float | None:

@@ -55,11 +55,11 @@ if TYPE_CHECKING:
     import numpy as np
     import zarr
 
-    from pipeline.geometry import RasterGeometry, VolumeGeometry
-    from pipeline.io.store import WorkStore
     from pipeline.evaluate.metrics import Scores
-    from pipeline.model.models import Model
+    from pipeline.geometry import RasterGeometry, VolumeGeometry
     from pipeline.io.outputs import Output
+    from pipeline.io.store import WorkStore
+    from pipeline.model.models import Model
     from pipeline.segment.options import SegmentOptions
 
 
@@ -75,8 +75,10 @@ class PlanInputs:
 class Source(Protocol):
     """One opened input (see the module docstring for each method's contract)."""
 
-    path: Path
-    geometry: VolumeGeometry | RasterGeometry
+    @property
+    def path(self) -> Path: ...
+    @property
+    def geometry(self) -> VolumeGeometry | RasterGeometry: ...
 
     def bind(self, model: Model, options: SegmentOptions) -> None: ...
     def default_output(self) -> Path: ...
@@ -103,9 +105,12 @@ class Source(Protocol):
 class Domain(Protocol):
     """One input kind: its name (the sidecar kind), default model, own options and opener."""
 
-    name: str
-    default_model: str | None
-    options: frozenset[str]
+    @property
+    def name(self) -> str: ...
+    @property
+    def default_model(self) -> str | None: ...
+    @property
+    def options(self) -> frozenset[str]: ...
 
     def open(self, path: str | os.PathLike[str]) -> Source: ...
 

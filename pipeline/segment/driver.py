@@ -25,14 +25,12 @@ import numpy as np
 from pipeline.cluster import ClusterSettings, worker_peak_rss
 from pipeline.engine.alignment import alignment_for
 from pipeline.engine.api import default_chunks
+from pipeline.engine.infer import InferenceResult, engine_fingerprint, preload_model, run_inference
 from pipeline.engine.windows import parse_overlap
 from pipeline.errors import InputError, SettingsError
-from pipeline.io.hashing import sha256_file
-from pipeline.engine.infer import InferenceResult, engine_fingerprint, preload_model, run_inference
 from pipeline.evaluate.instances import check_instances, parse_classes
 from pipeline.io.atomic import atomic_path
-from pipeline.io.store import WorkStore, create_array, work_store
-from pipeline.model.models import Model, load_model
+from pipeline.io.hashing import sha256_file
 from pipeline.io.outputs import (
     Output,
     check_outputs,
@@ -42,13 +40,15 @@ from pipeline.io.outputs import (
     probabilities_path,
     report_json_path,
 )
-from pipeline.segment.plan_estimate import clip_chunks, estimate_plan
+from pipeline.io.store import WorkStore, create_array, work_store
+from pipeline.model.models import Model, load_model
+from pipeline.report.sidecars import write_sidecars
 from pipeline.report.tables import write_report
 from pipeline.segment.domain import DOMAIN_OPTIONS, Domain, Source
 from pipeline.segment.options import RunSettings, SegmentOptions
+from pipeline.segment.plan_estimate import clip_chunks, estimate_plan
 from pipeline.segment.resources import check_capacity, client_scope, local_processes, planned_workers
 from pipeline.segment.result import RunRecord, SegmentationResult, build_report
-from pipeline.report.sidecars import write_sidecars
 from pipeline.segment.stages import Stages
 
 logger = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def _tile(source: Source, work: WorkStore, chunks: tuple[int, ...], sha256: str,
         image = group["image"]
         valid = group["valid"] if "valid" in group else None
         stored = image.attrs.get("valid_pixels")
-        return image, valid, None if stored is None else int(stored)
+        return image, valid, None if stored is None else int(stored)  # type: ignore[arg-type]  # JSON int
     attrs = {"geometry": source.geometry.to_attrs(),
              "source": {"path": str(source.path), "sha256": sha256, **source.source_attrs()}}
     image, valid, n_valid = source.tile(group, chunks, attrs, client)

@@ -24,14 +24,12 @@ import numpy as np
 import zarr
 
 from pipeline.errors import CardError, InputError
-from pipeline.geometry import RasterGeometry
 from pipeline.evaluate.instances import raster_instances
+from pipeline.evaluate.metrics import Scores, confusion
+from pipeline.geometry import RasterGeometry, crs_name, map_unit, metres_per_unit
 from pipeline.io.geotiff import (
     NODATA_LABEL,
     Raster,
-    crs_name,
-    map_unit,
-    metres_per_unit,
     open_raster,
     open_reference,
     publish,
@@ -42,11 +40,10 @@ from pipeline.io.geotiff import (
     tile_to_store,
     write_mask,
 )
-from pipeline.io.store import WorkStore
-from pipeline.io.vectors import read_reference_vectors, write_vectors
-from pipeline.evaluate.metrics import Scores, confusion
-from pipeline.model.models import Model
 from pipeline.io.outputs import Output, default_raster_output, raster_outputs, vector_reads
+from pipeline.io.store import WorkStore, store_root, work_array
+from pipeline.io.vectors import read_reference_vectors, write_vectors
+from pipeline.model.models import Model
 from pipeline.report.tables import label_rows
 from pipeline.segment.domain import PlanInputs
 from pipeline.segment.driver import PathArg, segment
@@ -155,8 +152,8 @@ class RasterSource:
         polygons = _polygons(work, options)
         if polygons is None:
             return {"features": None}
-        block = tuple(work.group["image"].chunks[1:])
-        return {"features": write_vectors(str(work.group.store.root), self.geometry, block, polygons,
+        block = tuple(work_array(work.group, "image").chunks[1:])
+        return {"features": write_vectors(store_root(work.group), self.geometry, block, polygons,
                                           names=model.labels, client=client)}
 
     def find_instances(self, group: zarr.Group, classes: list[str], model: Model, mask: Path,
@@ -166,6 +163,7 @@ class RasterSource:
 
     def write(self, labels: zarr.Array, valid: zarr.Array | None, model: Model, mask: Path, work: WorkStore,
               options: SegmentOptions) -> None:
+        assert valid is not None, "a tiled raster always has its validity"
         write_mask(labels, valid, self.geometry, mask, names=model.labels, work_dir=work.path)
         polygons = _polygons(work, options)
         if polygons is not None and options.vectors:

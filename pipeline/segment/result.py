@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.evaluate.metrics import scores
-from pipeline.report.tables import code_version
 from pipeline.segment.resources import peak_rss_bytes
 from pipeline.segment.stages import Stages, describe
+from pipeline.version import code_version
 
 if TYPE_CHECKING:
     import numpy as np

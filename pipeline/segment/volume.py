@@ -8,7 +8,6 @@ the report (voxels, ml).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,14 @@ import numpy as np
 import zarr
 
 from pipeline.errors import CardError
-from pipeline.evaluate.compare import SLAB, check_reference_labels, confusion_against
-from pipeline.geometry import VolumeGeometry
 from pipeline.evaluate.instances import volume_instances
-from pipeline.io.nifti import NiftiScan, open_scan, stream_to_array, write_labels
-from pipeline.io.store import WorkStore, create_array
 from pipeline.evaluate.metrics import Scores
-from pipeline.model.models import Model
+from pipeline.geometry import VolumeGeometry
+from pipeline.io.nifti import NiftiScan, open_scan, stream_to_array, write_labels
 from pipeline.io.outputs import Output, default_volume_output, volume_outputs
+from pipeline.io.store import WorkStore, create_array
+from pipeline.model.models import Model
+from pipeline.report.compare import SLAB, check_reference_labels, confusion_against
 from pipeline.report.tables import label_rows
 from pipeline.segment.domain import PlanInputs
 from pipeline.segment.driver import PathArg, segment
@@ -65,7 +64,7 @@ class VolumeSource:
         return PlanInputs(in_channels=1, itemsize=self.scan.dtype.itemsize)
 
     def open_reference(self, reference: PathArg, model: Model) -> Any:
-        check_reference_labels(reference, self.geometry, model.card.out_channels)
+        check_reference_labels(Path(reference), self.geometry, model.card.out_channels)
         return reference
 
     def fingerprint(self) -> dict[str, Any]:
@@ -97,7 +96,7 @@ class VolumeSource:
 
     def confusion(self, labels: zarr.Array, valid: zarr.Array | None, n_labels: int, reference: Any) -> np.ndarray:
         if reference:
-            return confusion_against(reference, self.geometry, lambda k: labels[:, :, k],
+            return confusion_against(reference, self.geometry, lambda k: np.asarray(labels[:, :, k]),
                                      n_labels=n_labels).dense(n_labels)
         return label_counts(labels, n_labels)
 
@@ -131,7 +130,7 @@ class VolumeDomain:
     options: frozenset[str] = frozenset({"probabilities"})
 
     def open(self, path: PathArg) -> VolumeSource:
-        return VolumeSource(open_scan(path))
+        return VolumeSource(open_scan(Path(path)))
 
 
 VOLUME = VolumeDomain()

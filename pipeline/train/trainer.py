@@ -34,11 +34,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.config.cards import ARCHITECTURES, ModelCard, _describe
 from pipeline.config.catalog import TrainingDataset, load_catalog
-from pipeline.train.datasets import LabelledImage, Region, load_pair, split_regions
+from pipeline.config.yamlfile import read_mapping
 from pipeline.errors import CardError, ModelError, PipelineError
 from pipeline.io.hashing import sha256_file
 from pipeline.model.models import apply_preprocess, build_network, intensity_statistics
-from pipeline.config.yamlfile import read_mapping
+from pipeline.train.datasets import LabelledImage, Region, load_pair, split_regions
 
 logger = logging.getLogger(__name__)
 
@@ -408,7 +408,7 @@ def _rel(path: Path) -> str:
 
 
 def _code_version() -> str:
-    from pipeline.report.tables import code_version
+    from pipeline.version import code_version
 
     return code_version()
 

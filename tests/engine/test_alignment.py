@@ -239,7 +239,8 @@ def _resampled_scene(source: Path, target: Path, scale: float, crs: str | None =
 
 
 def test_ground_pixel_size_in_metres_for_any_crs(data_dir: Path, tmp_path: Path) -> None:
-    from pipeline.io.geotiff import open_raster, pixel_size_m
+    from pipeline.geometry import pixel_size_m
+    from pipeline.io.geotiff import open_raster
 
     geo = data_dir / "geo"
     np.testing.assert_allclose(pixel_size_m(open_raster(geo / "sample_geotiff.tif").geometry), (0.5, 0.5), rtol=0.01)

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config.catalog import load_catalog
-from pipeline.errors import InputError, StorageError
 from pipeline.batch.manifest import (
     FileRecord,
     ScanOutcome,
@@ -28,6 +26,8 @@ from pipeline.batch.manifest import (
     table_rows,
     write_manifest,
 )
+from pipeline.config.catalog import load_catalog
+from pipeline.errors import InputError, StorageError
 from tests.factories import make_card
 from tests.flows import fakes
 from tests.flows.conftest import scan_files, write_catalog

@@ -12,10 +12,9 @@ import pytest
 from scipy import ndimage
 from typer.testing import CliRunner
 
-from pipeline.config.cards import Label
 from pipeline.cli import app
+from pipeline.config.cards import Label
 from pipeline.errors import SettingsError
-from pipeline.geometry import RasterGeometry, VolumeGeometry
 from pipeline.evaluate.instances import (
     find_instances,
     instance_csv_path,
@@ -25,6 +24,7 @@ from pipeline.evaluate.instances import (
     resolve_classes,
     volume_rows,
 )
+from pipeline.geometry import RasterGeometry, VolumeGeometry
 from pipeline.io.store import create_array, open_work_group
 from tests.factories import oblique_affine, run_and_check_clean_failure, write_nifti
 

@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 
 from pipeline.errors import InputError, OutputBusyError, OutputError, OutputExistsError
-from pipeline.geometry import VolumeGeometry
 from pipeline.evaluate.instances import instance_csv_path, instance_mask_path
+from pipeline.geometry import VolumeGeometry
 from pipeline.io.atomic import atomic_path
 from pipeline.io.nifti import open_scan, write_labels
-from pipeline.io.store import work_dir_for, work_store
 from pipeline.io.outputs import (
     Output,
     check_outputs,
@@ -30,6 +29,7 @@ from pipeline.io.outputs import (
     report_csv_path,
     volume_outputs,
 )
+from pipeline.io.store import work_dir_for, work_store
 from pipeline.report.tables import write_report
 
 ROOT = Path(__file__).resolve().parents[2]

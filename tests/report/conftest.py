@@ -19,8 +19,8 @@ import pytest
 import zarr
 
 from pipeline.config.cards import Label, load_card
-from pipeline.io.nifti import open_scan
 from pipeline.evaluate.metrics import confusion, scores
+from pipeline.io.nifti import open_scan
 from pipeline.model.models import resolve_card_path
 from pipeline.report.tables import label_rows
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.report.batch_report import batch_report, find_reports
 from pipeline.cli import app
 from pipeline.errors import InputError, OutputExistsError
+from pipeline.report.batch_report import batch_report, find_reports
 
 NAMES = ("background", "liver", "spleen")
 

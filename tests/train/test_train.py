@@ -15,8 +15,8 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline import load_model
-from pipeline.config.catalog import load_catalog
 from pipeline.cli import app
+from pipeline.config.catalog import load_catalog
 from pipeline.errors import CatalogError, InputError
 from pipeline.io.hashing import sha256_file
 from pipeline.train.trainer import train

@@ -10,9 +10,9 @@ import numpy as np
 
 from pipeline.config.cards import Label
 from pipeline.errors import InputError
+from pipeline.evaluate.metrics import MAX_LABEL, PairCounts, pair_counts, scores
 from pipeline.geometry import VolumeGeometry
 from pipeline.io.nifti import iter_slabs, open_scan, read_reference
-from pipeline.evaluate.metrics import MAX_LABEL, PairCounts, pair_counts, scores
 from pipeline.io.outputs import check_outputs, created_parents, report_outputs
 from pipeline.report.tables import label_rows, write_report
 
@@ -81,7 +81,8 @@ def evaluate_report(prediction: str | Path, reference: str | Path, *, output: Pa
                 write_report(report, Path(output))
         return report
     if Path(reference).suffix.lower() in RASTER_SUFFIXES:
-        raise InputError(f"{reference}: a raster reference for a NIfTI prediction; compare two NIfTI masks or two rasters")
+        raise InputError(f"{reference}: a raster reference for a NIfTI prediction; "
+                         "compare two NIfTI masks or two rasters")
     pred = open_scan(prediction)
     slabs = iter_slabs(pred, SLAB)  # read along with the reference's slabs, in the same order
     counts = confusion_against(reference, pred.geometry, lambda k: _as_labels(pred.path, next(slabs)[1]))
@@ -102,8 +103,8 @@ def evaluate_report(prediction: str | Path, reference: str | Path, *, output: Pa
 
 def _card_labels(model: str) -> dict[int, Label]:
     """The card's labels, read from the card alone (no weights are loaded)."""
-    from pipeline.model.bundles import imported_path
     from pipeline.config.cards import load_card
+    from pipeline.model.bundles import imported_path
     from pipeline.model.models import load_model, resolve_card_path
 
     imported = imported_path(model)
