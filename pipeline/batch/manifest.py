@@ -29,23 +29,22 @@ from __future__ import annotations
 import datetime
 import functools
 import logging
+import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from pipeline.batch.pacs import PacsSeries, find, retrieval_dir, series_output
 from pipeline.config.catalog import SEGMENTERS, Catalog, Source
 from pipeline.errors import CardError, PipelineError, RemoteError, StorageError, as_storage_error, storage_failure
 from pipeline.io.atomic import atomic_path
 from pipeline.io.hashing import sha256_file
 from pipeline.io.lock import lock_holder, output_lock
-
-if TYPE_CHECKING:
-    from pipeline.batch.pacs import PacsSeries
 
 logger = logging.getLogger(__name__)
 
@@ -326,11 +325,27 @@ def _file_jobs(catalog: Catalog, index: int, source: Source, model: tuple[str, s
     return jobs
 
 
+def _series_jobs(catalog: Catalog, source: Source, model: tuple[str, str, str]) -> list[ScanJob]:
+    """One job per image series the source's PACS lists (:mod:`pipeline.batch.pacs`), known by its UIDs."""
+    if source.dicomweb is None:
+        raise catalog.error(catalog.sources.index(source), "dicomweb", "missing")
+    jobs = []
+    for ref, digest, count in find(source.dicomweb):
+        output = series_output(catalog, source, ref.series_uid)
+        reference = source.reference.path_for(output, ref.series_uid) if source.reference else None
+        record = FileRecord(path=f"{source.dicomweb.url}/studies/{ref.study_uid}/series/{ref.series_uid}",
+                            sha256=digest, size=count, mtime_ns=0)
+        jobs.append(ScanJob(source=source.name, kind=source.kind, scan=retrieval_dir(catalog, source, ref.series_uid),
+                            output=output, model=model[0], model_name=model[1], model_sha256=model[2], input=record,
+                            work_dir=catalog.work_dir / source.name, trust=source.trust,
+                            reference=reference if reference is not None and reference.is_file() else None,
+                            pacs=PacsSeries(source.dicomweb, ref.study_uid, ref.series_uid)))
+    return jobs
+
+
 def _jobs(catalog: Catalog, index: int, source: Source, model: tuple[str, str, str]) -> list[ScanJob]:
     if source.pacs_source:
-        from pipeline.batch.pacs import series_jobs
-
-        return series_jobs(catalog, source, model)
+        return _series_jobs(catalog, source, model)
     return _file_jobs(catalog, index, source, model)
 
 
@@ -416,11 +431,17 @@ def run_scan(job: ScanJob, *, client: Any = None) -> ScanOutcome:
 
 
 def _segment(job: ScanJob, segment: Any, client: Any) -> Any:
+    """The kind's segment call; a PACS series is retrieved first, its SEG stored after, and the retrieved copy
+    removed whatever happens (the next run retrieves again)."""
     if job.pacs is None:
         return segment(job.scan, **job.segment_kwargs(client))
-    from pipeline.batch.pacs import segment_series_job
-
-    return segment_series_job(job, segment, client)
+    try:
+        job.pacs.retrieve(job.scan)
+        result = segment(job.scan, **job.segment_kwargs(client))
+        job.pacs.store(result.report)
+        return result
+    finally:
+        shutil.rmtree(job.scan, ignore_errors=True)
 
 
 def is_transient(error: BaseException | None) -> bool:

@@ -15,14 +15,11 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipeline.config.catalog import Catalog, DicomWebConfig, Source
 from pipeline.errors import OutputError
 from pipeline.io.dicomweb import DicomWeb, SeriesRef
-
-if TYPE_CHECKING:
-    from pipeline.batch.manifest import ScanJob
 
 logger = logging.getLogger(__name__)
 
@@ -93,36 +90,3 @@ def series_output(catalog: Catalog, source: Source, series_uid: str) -> Path:
 def retrieval_dir(catalog: Catalog, source: Source, series_uid: str) -> Path:
     return catalog.work_dir / source.name / "dicomweb" / series_uid
 
-
-def series_jobs(catalog: Catalog, source: Source, model: tuple[str, str, str]) -> list[ScanJob]:
-    """One scan job per image series the source's PACS lists; ``model`` is (card path, name, weights sha256)."""
-    from pipeline.batch.manifest import FileRecord, ScanJob
-
-    if source.dicomweb is None:
-        raise ValueError(f"source {source.name!r} has no dicomweb section")
-    jobs = []
-    for ref, digest, count in find(source.dicomweb):
-        output = series_output(catalog, source, ref.series_uid)
-        reference = source.reference.path_for(output, ref.series_uid) if source.reference else None
-        record = FileRecord(path=f"{source.dicomweb.url}/studies/{ref.study_uid}/series/{ref.series_uid}",
-                            sha256=digest, size=count, mtime_ns=0)
-        jobs.append(ScanJob(source=source.name, kind=source.kind, scan=retrieval_dir(catalog, source, ref.series_uid),
-                            output=output, model=model[0], model_name=model[1], model_sha256=model[2], input=record,
-                            work_dir=catalog.work_dir / source.name, trust=source.trust,
-                            reference=reference if reference is not None and reference.is_file() else None,
-                            pacs=PacsSeries(source.dicomweb, ref.study_uid, ref.series_uid)))
-    return jobs
-
-
-def segment_series_job(job: ScanJob, segment: Any, client: Any) -> Any:
-    """Retrieve the job's series, segment it (``segment``: the kind's function), store its SEG; the retrieved
-    copy is removed whatever happens (the next run retrieves again)."""
-    if job.pacs is None:
-        raise ValueError(f"{job.name}: not a PACS series")
-    try:
-        job.pacs.retrieve(job.scan)
-        result = segment(job.scan, **job.segment_kwargs(client))
-        job.pacs.store(result.report)
-        return result
-    finally:
-        shutil.rmtree(job.scan, ignore_errors=True)

@@ -418,6 +418,8 @@ class Catalog(BaseModel):
         OutputError
             The path would resolve outside ``output_root`` (e.g. through a symlinked directory).
         """
+        if source.directory is None:  # kind dicomweb: pipeline.batch.pacs names its outputs
+            raise OutputError(f"source {source.name!r} has no directory to mirror")
         relative = scan.relative_to(source.directory)
         name = source.segmenter.stem(scan.name) + "_seg" + source.segmenter.output_suffix
         output = self.output_root / source.output_name / relative.parent / name

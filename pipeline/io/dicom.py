@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +76,7 @@ class DicomSeries:
         return members_sha256(self.members)
 
 
-def open_series(path: str | Path, *, series_uid: str | None = None) -> DicomSeries:
+def open_series(path: str | os.PathLike[str], *, series_uid: str | None = None) -> DicomSeries:
     """Open and validate one CT/MR series under ``path`` (a folder or ``.zip``), reading headers only.
 
     ``series_uid`` picks a series; without it the folder must hold exactly one image series (other
@@ -189,7 +190,8 @@ def _frames(where: str, items: list[tuple[Member, Any]]) -> Iterator[Frame]:
                                  "export one volume per series")
             plane = _functional(header, index, "PlanePositionSequence")
             rescale = _functional(header, index, "PixelValueTransformationSequence")
-            yield Frame(member=member, index=index, position=tuple(float(v) for v in plane.ImagePositionPatient),
+            x, y, z = (float(v) for v in plane.ImagePositionPatient)
+            yield Frame(member=member, index=index, position=(x, y, z),
                         slope=float(rescale.get("RescaleSlope", 1.0)),
                         intercept=float(rescale.get("RescaleIntercept", 0.0)))
 
@@ -260,7 +262,7 @@ def read_stored(frame: Frame) -> np.ndarray:
 
     try:
         with open_member(frame.member) as fh:
-            return np.asarray(pixel_array(fh, index=frame.index))
+            return np.asarray(pixel_array(fh, index=frame.index))  # type: ignore[arg-type]  # a binary stream
     except Exception as e:  # pydicom raises ValueError, RuntimeError, NotImplementedError for codecs
         raise InputError(f"{frame.member}: cannot decode pixel data ({str(e).splitlines()[0] if str(e) else e})") from e
 

@@ -25,12 +25,12 @@ from pipeline.io.nifti import write_labels
 from pipeline.io.outputs import Output, default_series_output, dicom_seg_path
 from pipeline.io.store import WorkStore, create_array
 from pipeline.model.models import Model
-from pipeline.version import code_version
 from pipeline.segment.domain import PlanInputs
 from pipeline.segment.driver import PathArg, segment
 from pipeline.segment.options import RunSettings, SegmentOptions, resolve_options
 from pipeline.segment.result import SegmentationResult
 from pipeline.segment.volume import VolumeSource
+from pipeline.version import code_version
 
 
 @dataclass
