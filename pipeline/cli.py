@@ -216,12 +216,16 @@ def segment_volume_cmd(
     spacing: Annotated[str | None, typer.Option("--spacing", help="Plain Zarr: voxel size in mm per spatial "
                                                 "axis, stored order, e.g. 0.5,0.5,1.0.")] = None,
     axes: Annotated[str | None, typer.Option("--axes", help="Plain Zarr: axis names in stored order, e.g. zyx.")] = None,
+    series: Annotated[str | None, typer.Option("--series", help="DICOM: SeriesInstanceUID to segment when the folder holds several series.")] = None,
+    dicom_seg: Annotated[bool, typer.Option("--dicom-seg", help="DICOM: also write <mask stem>.dcm, a DICOM Segmentation of the series.")] = False,
+    dicom_seg_type: Annotated[str, typer.Option("--dicom-seg-type", help="DICOM SEG encoding: binary (most widely displayed) or labelmap.")] = "binary",
     verbose: VerboseOpt = 0,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Segment a NIfTI scan (writes <scan>_seg.nii.gz and <scan>_seg.report.json/.csv) or a Zarr volume in place
-    (writes labels/<model> into the store, or into -o other.ome.zarr)."""
+    """Segment a NIfTI scan, or a DICOM series (a folder or .zip): writes <scan>_seg.nii.gz and
+    <scan>_seg.report.json/.csv (and <scan>_seg.dcm with --dicom-seg); or a Zarr volume in place (writes
+    labels/<model> into the store, or into -o other.ome.zarr)."""
     from pipeline.io.ngff import is_zarr_input
     from pipeline.io.outputs import preflight_volume
 
@@ -234,8 +238,10 @@ def segment_volume_cmd(
                       backend=backend, runtime=_runtime(work_dir, workers, threads, memory_limit, dask_address))
         return
     scan = Path(source)
+    dicom = _dicom_input(scan, series, dicom_seg, dicom_seg_type)
     run(lambda: preflight_volume(scan, output=output, reference=reference, model=model, overwrite=overwrite, html=html,
-                                 ome_zarr=ome_zarr, probabilities=probabilities, instances=instances, cutout=cutout))
+                                 ome_zarr=ome_zarr, probabilities=probabilities, instances=instances, cutout=cutout,
+                                 series=dicom is not None, dicom_seg=dicom_seg))
     from pipeline.segment.options import SegmentOptions
     from pipeline.segment.volume import segment_volume
 
@@ -244,8 +250,14 @@ def segment_volume_cmd(
                              probabilities=probabilities, statistics=statistics, labels=labels, cutout=cutout,
                              cutout_margin=cutout_margin, tta=tta)
     runtime = _runtime(work_dir, workers, threads, memory_limit, dask_address)
-    result = run(lambda: segment_volume(scan, model=model, output=output, reference=reference, options=options,
-                                        runtime=runtime))
+    if dicom is not None:
+        from pipeline.segment.dicom import segment_series
+
+        result = run(lambda: segment_series(scan, **dicom, model=model, output=output, reference=reference,
+                                            options=options, runtime=runtime))
+    else:
+        result = run(lambda: segment_volume(scan, model=model, output=output, reference=reference, options=options,
+                                            runtime=runtime))
     _print_result(result)
 
 
@@ -265,6 +277,21 @@ def _segment_zarr(store: str, *, runtime: Any, **keywords: Any) -> None:
     typer.echo(f"labels: {result.labels}")
     typer.echo(f"report: {result.report_json} (+ {result.report_csv})")
     typer.echo(result.summary())
+
+
+def _dicom_input(scan: Path, series: str | None, dicom_seg: bool, seg_type: str) -> dict[str, Any] | None:
+    """``segment_series`` keywords when ``scan`` is a DICOM folder or zip, None for a NIfTI file; the DICOM
+    options given for a NIfTI file, or an unknown SEG type, are usage errors."""
+    from pipeline.io.dicom_files import is_series_path
+    from pipeline.io.dicom_seg import SEG_TYPES
+
+    if not is_series_path(scan):
+        if series or dicom_seg:
+            fail(f"{scan}: --series and --dicom-seg are for DICOM series (a folder or .zip), not a NIfTI file", code=2)
+        return None
+    if seg_type not in SEG_TYPES:
+        fail(f"--dicom-seg-type must be one of {', '.join(SEG_TYPES)}, got {seg_type!r}", code=2)
+    return {"series": series, "dicom_seg": seg_type if dicom_seg else None}
 
 
 def parse_bands(text: str | None) -> tuple[int, ...] | None:
@@ -348,6 +375,10 @@ def _print_result(result: Any) -> None:
         typer.echo(f"html:   {result.html}")
     if getattr(result, "ome_zarr", None):
         typer.echo(f"ome-zarr: {result.ome_zarr}")
+    if result.report.get("dicom_seg"):
+        seg = result.report["dicom_seg"]
+        typer.echo(f"dicom seg: {seg['path']} ({seg['segmentation_type']}, {len(seg['segments'])} segments, "
+                   f"{seg['frames']} frames, {seg['bytes'] / 1e6:.2f} MB)")
     if result.report.get("instances"):
         found = result.report["instances"]
         typer.echo(f"instances: {found['mask']} ({found['count']} objects of {', '.join(found['classes'])}; "

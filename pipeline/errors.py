@@ -84,6 +84,13 @@ def as_storage_error(error: OSError, path: object) -> StorageError:
     return StorageError(f"{error.filename or path}: {error.strerror or error}", error.errno)
 
 
+class RemoteError(PipelineError, ConnectionError):
+    """A remote service (a PACS over DICOMweb) is unreachable or failed in a way worth retrying (5xx, timeout).
+
+    Not the input's fault: flows retry it and record no failure for the series.
+    """
+
+
 class SettingsError(PipelineError, ValueError):
     """Engine settings (roi size, overlap, chunks) are invalid."""
 

@@ -19,6 +19,8 @@ so a nightly run over thousands of large volumes does not re-read them all.
 
 Two runs at once are safe: :func:`run_scan` holds a per-output ``fcntl.flock`` lock while it
 writes, and a run that finds the lock taken skips the scan (``busy``) instead of waiting.
+Series on a PACS (sources of kind ``dicomweb``) are found, retrieved and stored back by :mod:`pipeline.batch.pacs`;
+their identity is the set of their instances' UIDs, and a PACS that does not answer is retried like storage.
 Nothing here imports Prefect; ``flows/`` wraps :func:`discover` and :func:`run_scan` in tasks.
 """
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import datetime
 import functools
 import logging
+import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -36,8 +39,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from pipeline.batch.pacs import PacsSeries, find, retrieval_dir, series_output
 from pipeline.config.catalog import SEGMENTERS, Catalog, Source
-from pipeline.errors import CardError, PipelineError, StorageError, as_storage_error, storage_failure
+from pipeline.errors import CardError, PipelineError, RemoteError, StorageError, as_storage_error, storage_failure
 from pipeline.io.atomic import atomic_path
 from pipeline.io.hashing import sha256_file
 from pipeline.io.lock import lock_holder, output_lock
@@ -110,11 +114,17 @@ class ScanJob:
     bands: tuple[int, ...] | None = None
     vectors: Path | None = None  #: polygon output (geo), beside the mask
     trust: bool = False  #: the source trusts its bundle's config (``trust: true``)
+    pacs: PacsSeries | None = None  #: kind dicomweb: the series to retrieve into ``scan`` and store the SEG of
 
     @property
     def name(self) -> str:
         """``source/scan file name``: the task run's name in the UI."""
         return f"{self.source}/{self.scan.name}"
+
+    @property
+    def shown(self) -> str:
+        """The input as the run's table names it: the file, or a PACS series' DICOMweb URL."""
+        return self.input.path if self.pacs else str(self.scan)
 
     @property
     def manifest_path(self) -> Path:
@@ -138,6 +148,8 @@ class ScanJob:
             kwargs["vectors"] = self.vectors
         if self.trust:
             kwargs["trust"] = True
+        if self.pacs is not None:
+            kwargs["dicom_seg"] = "binary"
         return kwargs
 
 
@@ -158,7 +170,7 @@ class ScanOutcome:
 
     @classmethod
     def skipped(cls, job: ScanJob, status: ScanStatus, reason: str) -> ScanOutcome:
-        return cls(source=job.source, scan=str(job.scan), status=status, output=str(job.output), reason=reason)
+        return cls(source=job.source, scan=job.shown, status=status, output=str(job.output), reason=reason)
 
     @classmethod
     def failed(cls, job: ScanJob, error: BaseException | None) -> ScanOutcome:
@@ -169,19 +181,20 @@ class ScanOutcome:
         """
         if storage_failure(error):
             error = as_storage_error(error, job.output)  # type: ignore[arg-type]  # an OSError, checked above
-        if isinstance(error, StorageError):
-            return cls(source=job.source, scan=str(job.scan), status=ScanStatus.RETRY, output=str(job.output),
-                       reason=error.summary, user_error=False)
+        if isinstance(error, StorageError | RemoteError):
+            reason = error.summary if isinstance(error, StorageError) else f"remote: {error}"
+            return cls(source=job.source, scan=job.shown, status=ScanStatus.RETRY, output=str(job.output),
+                       reason=reason, user_error=False)
         user_error = isinstance(error, PipelineError)
         text = (str(error).strip().splitlines() or [""])[0] if error is not None else ""
         reason = text if user_error or error is None else f"{type(error).__name__}: {text}".rstrip(": ")
-        return cls(source=job.source, scan=str(job.scan), status=ScanStatus.FAILED, reason=reason or "failed",
+        return cls(source=job.source, scan=job.shown, status=ScanStatus.FAILED, reason=reason or "failed",
                    user_error=user_error)
 
     @classmethod
     def done(cls, job: ScanJob, result: Any, seconds: float) -> ScanOutcome:
         report = result.report
-        return cls(source=job.source, scan=str(job.scan), status=ScanStatus.DONE, output=str(result.mask),
+        return cls(source=job.source, scan=job.shown, status=ScanStatus.DONE, output=str(result.mask),
                    report_json=str(result.report_json), report_csv=str(result.report_csv),
                    seconds=report.get("run", {}).get("seconds_total", round(seconds, 3)),
                    labels=tuple(report.get("labels", ())))
@@ -273,7 +286,7 @@ def _model(catalog: Catalog, index: int, source: Source) -> tuple[str, str, str]
 def scans(catalog: Catalog, index: int, source: Source) -> list[Path]:
     """The source's input files, sorted: glob matches with the kind's suffix, minus hidden files,
     files under the output or work root, and files that are another scan's reference."""
-    if not source.directory.is_dir():
+    if source.directory is None or not source.directory.is_dir():
         raise catalog.error(index, "directory", f"{source.directory} is not a directory")
     excluded = [catalog.output_root.resolve(), catalog.work_dir.resolve()]
     found = []
@@ -303,6 +316,39 @@ def _job(catalog: Catalog, source: Source, scan: Path, model: tuple[str, str, st
                    trust=source.trust)
 
 
+def _file_jobs(catalog: Catalog, index: int, source: Source, model: tuple[str, str, str]) -> list[ScanJob]:
+    jobs = []
+    for scan in scans(catalog, index, source):
+        output = catalog.output_for(source, scan)
+        previous = read_manifest(output.with_name(_stem(output) + ".manifest.json"))
+        jobs.append(_job(catalog, source, scan, model, previous, output))
+    return jobs
+
+
+def _series_jobs(catalog: Catalog, source: Source, model: tuple[str, str, str]) -> list[ScanJob]:
+    """One job per image series the source's PACS lists (:mod:`pipeline.batch.pacs`), known by its UIDs."""
+    if source.dicomweb is None:
+        raise catalog.error(catalog.sources.index(source), "dicomweb", "missing")
+    jobs = []
+    for ref, digest, count in find(source.dicomweb):
+        output = series_output(catalog, source, ref.series_uid)
+        reference = source.reference.path_for(output, ref.series_uid) if source.reference else None
+        record = FileRecord(path=f"{source.dicomweb.url}/studies/{ref.study_uid}/series/{ref.series_uid}",
+                            sha256=digest, size=count, mtime_ns=0)
+        jobs.append(ScanJob(source=source.name, kind=source.kind, scan=retrieval_dir(catalog, source, ref.series_uid),
+                            output=output, model=model[0], model_name=model[1], model_sha256=model[2], input=record,
+                            work_dir=catalog.work_dir / source.name, trust=source.trust,
+                            reference=reference if reference is not None and reference.is_file() else None,
+                            pacs=PacsSeries(source.dicomweb, ref.study_uid, ref.series_uid)))
+    return jobs
+
+
+def _jobs(catalog: Catalog, index: int, source: Source, model: tuple[str, str, str]) -> list[ScanJob]:
+    if source.pacs_source:
+        return _series_jobs(catalog, source, model)
+    return _file_jobs(catalog, index, source, model)
+
+
 def discover(catalog: Catalog, *, source: str | None = None) -> Plan:
     """Decide, for every scan of the catalog (or of one source), whether it must be segmented.
 
@@ -318,10 +364,8 @@ def discover(catalog: Catalog, *, source: str | None = None) -> Plan:
     up_to_date = 0
     for index, src in catalog.select(source):
         model = _model(catalog, index, src)
-        for scan in scans(catalog, index, src):
-            output = catalog.output_for(src, scan)
-            manifest = read_manifest(output.with_name(_stem(output) + ".manifest.json"))
-            job = _job(catalog, src, scan, model, manifest, output)
+        for job in _jobs(catalog, index, src, model):
+            manifest = read_manifest(job.manifest_path)
             state = classify(job, manifest)
             if state is None:
                 pending.append(job)
@@ -344,9 +388,11 @@ def _manifest(job: ScanJob, status: Literal["done", "failed"], **fields: Any) ->
 def _done_manifest(job: ScanJob, result: Any) -> Manifest:
     """Record what was actually used: the report's input and weights hashes when it has them."""
     report = result.report
-    record = job.input.model_copy(update={"sha256": report.get("input", {}).get("sha256") or job.input.sha256})
+    record = job.input if job.pacs else job.input.model_copy(  # a PACS series is known by its instances' UIDs
+        update={"sha256": report.get("input", {}).get("sha256") or job.input.sha256})
     outputs = {"mask": result.mask, "report_json": result.report_json, "report_csv": result.report_csv,
-               "probabilities": result.probabilities, "vectors": result.vectors}
+               "probabilities": result.probabilities, "vectors": result.vectors,
+               "dicom_seg": report.get("dicom_seg", {}).get("path")}
     manifest = _manifest(job, "done", outputs={k: str(v) for k, v in outputs.items() if v is not None})
     return manifest.model_copy(update={"input": record,
                                        "model_sha256": report.get("model_sha256") or job.model_sha256})
@@ -373,8 +419,8 @@ def run_scan(job: ScanJob, *, client: Any = None) -> ScanOutcome:
         started = time.perf_counter()
         logger.info("segmenting %s with %s -> %s", job.scan, job.model_name, job.output)
         try:
-            result = segment(job.scan, **job.segment_kwargs(client))
-        except StorageError:
+            result = _segment(job, segment, client)
+        except (StorageError, RemoteError):
             raise
         except PipelineError as e:
             write_manifest(job.manifest_path, _manifest(job, "failed", reason=ScanOutcome.failed(job, e).reason,
@@ -384,14 +430,29 @@ def run_scan(job: ScanJob, *, client: Any = None) -> ScanOutcome:
     return ScanOutcome.done(job, result, time.perf_counter() - started)
 
 
+def _segment(job: ScanJob, segment: Any, client: Any) -> Any:
+    """The kind's segment call; a PACS series is retrieved first, its SEG stored after, and the retrieved copy
+    removed whatever happens (the next run retrieves again)."""
+    if job.pacs is None:
+        return segment(job.scan, **job.segment_kwargs(client))
+    try:
+        job.pacs.retrieve(job.scan)
+        result = segment(job.scan, **job.segment_kwargs(client))
+        job.pacs.store(result.report)
+        return result
+    finally:
+        shutil.rmtree(job.scan, ignore_errors=True)
+
+
 def is_transient(error: BaseException | None) -> bool:
-    """Worth retrying: infrastructure trouble (``OSError``: network, disk, a lost Dask connection), and
-    :class:`StorageError` (space may be freed meanwhile).
+    """Worth retrying: infrastructure trouble (``OSError``: network, disk, a lost Dask connection),
+    :class:`StorageError` (space may be freed meanwhile) and :class:`RemoteError` (a PACS down or overloaded).
 
     Never another :class:`PipelineError` (even :class:`OutputError`, an ``OSError`` too): the same
     input and settings fail the same way again.
     """
-    return isinstance(error, StorageError) or (isinstance(error, OSError) and not isinstance(error, PipelineError))
+    return isinstance(error, StorageError | RemoteError) or (
+        isinstance(error, OSError) and not isinstance(error, PipelineError))
 
 
 #: Columns of the per-run table: one row per scan and label (one row per scan without labels).

@@ -40,12 +40,31 @@ RGB = Annotated[tuple[Channel, Channel, Channel], Field(description="colour as 0
 MAX_WINDOW_BYTES = 16 * 2**30
 
 
+class Coded(BaseModel):
+    """A coded concept (DICOM code sequence item): ``value`` in ``scheme`` (SCT = SNOMED CT), read as ``meaning``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    value: str = Field(min_length=1, max_length=64)
+    scheme: str = Field(default="SCT", min_length=1, max_length=16)
+    meaning: str = Field(min_length=1, max_length=64)
+
+
+class LabelCode(BaseModel):
+    """What a label is, as DICOM SEG codes it: a segmented property category (CID 7150, e.g. Anatomical
+    Structure) and type (CID 7151, e.g. Liver). Labels without one are written as generic Tissue."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    category: Coded
+    type: Coded
+
+
 class Label(BaseModel):
     """One output class."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
     color: RGB = (128, 128, 128)
+    code: LabelCode | None = None
 
 
 class WindowScale(BaseModel):

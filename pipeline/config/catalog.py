@@ -71,6 +71,8 @@ SEGMENTERS: dict[str, Segmenter] = {
     "medical": Segmenter("pipeline.segment.volume", "segment_volume", (".nii.gz", ".nii"), ".nii.gz"),
     "geo": Segmenter("pipeline.segment.raster", "segment_raster", (".tiff", ".tif"), ".tif",
                      frozenset({"bands", "vectors"})),
+    # series on a PACS (pipeline.pacs): retrieved, segmented as a DICOM series, SEG stored back
+    "dicomweb": Segmenter("pipeline.segment.dicom", "segment_series", (), ".nii.gz", frozenset({"dicomweb"})),
 }
 
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)]
@@ -119,13 +121,30 @@ class NamingRule(BaseModel):
         return (self.directory or scan.parent) / self.name.format(stem=stem)
 
 
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)]
+
+
+class DicomWebConfig(BaseModel):
+    """A PACS over DICOMweb: base URL, QIDO-RS filters, and the *names* of environment variables holding the
+    credentials (never the credentials: a catalog is checked in)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    url: str = Field(pattern=r"^https?://[^\s]+$", description="DICOMweb base URL, e.g. http://pacs:8042/dicom-web")
+    filters: dict[str, str] = Field(default_factory=dict, description="QIDO-RS series filters, e.g. "
+                                    "{Modality: CT, StudyDate: 20260101-}")
+    username_env: EnvName | None = None
+    password_env: EnvName | None = None
+    token_env: EnvName | None = Field(default=None, description="a bearer token instead of basic authentication")
+
+
 class Source(BaseModel):
-    """One directory of inputs, all of one kind, all segmented with one model."""
+    """One directory of inputs (or, kind ``dicomweb``, one PACS), all of one kind, all segmented with one model."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: Name
     kind: str
-    directory: Path
+    directory: Path | None = Field(default=None, description="required except for kind dicomweb")
+    dicomweb: DicomWebConfig | None = Field(default=None, description="kind dicomweb only: the PACS")
     glob: str = "*"
     model: str = Field(min_length=1, description="model card name (models/), or a card path or MONAI bundle "
                        "directory relative to the catalog")
@@ -144,8 +163,8 @@ class Source(BaseModel):
 
     @field_validator("directory")
     @classmethod
-    def _anchor(cls, value: Path, info: ValidationInfo) -> Path:
-        return _resolve(value, info)
+    def _anchor(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve(value, info)
 
     @field_validator("glob")
     @classmethod
@@ -176,14 +195,25 @@ class Source(BaseModel):
     @model_validator(mode="after")
     def _options_fit_kind(self) -> Source:
         allowed = SEGMENTERS[self.kind].options
-        for key in ("bands", "vectors"):
+        for key, kind in (("bands", "geo"), ("vectors", "geo"), ("dicomweb", "dicomweb")):
             if getattr(self, key) is not None and key not in allowed:
-                raise ValueError(f"{key} is only valid for kind 'geo', not {self.kind!r}")
+                raise ValueError(f"{key} is only valid for kind {kind!r}, not {self.kind!r}")
+        if self.kind == "dicomweb" and self.dicomweb is None:
+            raise ValueError("kind 'dicomweb' needs a dicomweb section (url, filters, credentials' variable names)")
+        if self.kind != "dicomweb" and self.directory is None:
+            raise ValueError(f"kind {self.kind!r} needs a directory")
+        if self.kind == "dicomweb" and self.reference is not None and self.reference.directory is None:
+            raise ValueError("reference: a dicomweb source's references need a directory ({stem} is the series UID)")
         return self
 
     @property
     def segmenter(self) -> Segmenter:
         return SEGMENTERS[self.kind]
+
+    @property
+    def pacs_source(self) -> bool:
+        """Its inputs are series on a PACS (kind ``dicomweb``), not files under ``directory``."""
+        return self.dicomweb is not None
 
     @property
     def output_name(self) -> str:
@@ -388,6 +418,8 @@ class Catalog(BaseModel):
         OutputError
             The path would resolve outside ``output_root`` (e.g. through a symlinked directory).
         """
+        if source.directory is None:  # kind dicomweb: pipeline.batch.pacs names its outputs
+            raise OutputError(f"source {source.name!r} has no directory to mirror")
         relative = scan.relative_to(source.directory)
         name = source.segmenter.stem(scan.name) + "_seg" + source.segmenter.output_suffix
         output = self.output_root / source.output_name / relative.parent / name

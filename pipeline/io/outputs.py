@@ -39,6 +39,7 @@ FORMATS: dict[str, tuple[tuple[str, ...], str]] = {
     "html": ((".html",), "a page must be named .html"),
     "text": ((".txt", ".ctbl", ".qml"), "a viewer file must be named .txt, .ctbl or .qml"),
     "zarr": ((".zarr",), "a Zarr store must be named .zarr"),
+    "dicom": ((".dcm",), "a DICOM Segmentation must be named .dcm"),
 }
 
 
@@ -79,6 +80,13 @@ def default_volume_output(scan: Path) -> Path:
     return scan.with_name(f"{stem}_seg{suffix or '.nii.gz'}")
 
 
+def default_series_output(series: Path) -> Path:
+    """A DICOM series folder ``CT/`` -> ``CT_seg.nii.gz`` beside it; ``study.zip`` -> ``study_seg.nii.gz``."""
+    series = series if series.name else series.resolve()  # "." names no folder
+    stem = series.stem if series.name.lower().endswith(".zip") else series.name
+    return series.with_name(f"{stem}_seg.nii.gz")
+
+
 def default_raster_output(scene: Path) -> Path:
     """``scene.tif`` (or ``.vrt``...) -> ``scene_seg.tif`` beside it."""
     return scene.with_name(f"{scene.stem}_seg.tif")
@@ -107,6 +115,11 @@ def viewer_paths(mask: Path, kind: str) -> tuple[Path, ...]:
 
 def ome_zarr_path(mask: Path) -> Path:
     return mask.with_name(f"{mask_stem(mask)}.ome.zarr")
+
+
+def dicom_seg_path(mask: Path) -> Path:
+    """``scan_seg.nii.gz`` -> ``scan_seg.dcm``: the DICOM Segmentation of a DICOM series' mask."""
+    return mask.with_name(f"{mask_stem(mask)}.dcm")
 
 
 def probabilities_path(mask: Path) -> Path:
@@ -344,13 +357,17 @@ def _asked(instances: Sequence[str] | None) -> bool:
 
 def preflight_volume(scan: Path, *, output: Path | None, reference: Path | None, model: str | None,
                      overwrite: bool, html: bool, ome_zarr: bool, probabilities: bool,
-                     instances: Sequence[str] | None, cutout: Sequence[str] | None = None) -> None:
+                     instances: Sequence[str] | None, cutout: Sequence[str] | None = None, series: bool = False,
+                     dicom_seg: bool = False) -> None:
     """The output guard of ``segment-volume`` from the command line alone, before torch or Dask are imported
-    (:func:`pipeline.segment.segment_volume` checks again with the loaded model's files)."""
-    mask = output or default_volume_output(scan)
+    (:func:`pipeline.segment.segment_volume` checks again with the loaded model's files). ``series``: ``scan``
+    is a DICOM series folder or zip (its mask's default name differs), ``dicom_seg``: a SEG is written too."""
+    mask = output or (default_series_output(scan) if series else default_volume_output(scan))
     writes = volume_outputs(mask, html=html, ome_zarr=ome_zarr, probabilities=probabilities,
                             instances=_asked(instances))
     writes += [Output(cutout_path(mask), "nifti")] if _asked(cutout) else []
+    if dicom_seg:
+        writes.append(Output(dicom_seg_path(mask), "dicom"))
     check_outputs(writes, [scan, reference, *model_arg_reads(model)], overwrite=overwrite)
 
 

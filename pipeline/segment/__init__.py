@@ -1,4 +1,5 @@
-"""Segmentation: one driver (:mod:`.driver`) over one adapter per input kind (:mod:`.volume`, :mod:`.raster`).
+"""Segmentation: one driver (:mod:`.driver`) over one adapter per input kind (:mod:`.volume`, :mod:`.raster`,
+:mod:`.dicom`).
 
 The adapter protocol, and how to add a domain, is in :mod:`pipeline.segment.domain`. The entry points are
 imported on first use, so ``import pipeline.segment.options`` (the CLI's) stays free of torch and Dask.
@@ -15,10 +16,12 @@ _LAZY = {
     "segment": "pipeline.segment.driver",
     "segment_volume": "pipeline.segment.volume",
     "segment_raster": "pipeline.segment.raster",
+    "segment_series": "pipeline.segment.dicom",
     "SegmentationResult": "pipeline.segment.result",
 }
 
-__all__ = ["RunSettings", "SegmentOptions", "SegmentationResult", "segment", "segment_raster", "segment_volume"]
+__all__ = ["RunSettings", "SegmentOptions", "SegmentationResult", "segment", "segment_raster", "segment_series",
+           "segment_volume"]
 
 
 def __getattr__(name: str) -> Any:

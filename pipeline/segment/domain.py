@@ -39,6 +39,8 @@ module** with a :class:`Domain` and its :class:`Source`, plus one entry in :data
     ``report_input(sha256, valid_pixels)``  the report's ``input`` section.
     ``report_extras(options, facts)``  extra top-level report keys (raster: vectors, pixel area, unit).
     ``label_rows(measured, model, has_reference)``  the report's per-label rows (units per domain).
+    ``sha256()``                        optional: the input's identity when it is not the file at ``path``
+                                        (a DICOM series folder); the driver hashes ``path`` otherwise.
 """
 
 from __future__ import annotations
@@ -121,6 +123,7 @@ DOMAIN_OPTIONS = frozenset({"probabilities", "bands", "vectors"})
 DOMAINS: dict[str, str] = {
     "volume": "pipeline.segment.volume:VOLUME",
     "raster": "pipeline.segment.raster:RASTER",
+    "dicom": "pipeline.segment.dicom:DICOM",
 }
 
 

@@ -96,12 +96,19 @@ def segment(path: PathArg, domain: Domain, *, model: PathArg | Model | None = No
     started = time.perf_counter()
     options, runtime = options or SegmentOptions(), runtime or RunSettings()
     run = prepare(path, domain, model=model, output=output, reference=reference, options=options, runtime=runtime)
-    sha256 = sha256_file(run.source.path)
+    sha256 = input_sha256(run.source)
     fingerprint = {"input_sha256": sha256, **run.source.fingerprint(),
                    **engine_fingerprint(run.model, chunks=run.chunks, probabilities=options.probabilities,
                                         tta=options.tta), **run.choices.fingerprint()}
     with created_parents(run.writes), work_store(run.root, run.mask, fingerprint, check=run.guard) as work:
         return _execute(run, work, sha256, reference, options, runtime, started)
+
+
+def input_sha256(source: Source) -> str:
+    """The input's identity: its file's sha256, or the adapter's own when it has one (a DICOM series: its
+    instances' bytes in volume order)."""
+    own = getattr(source, "sha256", None)
+    return str(own()) if callable(own) else sha256_file(source.path)
 
 
 def prepare(path: PathArg, domain: Domain, *, model: PathArg | Model | None, output: PathArg | None,

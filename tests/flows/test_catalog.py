@@ -76,7 +76,7 @@ def _mutate(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 BAD = [
     ("sources.0.kind", "medcal",
-     r"sources\.0\.kind: unknown kind 'medcal'; did you mean 'medical'\? \(choices: medical, geo\)"),
+     r"sources\.0\.kind: unknown kind 'medcal'; did you mean 'medical'\? \(choices: medical, geo, dicomweb\)"),
     ("sources.0.colour", "red", r"sources\.0\.colour: Extra inputs are not permitted"),
     ("sources.0.name", "CT scans", r"sources\.0\.name: String should match pattern"),
     ("sources.0.model", KeyError, r"sources\.0\.model: Field required"),
@@ -184,8 +184,9 @@ def test_discovery_names_the_key_of_a_missing_directory_or_model(tmp_path: Path,
 
 
 def test_kinds_come_from_the_segmenter_registry() -> None:
-    assert set(SEGMENTERS) == {"medical", "geo"}
+    assert set(SEGMENTERS) == {"medical", "geo", "dicomweb"}
     assert SEGMENTERS["medical"].load().__name__ == "segment_volume"
+    assert SEGMENTERS["dicomweb"].load().__name__ == "segment_series"
     assert SEGMENTERS["medical"].stem("scan.v2.nii.gz") == "scan.v2"
     assert SEGMENTERS["geo"].stem("tile.TIF") == "tile"
 
