@@ -90,8 +90,8 @@ def window_grid(image_shape: Sequence[int], roi_size: Sequence[int], overlap: Se
     for size, roi, ovl in zip(image_shape, roi_size, overlap, strict=True):
         padded = max(size, roi)
         step = scan_interval(padded, roi, ovl)
-        axes.append(AxisGrid(size=size, roi=roi, pad_before=(padded - size) // 2, starts=window_starts(padded, roi, step),
-                             step=step))
+        starts = window_starts(padded, roi, step)
+        axes.append(AxisGrid(size=size, roi=roi, pad_before=(padded - size) // 2, starts=starts, step=step))
     return WindowGrid(tuple(axes))
 
 
