@@ -40,12 +40,11 @@ from pipeline.errors import GridMismatchError, InputError, InputNotFoundError, O
 from pipeline.geometry import RasterGeometry, block_slices, crs_name, same_crs
 from pipeline.io.atomic import atomic_path
 from pipeline.io.files import require_regular_file
+from pipeline.io.outputs import NODATA_LABEL
 from pipeline.io.store import create_array, write_region
 
 logger = logging.getLogger(__name__)
 
-#: Mask value (and declared nodata) of pixels that were nodata in the scene.
-NODATA_LABEL = 255
 #: Most bytes one tiling task reads at once.
 READ_BYTES = 64 * 2**20
 #: GDAL block cache per process (MB): reads and writes stream, so a small cache is enough.

@@ -31,7 +31,7 @@ import shapely
 import zarr
 
 from pipeline.config.cards import Label
-from pipeline.errors import GridMismatchError, InputError, InputNotFoundError, OutputError
+from pipeline.errors import GridMismatchError, InputError, InputNotFoundError, OutputError, first_line
 from pipeline.geometry import RasterGeometry, block_slices, same_crs
 from pipeline.io.files import require_regular_file
 
@@ -225,7 +225,7 @@ def read_reference_vectors(path: str | os.PathLike[str], geometry: RasterGeometr
     try:
         meta, _, wkb, fields = pyogrio.raw.read(path)
     except (RuntimeError, ValueError, OSError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = first_line(e)
         raise InputError(f"{path}: not readable vectors ({reason})") from e
     geometries = shapely.from_wkb(wkb)
     keep = ~shapely.is_missing(geometries) & ~shapely.is_empty(geometries)
