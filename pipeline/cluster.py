@@ -125,9 +125,9 @@ class TorchThreads(WorkerPlugin):
         self.threads = threads
 
     def setup(self, worker: Any) -> None:
-        import torch
+        from pipeline.engine.device import set_inference_threads
 
-        torch.set_num_threads(self.threads)
+        set_inference_threads(self.threads)  # torch's too, now or when it is imported
 
 
 class IgnoreInterrupt(WorkerPlugin):

@@ -76,6 +76,20 @@ class WindowAlignment:
         return self._flipped(out).permute(0, 1, *(2 + m for m in inverse))
 
 
+    def to_model_array(self, windows: np.ndarray) -> np.ndarray:
+        """:meth:`to_model` on NumPy, for alignments that do not resample (permute and flip are exact anywhere)."""
+        assert not self.resamples, "resampling windows runs through torch (to_model)"
+        out = np.transpose(windows, (0, 1, *(2 + p for p in self.perm)))
+        return np.flip(out, [2 + m for m, f in enumerate(self.flip) if f]) if any(self.flip) else out
+
+    def to_scan_array(self, outputs: np.ndarray) -> np.ndarray:
+        """:meth:`to_scan` on NumPy (see :meth:`to_model_array`)."""
+        assert not self.resamples, "resampling windows runs through torch (to_scan)"
+        flipped = np.flip(outputs, [2 + m for m, f in enumerate(self.flip) if f]) if any(self.flip) else outputs
+        inverse = sorted(range(len(self.perm)), key=self.perm.__getitem__)
+        return np.transpose(flipped, (0, 1, *(2 + m for m in inverse)))
+
+
 def _resize(x: Any, size: tuple[int, ...]) -> Any:
     """Linear interpolation to ``size``; area averaging when every axis shrinks (no aliasing of fine noise)."""
     import torch.nn.functional as F

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config.choices import unknown_choice
+from pipeline.engine.device import inference_threads
 from pipeline.errors import SettingsError
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ conversions = [0]
 _models: dict[tuple[Any, ...], Any] = {}  # checked OpenVINO models; None: that network stays on torch
 _compiled: dict[tuple[Any, ...], OpenVINOForward | None] = {}  # per model and thread count
 _by_network: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()  # fast path
+_compiled_by_card: dict[tuple[Path, int], OpenVINOForward] = {}  # card index + threads: no network needed
 _build_lock = threading.Lock()
 
 
@@ -80,26 +82,26 @@ def resolve_backend(requested: str, device: Any) -> str:
 
 
 def compiled_forward(network: Any, *, backend: str, key: str, in_channels: int, window: tuple[int, ...],
-                     batch: int, threads: int | None = None) -> Forward:
+                     batch: int, threads: int | None = None, identity: str | None = None) -> Forward:
     """A forward for ``(B <= batch, in_channels, *window)`` float32 tensors on ``backend``.
 
-    ``key`` identifies the weights (their sha256). ``threads`` defaults to ``torch.get_num_threads()``,
-    which the engine sets per task. The result is cached per process; it is safe to call from several
+    ``key`` identifies the weights (their sha256). ``threads`` defaults to
+    :func:`pipeline.engine.device.inference_threads`, which the cluster sets per worker. The result is cached per process; it is safe to call from several
     threads at once (one OpenVINO infer request per concurrent call), but such calls queue on the
     compiled network's one stream: give one caller all the threads, not two callers one each
     (bench/BACKENDS.md). ``torch`` returns ``network`` itself; a network OpenVINO cannot convert
-    faithfully returns ``network`` too, after one warning.
+    faithfully returns ``network`` too, after one warning. With ``identity`` (a card's
+    :func:`pipeline.models.card_identity`), a checked conversion is also recorded under it, so later
+    processes find it with :func:`card_forward` without building the network (no torch import).
     """
-    import torch
-
     if backend == "auto":
-        backend = resolve_backend(backend, torch.device("cpu"))
+        backend = resolve_backend(backend, "cpu")
     if backend == "torch":
         return network
     if backend != "openvino":
         raise SettingsError(unknown_choice("backend", str(backend), BACKENDS))
     args = (key, int(in_channels), tuple(int(s) for s in window), int(batch))
-    threads = int(threads or torch.get_num_threads())
+    threads = int(threads or inference_threads())
     with _build_lock:  # one conversion at a time; a second caller of the same network waits and reuses it
         per_network = _by_network.setdefault(network, {})
         if (*args, threads) not in per_network:
@@ -111,8 +113,67 @@ def compiled_forward(network: Any, *, backend: str, key: str, in_channels: int, 
             if model is not None and (*entry, threads) not in _compiled:
                 _compiled[(*entry, threads)] = _compile(network, model, in_channels, args[2], threads)
             per_network[(*args, threads)] = None if model is None else _compiled[(*entry, threads)]
+            if model is not None and identity is not None:
+                _remember_card(identity, _entry_name(network, key, in_channels, args[2]), in_channels, args[2])
         forward = per_network[(*args, threads)]
     return network if forward is None else forward
+
+
+def card_forward(identity: str, *, in_channels: int, window: tuple[int, ...],
+                 threads: int | None = None) -> OpenVINOForward | None:
+    """The checked conversion recorded for this card identity and window, compiled on ``threads``; None
+    when there is none (or it cannot be read), and the caller takes the torch route, which records one.
+
+    Sound because a card identity fixes the network exactly: architecture, its arguments, the weights'
+    sha256 and the library versions (:func:`pipeline.models.card_identity`).
+    """
+    import openvino as ov
+
+    window = tuple(int(s) for s in window)
+    threads = int(threads or inference_threads())
+    index = _card_index(identity, in_channels, window)
+    with _build_lock:
+        if (index, threads) in _compiled_by_card:
+            return _compiled_by_card[(index, threads)]
+        try:
+            name = index.read_text().strip()
+            model = ov.Core().read_model(cache_dir() / name / "model.xml")
+            if not model.has_rt_info("volseg_checked"):
+                return None
+            forward = OpenVINOForward(ov.Core().compile_model(model, "CPU", _compile_config(threads)), window,
+                                      int(in_channels))
+        except Exception as e:  # no entry, or a damaged one: the torch route converts (and records) again
+            logger.debug("no usable openvino entry for this card (%s)", _first_line(e))
+            return None
+        _compiled_by_card[(index, threads)] = forward
+        return forward
+
+
+def has_card_entry(identity: str) -> bool:
+    """Whether some window of this card identity has a recorded conversion (see :func:`card_forward`)."""
+    directory = cache_dir() / "cards"
+    return directory.is_dir() and any(directory.glob(f"{_identity_digest(identity)}-*"))
+
+
+def _identity_digest(identity: str) -> str:
+    return hashlib.sha256(f"{identity}\n{CACHE_FORMAT}".encode()).hexdigest()[:24]
+
+
+def _card_index(identity: str, in_channels: int, window: tuple[int, ...]) -> Path:
+    shape = "x".join(map(str, (int(in_channels), *window)))
+    return cache_dir() / "cards" / f"{_identity_digest(identity)}-{shape}"
+
+
+def _remember_card(identity: str, name: str, in_channels: int, window: tuple[int, ...]) -> None:
+    """Point the card identity at entry ``name`` (written atomically; not fatal if the cache is read-only)."""
+    index = _card_index(identity, in_channels, window)
+    with contextlib.suppress(OSError):
+        if index.is_file() and index.read_text().strip() == name:
+            return
+        index.parent.mkdir(parents=True, exist_ok=True)
+        tmp = index.with_name(f".{index.name}.{os.getpid()}.{threading.get_ident()}.partial")
+        tmp.write_text(name + "\n")
+        os.replace(tmp, index)
 
 
 def clear_cache() -> None:
@@ -121,6 +182,7 @@ def clear_cache() -> None:
         _models.clear()
         _compiled.clear()
         _by_network.clear()
+        _compiled_by_card.clear()
 
 
 def cache_dir() -> Path:
@@ -148,20 +210,24 @@ class OpenVINOForward:
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     def __call__(self, x: Any) -> Any:
+        """A torch tensor in, a torch tensor out (on ``x``'s device)."""
         import torch
 
-        if tuple(x.shape[1:]) != self.shape:
-            raise ValueError(f"compiled for windows of {self.shape}, got {tuple(x.shape[1:])}")
-        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        return torch.from_numpy(self.run(x.detach().to("cpu", torch.float32).numpy())).to(x.device)
+
+    def run(self, array: np.ndarray) -> np.ndarray:
+        """(B, C, *window) float32 NumPy in, (B, K, *window) float32 NumPy out: no torch involved."""
+        if tuple(array.shape[1:]) != self.shape:
+            raise ValueError(f"compiled for windows of {self.shape}, got {tuple(array.shape[1:])}")
+        array = np.ascontiguousarray(array, dtype=np.float32)
         try:
             request = self._idle.get_nowait()
         except queue.Empty:
             request = self.compiled.create_infer_request()
         try:
-            out = request.infer({0: array}, share_inputs=True, share_outputs=False)[0]
+            return request.infer({0: array}, share_inputs=True, share_outputs=False)[0]
         finally:
             self._idle.put(request)
-        return torch.from_numpy(out).to(x.device)
 
 
 def _checked_model(network: Any, key: str, in_channels: int, window: tuple[int, ...], batch: int,

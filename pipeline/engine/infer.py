@@ -20,6 +20,7 @@ import zarr
 
 from pipeline.engine.alignment import alignment_for
 from pipeline.engine.api import default_chunks
+from pipeline.engine.device import device_type
 from pipeline.engine.predictor import InferenceSettings
 from pipeline.engine.runner import BlockSink, ImageSource, block_jobs, run_block, run_jobs
 from pipeline.engine.windows import balanced_chunks, parse_overlap, plan_blocks, window_grid
@@ -51,7 +52,7 @@ def label_dtype(n_labels: int) -> np.dtype:
 
 
 def _load_network(ref: Any) -> str:
-    ref.network()
+    ref.load()
     return ref.sha256
 
 
@@ -66,13 +67,11 @@ def preload_model(client: Any, model: Model) -> None:
 def engine_fingerprint(model: Model, *, chunks: Sequence[int] | None, probabilities: bool) -> dict[str, Any]:
     """Everything besides the input that decides a block's labels: a work store made with another
     fingerprint is never resumed (see :func:`pipeline.io.store.work_store`)."""
-    import torch
-
     from pipeline.version import code_version
 
     return {"model": model.name, "model_sha256": model.sha256, "card": model.card.model_dump(mode="json"),
             "chunks": list(chunks) if chunks else None, "probabilities": probabilities,
-            "device": "cuda" if torch.cuda.is_available() else "cpu", "code_version": code_version()}
+            "device": device_type(None), "code_version": code_version()}
 
 
 def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client: Any,
@@ -159,11 +158,9 @@ def run_inference(image: zarr.Array, model: Model, group: zarr.Group, *, client:
 
 def _backend_used(requested: str) -> str:
     """The backend the workers resolve for the card's models on this device (see engine/backends.py)."""
-    import torch
-
     from pipeline.engine.backends import resolve_backend
 
-    return resolve_backend(requested, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    return resolve_backend(requested, device_type(None))
 
 
 def worker_threads(client: Any) -> int:

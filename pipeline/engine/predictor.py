@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.engine.alignment import WindowAlignment
+from pipeline.engine.forward import window_forward
 from pipeline.engine.validity import windows_with_data
 
 logger = logging.getLogger(__name__)
@@ -67,24 +68,27 @@ class Partial:
 
 
 @functools.lru_cache(maxsize=8)
-def importance_map(roi_size: tuple[int, ...], mode: str, sigma_scale: float) -> np.ndarray:
-    """MONAI's own importance map (float32), so blending matches it exactly."""
-    from monai.data.utils import compute_importance_map
-
-    return compute_importance_map(roi_size, mode=mode, sigma_scale=sigma_scale).numpy().astype(np.float32)
+def importance_map(roi_size: tuple[int, ...], mode: str, sigma_scale: float | tuple[float, ...]) -> np.ndarray:
+    """MONAI's importance map (``monai.data.utils.compute_importance_map``), the same float32 operations in
+    NumPy (equal to a few ulps: the two libraries' ``exp`` differ), so blending matches MONAI's without importing it."""
+    if mode == "constant":
+        weight = np.ones(roi_size, dtype=np.float32)
+    elif mode == "gaussian":
+        scales = sigma_scale if isinstance(sigma_scale, tuple) else (sigma_scale,) * len(roi_size)
+        weight = np.ones((), dtype=np.float32)
+        for axis, (size, scale) in enumerate(zip(roi_size, scales, strict=True)):
+            sigma = size * scale
+            x = np.arange(-(size - 1) / 2.0, (size - 1) / 2.0 + 1, dtype=np.float32)
+            x = np.exp(x**2 / (-2 * sigma**2))  # NumPy 2 keeps float32 with a Python scalar, as torch does
+            weight = weight[..., None] * x[(None,) * axis] if axis else x
+    else:
+        raise ValueError(f"unsupported blend mode {mode!r} (constant, gaussian)")
+    return np.maximum(weight, max(float(weight.min()), 1e-3)).astype(np.float32)
 
 
 def resolve_network(network: Any) -> Any:
     """A torch module, or a handle with ``.network()`` that loads it once per process."""
     return network.network() if hasattr(network, "network") and callable(network.network) else network
-
-
-def _device(settings: InferenceSettings) -> Any:
-    import torch
-
-    if settings.device is not None:
-        return torch.device(settings.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def predict_group(
@@ -101,15 +105,6 @@ def predict_group(
     with zeros where MONAI would pad. With ``valid`` (*span, False where padded), windows
     holding no valid pixel are skipped: they add neither output nor weight.
     """
-    import torch
-
-    from pipeline.engine.backends import compiled_forward, resolve_backend
-
-    device = _device(settings)
-    net = resolve_network(network).to(device)
-    key = getattr(network, "sha256", None)
-    backend = resolve_backend(settings.backend, device) if key else "torch"
-    amp = settings.amp if settings.amp is not None else device.type == "cuda"
     weight = importance_map(settings.roi_size, settings.mode, settings.sigma_scale)
     span = region.shape[1:]
     sums: np.ndarray | None = None
@@ -120,27 +115,18 @@ def predict_group(
         if not corners:
             assert settings.out_channels is not None, "skipping windows needs settings.out_channels"
             return Partial(lo=lo, sums=np.zeros((settings.out_channels + 1, *span), dtype=np.float32), n_windows=0)
-    source = torch.from_numpy(np.ascontiguousarray(region, dtype=np.float32))
-    forward = None
+    source = np.ascontiguousarray(region, dtype=np.float32)
+    forward, _ = window_forward(network, settings, in_channels=int(source.shape[0]))
     for first in range(0, len(corners), settings.sw_batch_size):
         batch = corners[first : first + settings.sw_batch_size]
         boxes = [tuple(slice(c - o, c - o + r) for c, o, r in zip(corner, lo, settings.roi_size, strict=True))
                  for corner in batch]
-        windows = torch.stack([source[(slice(None), *box)] for box in boxes]).to(device)
-        align = settings.alignment
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            shown = align.to_model(windows) if align else windows
-            if forward is None:  # once per task: every batch shows the network the same window shape
-                forward = net if backend == "torch" else compiled_forward(
-                    net, backend=backend, key=key, in_channels=int(shown.shape[1]), window=tuple(shown.shape[2:]),
-                    batch=settings.sw_batch_size)
-            outputs = forward(shown)
-        outputs = (align.to_scan(outputs.float()) if align else outputs.float()).cpu().numpy()
+        outputs = forward(np.stack([source[(slice(None), *box)] for box in boxes]))
         if sums is None:
             sums = np.zeros((outputs.shape[1] + 1, *span), dtype=np.float32)
         for box, out in zip(boxes, outputs, strict=True):
             target = sums[(slice(None), *box)]
-            np.multiply(out, weight, out=out)
+            out = np.multiply(out, weight, out=out if out.flags.writeable else None)
             target[:-1] += out
             target[-1] += weight
     assert sums is not None  # every task owns at least one window

@@ -40,7 +40,7 @@ from pipeline.errors import CardError, ModelError, first_line
 from pipeline.io.files import require_regular_file
 from pipeline.io.hashing import sha256_file
 from pipeline.model.bundle_config import BundleValues, harmless
-from pipeline.model.models import Model, load_weights
+from pipeline.model.models import Model, given, load_weights
 
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
 WEIGHTS = Path("models") / "model.pt"
@@ -318,7 +318,7 @@ def load_bundle(root: Path, card: ModelCard | None = None, card_path: Path | Non
     except RuntimeError as e:
         raise ModelError(f"{weights}: weights do not fit the bundle's network_def ({first_line(e)})") from e
     network.eval()
-    return Model(card=card, card_path=card_path or root, network=network, sha256=sha256)
+    return Model(card=card, card_path=card_path or root, loader=given(network), sha256=sha256)
 
 
 # ---------------------------------------------------------------- cards naming imported models
@@ -331,7 +331,7 @@ def load_imported(card: ModelCard, card_path: Path, *, trust: bool = False) -> M
         if weights.parent.name != "models" or bundle_config(weights.parent.parent) is None:
             raise CardError(f"{card_path}: bundle weights must be <bundle>/models/model.pt, not {card.weights}")
         return load_bundle(weights.parent.parent, card, card_path, trust=trust)
-    return Model(card=card, card_path=card_path, network=load_torchscript(weights, str(card.sha256)),
+    return Model(card=card, card_path=card_path, loader=given(load_torchscript(weights, str(card.sha256))),
                  sha256=str(card.sha256))
 
 

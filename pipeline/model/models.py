@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.metadata
+import json
 import logging
 import os
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -125,13 +128,27 @@ def apply_preprocess(card: ModelCard, block: np.ndarray, statistics: Statistics,
 
 @dataclass(frozen=True)
 class Model:
-    """A loaded model: card + network (eval mode, CPU) + identity."""
+    """A loaded model: card + network (eval mode, CPU) + identity.
+
+    The network is built on first use of :attr:`network` (``loader``; None: weightless). It is built at load
+    time, so a bad weights file fails there, except when an OpenVINO conversion of these very weights exists:
+    CPU runs then never build it and never import torch (see :func:`_converted_before`).
+    """
 
     card: ModelCard
     card_path: Path
-    network: Any
+    loader: Callable[[], Any] | None
     sha256: str
     trust: bool = False  #: passed on to workers through :attr:`ref`
+
+    @functools.cached_property
+    def network(self) -> Any:
+        return None if self.loader is None else self.loader()
+
+    @property
+    def identity(self) -> str | None:
+        """:func:`card_identity` of the card: how the engine finds a conversion without the network."""
+        return card_identity(self.card)
 
     @property
     def name(self) -> str:
@@ -186,8 +203,16 @@ class ModelRef:
     sha256: str
     trust: bool = False  #: a bundle's config may run non-monai code (see pipeline.model.bundles)
 
+    def load(self) -> Model:
+        """The model, once per process (its network is built here unless it is not needed, see :class:`Model`)."""
+        return _cached_model(self.card_path, self.sha256, self.trust)
+
     def network(self) -> Any:
-        return _cached_model(self.card_path, self.sha256, self.trust).network
+        return self.load().network
+
+    def identity(self) -> str | None:
+        """The model's :func:`card_identity` (loads the card, not the network)."""
+        return self.load().identity
 
 
 def load_model(name_or_path: str | os.PathLike[str] | None = None, *, trust: bool = False) -> Model:
@@ -211,7 +236,15 @@ def load_model(name_or_path: str | os.PathLike[str] | None = None, *, trust: boo
     if card.architecture in IMPORTED:
         return replace(bundles.load_imported(card, card_path, trust=trust), trust=trust)
     if card.kind == "classical":  # weightless: the card itself is the model's identity
-        return Model(card=card, card_path=card_path, network=None, sha256=sha256_file(card_path))
+        return Model(card=card, card_path=card_path, loader=None, sha256=sha256_file(card_path))
+    builder = functools.partial(_built_network, card, card_path)
+    if _converted_before(card, card_path):  # these very weights built, converted and passed parity before
+        return Model(card=card, card_path=card_path, loader=builder, sha256=card.sha256)
+    return Model(card=card, card_path=card_path, loader=given(builder()), sha256=card.sha256)
+
+
+def _built_network(card: ModelCard, card_path: Path) -> Any:
+    """The card's network with its checked weights, in eval mode."""
     network = build_network(card)
     state = load_weights(card_path.parent / card.weights, card.sha256)
     try:
@@ -219,8 +252,51 @@ def load_model(name_or_path: str | os.PathLike[str] | None = None, *, trust: boo
     except RuntimeError as e:
         first = str(e).splitlines()[0]
         raise ModelError(f"{card_path.parent / card.weights}: weights do not fit {card.architecture} ({first})") from e
-    network.eval()
-    return Model(card=card, card_path=card_path, network=network, sha256=card.sha256)
+    return network.eval()
+
+
+def _converted_before(card: ModelCard, card_path: Path) -> bool:
+    """Whether the network may be built only when used: the weights file is the one the card names (checked
+    now, so a wrong file fails here as always) and this exact network has a checked OpenVINO conversion, which
+    it could only get by building, loading and passing the parity check before. CPU runs then need no torch."""
+    identity = card_identity(card)
+    if identity is None:
+        return False
+    from pipeline.engine.backends import has_card_entry
+
+    if not has_card_entry(identity):
+        return False
+    weights = card_path.parent / card.weights
+    require_regular_file(weights, "weights file", ModelError)
+    actual = sha256_file(weights)
+    if actual != card.sha256:
+        raise ModelError(f"{weights}: weights sha256 is {actual[:12]}..., the card expects {card.sha256[:12]}...")
+    return True
+
+
+def card_identity(card: ModelCard) -> str | None:
+    """What fixes a card's network exactly, for finding its conversion without building it: architecture,
+    arguments, weights sha256 and the versions of the code that builds it. None for imported networks
+    (bundles, TorchScript) and weightless cards, whose structure the card does not spell out."""
+    if card.architecture not in ARCHITECTURES or not card.sha256:
+        return None
+    versions = {name: _version(name) for name in ("torch", "monai", "openvino")}
+    return json.dumps({"architecture": card.architecture, "kwargs": card.network_kwargs(), "sha256": card.sha256,
+                       "versions": versions}, sort_keys=True, default=str)
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def given(network: Any) -> Callable[[], Any]:
+    """A loader for a network that is already built."""
+    return lambda: network
+
+
 
 
 @functools.lru_cache(maxsize=4)

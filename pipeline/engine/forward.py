@@ -1,0 +1,73 @@
+"""One task's network call: (B, C, *roi_scan) float32 NumPy windows -> (B, K, *roi_scan) float32 NumPy outputs.
+
+Two routes give the same numbers (within the backends' parity tolerance):
+
+- **OpenVINO without torch**: on CPU, for a card network whose checked conversion is on disk
+  (:func:`pipeline.engine.backends.card_forward`), windows go straight from NumPy to the compiled network; torch
+  and MONAI are never imported, which saves seconds of start-up and ~400 MB per process.
+- **torch**: everything else (CUDA + AMP, bundles, TorchScript, windows that must be resampled, the first run
+  of a card, which converts and records it for the route above).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from pipeline.engine import backends
+from pipeline.engine.device import device_type, inference_threads, torch_with_threads
+
+WindowForward = Callable[[np.ndarray], np.ndarray]
+
+
+def window_forward(network: Any, settings: Any, in_channels: int) -> tuple[WindowForward, str]:
+    """The forward for this task's windows and the backend that runs it (``openvino`` or ``torch``).
+
+    ``network`` is a torch module or a handle (``ModelRef``) with ``.network()``, ``.sha256`` and
+    ``.identity()``; ``settings`` an :class:`~pipeline.engine.predictor.InferenceSettings`.
+    """
+    device = device_type(settings.device)
+    key = getattr(network, "sha256", None)
+    backend = backends.resolve_backend(settings.backend, device) if key else "torch"
+    align = settings.alignment
+    window = tuple(align.roi_model) if align else tuple(settings.roi_size)
+    if backend == "openvino" and not (align and align.resamples) and hasattr(network, "identity"):
+        identity = network.identity()
+        compiled = identity and backends.card_forward(identity, in_channels=in_channels, window=window,
+                                                      threads=inference_threads())
+        if compiled:
+            return _numpy_route(compiled, align), backend
+    return _torch_route(network, settings, backend, key, in_channels, window, device), backend
+
+
+def _numpy_route(compiled: backends.OpenVINOForward, align: Any) -> WindowForward:
+    def forward(windows: np.ndarray) -> np.ndarray:
+        shown = align.to_model_array(windows) if align else windows
+        out = compiled.run(shown)
+        return np.ascontiguousarray(align.to_scan_array(out)) if align else out
+
+    return forward
+
+
+def _torch_route(network: Any, settings: Any, backend: str, key: str | None, in_channels: int,
+                 window: tuple[int, ...], device_kind: str) -> WindowForward:
+    from pipeline.engine.predictor import resolve_network
+
+    torch = torch_with_threads()
+    device = torch.device(settings.device) if settings.device is not None else torch.device(device_kind)
+    net = resolve_network(network).to(device)
+    amp = settings.amp if settings.amp is not None else device.type == "cuda"
+    align = settings.alignment
+    run = net if backend == "torch" else backends.compiled_forward(
+        net, backend=backend, key=key, in_channels=in_channels, window=window, batch=settings.sw_batch_size,
+        identity=network.identity() if hasattr(network, "identity") else None)
+
+    def forward(windows: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(windows).to(device)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            outputs = run(align.to_model(x) if align else x)
+        return (align.to_scan(outputs.float()) if align else outputs.float()).cpu().numpy()
+
+    return forward
