@@ -51,7 +51,7 @@ def inference_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-def torch_with_threads():  # noqa: ANN201 - the torch module
+def torch_with_threads():
     """``import torch`` with this process's inference thread count applied."""
     import torch
 
