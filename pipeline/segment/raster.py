@@ -36,18 +36,19 @@ from pipeline.io.geotiff import (
     read_labels,
     read_windows,
     select_bands,
-    tile_to_store,
     write_mask,
 )
 from pipeline.io.outputs import NODATA_LABEL, Output, default_raster_output, raster_outputs, vector_reads
 from pipeline.io.store import WorkStore, store_root, work_array
-from pipeline.io.vectors import read_reference_vectors, write_vectors
+from pipeline.io.vectors import read_reference_vectors
 from pipeline.model.models import Model
 from pipeline.report.tables import label_rows
 from pipeline.segment.domain import PlanInputs
 from pipeline.segment.driver import PathArg, segment
 from pipeline.segment.options import RunSettings, SegmentOptions, resolve_options
 from pipeline.segment.result import SegmentationResult
+from pipeline.tiling.polygons import write_vectors
+from pipeline.tiling.raster import tile_to_store
 
 logger = logging.getLogger(__name__)
 
