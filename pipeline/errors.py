@@ -17,6 +17,12 @@ STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCE
                             errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.EFBIG})
 
 
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of ``error``'s message (its type name when it has none): how every message
+    quotes a third-party error, which often spans many lines (tracebacks, YAML marks, pydantic tables)."""
+    return (str(error).strip().splitlines() or [""])[0] or type(error).__name__
+
+
 class PipelineError(Exception):
     """Root of all errors a user can act on."""
 

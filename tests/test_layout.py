@@ -1,7 +1,7 @@
-"""The layout's rules, run with the suite: import contracts, ruff on the library, mypy on the typed modules.
+"""The layout's rules, run with the suite: import contracts, ruff, mypy on the typed modules, vulture.
 
-The contracts and the mypy file list live in ``pyproject.toml`` (``[tool.importlinter]``, ``[tool.mypy]``);
-DESIGN.md explains the layers. Each check runs the tool as CI would and fails with its report.
+The contracts, the mypy file list and vulture's settings live in ``pyproject.toml`` (``[tool.importlinter]``,
+``[tool.mypy]``, ``[tool.vulture]``); DESIGN.md explains the layers. Each check runs the tool as CI would and fails with its report.
 """
 
 from __future__ import annotations
@@ -36,4 +36,9 @@ def test_ruff_finds_nothing_in_the_library_and_flows() -> None:
 
 def test_mypy_finds_nothing_in_the_typed_modules() -> None:
     result = _run("mypy", "--no-incremental")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_vulture_finds_no_dead_code() -> None:
+    result = _run("vulture")
     assert result.returncode == 0, result.stdout + result.stderr

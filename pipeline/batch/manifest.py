@@ -41,7 +41,15 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.batch.pacs import PacsSeries, find, retrieval_dir, series_output
 from pipeline.config.catalog import SEGMENTERS, Catalog, Source
-from pipeline.errors import CardError, PipelineError, RemoteError, StorageError, as_storage_error, storage_failure
+from pipeline.errors import (
+    CardError,
+    PipelineError,
+    RemoteError,
+    StorageError,
+    as_storage_error,
+    first_line,
+    storage_failure,
+)
 from pipeline.io.atomic import atomic_path
 from pipeline.io.hashing import sha256_file
 from pipeline.io.lock import lock_holder, output_lock
@@ -186,7 +194,7 @@ class ScanOutcome:
             return cls(source=job.source, scan=job.shown, status=ScanStatus.RETRY, output=str(job.output),
                        reason=reason, user_error=False)
         user_error = isinstance(error, PipelineError)
-        text = (str(error).strip().splitlines() or [""])[0] if error is not None else ""
+        text = first_line(error) if error is not None else ""
         reason = text if user_error or error is None else f"{type(error).__name__}: {text}".rstrip(": ")
         return cls(source=job.source, scan=job.shown, status=ScanStatus.FAILED, reason=reason or "failed",
                    user_error=user_error)
@@ -234,7 +242,7 @@ def read_manifest(path: Path) -> Manifest | None:
     except FileNotFoundError:
         return None
     except (OSError, ValidationError) as e:
-        logger.warning("%s: unreadable manifest, segmenting again (%s)", path, str(e).splitlines()[0])
+        logger.warning("%s: unreadable manifest, segmenting again (%s)", path, first_line(e))
         return None
 
 

@@ -34,8 +34,8 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.cluster import ClusterSettings
 from pipeline.config.choices import check_choice
+from pipeline.config.cluster import ClusterSettings
 from pipeline.config.yamlfile import read_mapping
 from pipeline.errors import CatalogError, OutputError
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 from pipeline.io.files import require_regular_file
 
 #: Most nodes (scalars, lists, mappings) a document may hold with every alias expanded. The shipped
@@ -134,4 +134,4 @@ def yaml_reason(error: Exception) -> str:
     if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
         mark = error.problem_mark
         return f"{error.problem} at line {mark.line + 1}, column {mark.column + 1}"
-    return str(error).splitlines()[0]
+    return first_line(error)

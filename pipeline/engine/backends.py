@@ -86,12 +86,11 @@ def compiled_forward(network: Any, *, backend: str, key: str, in_channels: int, 
 
     ``key`` identifies the weights (their sha256). ``threads`` defaults to
     :func:`pipeline.device.inference_threads`, which the cluster sets per worker. The result is cached
-    per process; it is safe to call from several
-    threads at once (one OpenVINO infer request per concurrent call), but such calls queue on the
-    compiled network's one stream: give one caller all the threads, not two callers one each
-    (bench/BACKENDS.md). ``torch`` returns ``network`` itself; a network OpenVINO cannot convert
-    faithfully returns ``network`` too, after one warning. With ``identity`` (a card's
-    :func:`pipeline.models.card_identity`), a checked conversion is also recorded under it, so later
+    per process; it is safe to call from several threads at once (one OpenVINO infer request per concurrent
+    call), but such calls queue on the compiled network's one stream: give one caller all the threads,
+    not two callers one each (bench/BACKENDS.md). ``torch`` returns ``network`` itself; a network OpenVINO
+    cannot convert faithfully returns ``network`` too, after one warning. With ``identity`` (a card's
+    :func:`pipeline.model.models.card_identity`), a checked conversion is also recorded under it, so later
     processes find it with :func:`card_forward` without building the network (no torch import).
     """
     if backend == "auto":
@@ -125,7 +124,7 @@ def card_forward(identity: str, *, in_channels: int, window: tuple[int, ...],
     when there is none (or it cannot be read), and the caller takes the torch route, which records one.
 
     Sound because a card identity fixes the network exactly: architecture, its arguments, the weights'
-    sha256 and the library versions (:func:`pipeline.models.card_identity`).
+    sha256 and the library versions (:func:`pipeline.model.models.card_identity`).
     """
     import openvino as ov
 

@@ -161,10 +161,6 @@ class BlockPlan:
         """Index of every output block."""
         return itertools.product(*(range(len(a.blocks)) for a in self.axes))
 
-    def block_shape(self) -> tuple[tuple[int, ...], ...]:
-        """Dask-style chunks of the output's spatial axes."""
-        return tuple(tuple(hi - lo for lo, hi in a.blocks) for a in self.axes)
-
 
 def plan_blocks(grid: WindowGrid, chunks: Sequence[int]) -> BlockPlan:
     """Plan predict tasks (window groups) and merge tasks (output blocks) for ``grid``."""

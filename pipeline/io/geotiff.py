@@ -40,12 +40,11 @@ from pipeline.errors import GridMismatchError, InputError, InputNotFoundError, O
 from pipeline.geometry import RasterGeometry, block_slices, crs_name, same_crs
 from pipeline.io.atomic import atomic_path
 from pipeline.io.files import require_regular_file
-from pipeline.io.store import create_array, write_region
+from pipeline.io.outputs import NODATA_LABEL
+from pipeline.io.store import write_region
 
 logger = logging.getLogger(__name__)
 
-#: Mask value (and declared nodata) of pixels that were nodata in the scene.
-NODATA_LABEL = 255
 #: Most bytes one tiling task reads at once.
 READ_BYTES = 64 * 2**20
 #: GDAL block cache per process (MB): reads and writes stream, so a small cache is enough.
@@ -229,35 +228,6 @@ def copy_window(path: str, bands: tuple[int, ...], dtype: str, rows: slice, cols
     write_region(store, "image", (slice(None), rows, cols), data)
     write_region(store, "valid", (rows, cols), valid)
     return int(valid.sum())
-
-
-def tile_to_store(raster: Raster, bands: tuple[int, ...], group: zarr.Group, chunks: Sequence[int], *,
-                  client: Any, attributes: dict[str, Any]) -> tuple[zarr.Array, zarr.Array, int]:
-    """Copy ``bands`` into ``group['image']`` (C, y, x) and validity into ``group['valid']`` (y, x).
-
-    Runs one Dask task per read window; returns both arrays and the number of valid pixels.
-    """
-    from distributed import as_completed
-
-    geometry = raster.geometry
-    image = create_array(group, "image", shape=(len(bands), *geometry.shape), chunks=(len(bands), *chunks),
-                         dtype=geometry.dtype, attributes=attributes)
-    valid = create_array(group, "valid", shape=geometry.shape, chunks=chunks, dtype=bool, channel_axis=False,
-                         attributes=attributes)
-    store = str(group.store.root)
-    itemsize = np.dtype(geometry.dtype).itemsize
-    windows = read_windows(geometry.shape, chunks, len(bands) * (itemsize + 1) + 2)  # pixels, masks, validity
-    futures = [client.submit(copy_window, str(raster.path), bands, geometry.dtype, rows, cols, store, pure=False)
-               for rows, cols in windows]
-    total = 0
-    for future in as_completed(futures):
-        count = future.result()
-        if isinstance(count, str):
-            client.cancel(futures)
-            raise InputError(count)
-        total += count
-    logger.debug("tiled %s: %d windows, %d valid pixels", raster.path, len(windows), total)
-    return image, valid, total
 
 
 def publish(source: Path, target: Path) -> None:

@@ -24,12 +24,12 @@ import numpy as np
 from pipeline.config.cards import Label
 from pipeline.geometry import RasterGeometry, VolumeGeometry
 from pipeline.io.atomic import atomic_path
+from pipeline.io.outputs import NODATA_LABEL
 
 logger = logging.getLogger(__name__)
 
 #: Stop the pyramid when the smaller of y/x would fall below this.
 MIN_LEVEL_SIDE = 256
-NODATA = 255
 
 
 def volume_transform(geometry: VolumeGeometry) -> tuple[list[float], list[float], bool]:
@@ -117,7 +117,7 @@ def write_ome_zarr(image: Any, mask: Any, geometry: VolumeGeometry | RasterGeome
         axes, label_axes, leading = ["z", "y", "x"], ["z", "y", "x"], 0
     else:
         if valid is not None:
-            lab = da.where(da.from_zarr(valid), lab, NODATA).astype(np.uint8)
+            lab = da.where(da.from_zarr(valid), lab, NODATA_LABEL).astype(np.uint8)
         scale, translation, exact = raster_transform(geometry)
         axes, label_axes, leading = ["c", "y", "x"], ["y", "x"], 1
     if not exact:

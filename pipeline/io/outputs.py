@@ -22,6 +22,10 @@ from pathlib import Path
 
 from pipeline.errors import InputError, OutputError, OutputExistsError
 
+#: Mask value (and declared nodata) of pixels that were nodata in the input: the one definition every writer,
+#: viewer file and page uses.
+NODATA_LABEL = 255
+
 #: Suffixes each written format owns (matched case-insensitively, longest first).
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 GEOTIFF_SUFFIXES = (".tif", ".tiff")

@@ -31,8 +31,8 @@ import shapely
 import zarr
 
 from pipeline.config.cards import Label
-from pipeline.errors import GridMismatchError, InputError, InputNotFoundError, OutputError
-from pipeline.geometry import RasterGeometry, block_slices, same_crs
+from pipeline.errors import GridMismatchError, InputError, InputNotFoundError, OutputError, first_line
+from pipeline.geometry import RasterGeometry, same_crs
 from pipeline.io.files import require_regular_file
 
 logger = logging.getLogger(__name__)
@@ -86,33 +86,6 @@ def merge_border(pieces: Sequence[Piece], transform: Sequence[float]) -> list[Pi
         union = shapely.simplify(shapely.union_all(by_label[value]), 0)
         merged.extend((value, _to_map(part, transform)) for part in shapely.get_parts(union))
     return merged
-
-
-def write_vectors(store: str, geometry: RasterGeometry, chunks: Sequence[int], path: Path, *,
-                  names: dict[int, Label], client: Any) -> int:
-    """Polygonise ``labels`` (masked by ``valid``) of the work store into ``path``; returns the feature count.
-
-    ``path``'s suffix picks the format (:data:`VECTOR_FORMATS`). Written in place: pass a path in
-    the work directory and publish it when the run succeeds.
-    """
-    from distributed import as_completed
-
-    futures = [client.submit(polygonize_window, store, rows, cols, geometry, pure=False)
-               for rows, cols in block_slices(geometry.shape, chunks)]
-    border: list[Piece] = []
-    count = 0
-    with VECTOR_FORMATS[path.suffix.lower()](path, geometry.crs, names) as write:
-        for future in as_completed(futures):
-            done, pieces = future.result()
-            future.release()
-            write(done)
-            border.extend(pieces)
-            count += len(done)
-        merged = merge_border(border, geometry.transform)
-        write(merged)
-    logger.debug("%s: %d polygons, %d of them merged from %d border pieces", path, count + len(merged),
-                 len(merged), len(border))
-    return count + len(merged)
 
 
 def _columns(pieces: list[Piece], names: dict[int, Label]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -225,7 +198,7 @@ def read_reference_vectors(path: str | os.PathLike[str], geometry: RasterGeometr
     try:
         meta, _, wkb, fields = pyogrio.raw.read(path)
     except (RuntimeError, ValueError, OSError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = first_line(e)
         raise InputError(f"{path}: not readable vectors ({reason})") from e
     geometries = shapely.from_wkb(wkb)
     keep = ~shapely.is_missing(geometries) & ~shapely.is_empty(geometries)

@@ -36,7 +36,7 @@ from typing import Any
 
 from pipeline.config.cards import ModelCard
 from pipeline.config.yamlfile import read_mapping
-from pipeline.errors import CardError, ModelError
+from pipeline.errors import CardError, ModelError, first_line
 from pipeline.io.files import require_regular_file
 from pipeline.io.hashing import sha256_file
 from pipeline.model.bundle_config import BundleValues, harmless
@@ -104,7 +104,7 @@ def _parser(root: Path) -> Any:
             parser["bundle_root"] = str(root)
             parser.resolve_macro_and_relative_ids()
     except (ValueError, OSError, KeyError, RecursionError) as e:  # RecursionError: JSON nested too deep
-        raise ModelError(f"{config}: not a readable bundle config ({str(e).splitlines()[0] if str(e) else e})") from e
+        raise ModelError(f"{config}: not a readable bundle config ({first_line(e)})") from e
     if parser.get("network_def") is None:
         raise ModelError(f"{config}: the bundle config has no 'network_def'")
     return parser
@@ -157,7 +157,7 @@ def build_bundle_network(root: Path, *, trust: bool = False) -> Any:
         with _monai_quiet():
             return parser.get_parsed_content("network_def", instantiate=True)
     except Exception as e:  # the config names the class; any failure to build it is the bundle's
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = first_line(e)
         raise ModelError(f"{root}: cannot build the bundle's network_def ({reason})") from e
 
 
@@ -300,7 +300,7 @@ def bundle_card(root: Path, parser: Any, sha256: str, *, trust: bool = False) ->
             "preprocess": preprocess, "weights": str(WEIGHTS), "sha256": sha256, **alignment,
             "training": {"source": f"MONAI bundle {meta.get('name', root.name)} {meta.get('version', '')}".strip()}})
     except ValueError as e:
-        raise CardError(f"{root}: bundle metadata does not make a valid card ({str(e).splitlines()[0]})") from e
+        raise CardError(f"{root}: bundle metadata does not make a valid card ({first_line(e)})") from e
 
 
 def load_bundle(root: Path, card: ModelCard | None = None, card_path: Path | None = None, *,
@@ -316,7 +316,7 @@ def load_bundle(root: Path, card: ModelCard | None = None, card_path: Path | Non
     try:
         network.load_state_dict(_bundle_state(weights, sha256), strict=True)
     except RuntimeError as e:
-        raise ModelError(f"{weights}: weights do not fit the bundle's network_def ({str(e).splitlines()[0]})") from e
+        raise ModelError(f"{weights}: weights do not fit the bundle's network_def ({first_line(e)})") from e
     network.eval()
     return Model(card=card, card_path=card_path or root, loader=given(network), sha256=sha256)
 
@@ -346,5 +346,5 @@ def load_torchscript(path: Path, expected_sha256: str) -> Any:
     try:
         network = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:
-        raise ModelError(f"{path}: not a TorchScript file ({str(e).splitlines()[0] if str(e) else e})") from e
+        raise ModelError(f"{path}: not a TorchScript file ({first_line(e)})") from e
     return network.eval()

@@ -30,7 +30,7 @@ import numpy as np
 from pipeline.config.cards import Label
 from pipeline.geometry import VolumeGeometry
 from pipeline.io.atomic import atomic_path
-from pipeline.io.outputs import html_report_path  # noqa: F401  (named in one place)
+from pipeline.io.outputs import NODATA_LABEL, html_report_path  # noqa: F401  (named in one place)
 from pipeline.report.viewer_files import hex_color
 
 #: Elements read (strided) to find the largest structure.
@@ -47,7 +47,6 @@ OVERVIEW_SIDE = MAX_PNG_SIDE
 MONTAGE = 12
 #: Opacity of label colours over the image.
 OVERLAY_ALPHA = 0.5
-NODATA = 255
 
 #: ``(rows, cols) -> (labels, valid)``: a raster reference, window by window.
 Truth = Callable[[slice, slice], tuple[np.ndarray, np.ndarray]]
@@ -146,7 +145,7 @@ def find_focus(labels: Any, label: int | None, budget: int = FOCUS_BUDGET) -> Fo
         return centre
     centroid = where.mean(axis=0)
     nearest = where[np.argmin(((where - centroid) ** 2).sum(axis=1))]
-    fg = np.argwhere((coarse > 0) & (coarse != NODATA))
+    fg = np.argwhere((coarse > 0) & (coarse != NODATA_LABEL))
     clip = [n - 1 for n in shape]
     return Focus(point=tuple(int(min(v * step, c)) for v, c in zip(nearest, clip, strict=True)),
                  low=tuple(int(v * step) for v in fg.min(axis=0)),
@@ -397,7 +396,7 @@ def raster_panels(image: Any, labels: Any, valid: Any, spacing: Sequence[float],
     grid = (slice(rows.start, rows.stop, step), slice(cols.start, cols.stop, step))
     ok = np.asarray(valid[grid])
     base = _raster_rgb(np.asarray(image[(slice(None), *grid)]), ok, window)
-    predicted = np.where(ok, np.asarray(labels[grid]), NODATA)
+    predicted = np.where(ok, np.asarray(labels[grid]), NODATA_LABEL)
     shown = (spacing[0] * step, spacing[1] * step)
     whole = rows.stop - rows.start == height and cols.stop - cols.start == width
     where = "whole scene" if whole else f"rows {rows.start}..{rows.stop - 1}, cols {cols.start}..{cols.stop - 1}"
@@ -406,15 +405,15 @@ def raster_panels(image: Any, labels: Any, valid: Any, spacing: Sequence[float],
     panels = [_panel(f"input ({where})", compose(base, None, lut), shown)]
     if reference is not None:
         truth, truth_ok = reference(rows, cols)
-        truth = np.where(truth_ok, _as_labels(truth), NODATA)[::step, ::step]
-        panels.append(_panel("reference", compose(base, np.where(ok, truth, NODATA), lut), shown))
+        truth = np.where(truth_ok, _as_labels(truth), NODATA_LABEL)[::step, ::step]
+        panels.append(_panel("reference", compose(base, np.where(ok, truth, NODATA_LABEL), lut), shown))
     panels.append(_panel("prediction", compose(base, predicted, lut), shown))
     if not whole:
         step = max(1, math.ceil(max(height, width) / OVERVIEW_SIDE))
         grid = (slice(None, None, step),) * 2
         ok_all = np.asarray(valid[grid])
         overview = _raster_rgb(np.asarray(image[(slice(None), *grid)]), ok_all, window)
-        small = np.where(ok_all, np.asarray(labels[grid]), NODATA)
+        small = np.where(ok_all, np.asarray(labels[grid]), NODATA_LABEL)
         panels.append(_panel(f"overview (strided x{step}), prediction", compose(overview, small, lut),
                              (spacing[0] * step, spacing[1] * step)))
     return panels

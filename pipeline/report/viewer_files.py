@@ -26,10 +26,7 @@ from pathlib import Path
 
 from pipeline.config.cards import Label
 from pipeline.io.atomic import atomic_path
-from pipeline.io.outputs import mask_stem, viewer_paths  # noqa: F401  (named in one place)
-
-#: Raster mask value for nodata pixels (see :data:`pipeline.io.geotiff.NODATA_LABEL`).
-RASTER_NODATA = 255
+from pipeline.io.outputs import NODATA_LABEL, mask_stem, viewer_paths  # noqa: F401  (named in one place)
 
 ITKSNAP_HEADER = """\
 ################################################
@@ -79,7 +76,7 @@ def hex_color(rgb: tuple[int, int, int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
-def qgis_style(labels: Mapping[int, Label], *, nodata: int | None = RASTER_NODATA) -> str:
+def qgis_style(labels: Mapping[int, Label], *, nodata: int | None = NODATA_LABEL) -> str:
     """QGIS ``.qml`` with a paletted renderer on band 1; ``nodata`` pixels transparent, background opaque."""
     root = ET.Element("qgis", version="3.22.0", styleCategories="AllStyleCategories")
     pipe = ET.SubElement(root, "pipe")

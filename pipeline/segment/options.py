@@ -13,10 +13,9 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # pipeline.cluster imports distributed; only its type is needed here
-    from pipeline.cluster import ClusterSettings
+from pipeline.config.cluster import ClusterSettings
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 An adapter for :mod:`pipeline.segment.driver` (protocol: :mod:`pipeline.segment.domain`): it opens and
 validates the scene, selects the model's bands, tiles them and their validity into the work store,
 reads a reference mask or reference vectors window by window, writes a COG on the scene's exact grid
-(nodata pixels are :data:`~pipeline.io.geotiff.NODATA_LABEL`), optionally polygons, and describes the
+(nodata pixels are :data:`~pipeline.io.outputs.NODATA_LABEL`), optionally polygons, and describes the
 scene in the report (pixels, map units, hectares). Counts leave nodata pixels out.
 
 Georeference is passed through, never invented: a scene without a CRS gives a mask without
@@ -28,7 +28,6 @@ from pipeline.evaluate.instances import raster_instances
 from pipeline.evaluate.metrics import Scores, confusion
 from pipeline.geometry import RasterGeometry, crs_name, map_unit, metres_per_unit
 from pipeline.io.geotiff import (
-    NODATA_LABEL,
     Raster,
     open_raster,
     open_reference,
@@ -37,18 +36,19 @@ from pipeline.io.geotiff import (
     read_labels,
     read_windows,
     select_bands,
-    tile_to_store,
     write_mask,
 )
-from pipeline.io.outputs import Output, default_raster_output, raster_outputs, vector_reads
+from pipeline.io.outputs import NODATA_LABEL, Output, default_raster_output, raster_outputs, vector_reads
 from pipeline.io.store import WorkStore, store_root, work_array
-from pipeline.io.vectors import read_reference_vectors, write_vectors
+from pipeline.io.vectors import read_reference_vectors
 from pipeline.model.models import Model
 from pipeline.report.tables import label_rows
 from pipeline.segment.domain import PlanInputs
 from pipeline.segment.driver import PathArg, segment
 from pipeline.segment.options import RunSettings, SegmentOptions, resolve_options
 from pipeline.segment.result import SegmentationResult
+from pipeline.tiling.polygons import write_vectors
+from pipeline.tiling.raster import tile_to_store
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The machine side of a run: the slots it will have, whether its plan fits, and the cluster it runs on.
 
-Shared by every domain through the driver; pure helpers over :class:`~pipeline.cluster.ClusterSettings`
+Shared by every domain through the driver; pure helpers over :class:`~pipeline.config.cluster.ClusterSettings`
 and a Dask client, with ``psutil`` for the machine's RAM.
 """
 
@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.cluster import ClusterSettings, dashboard_link, dask_client, memory_limit_bytes, resolved_threads
+from pipeline.cluster import dashboard_link, dask_client, resolved_threads
+from pipeline.config.cluster import ClusterSettings, memory_limit_bytes
 from pipeline.engine.infer import worker_threads
 from pipeline.segment.plan_estimate import PlanEstimate, check_plan
 

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pipeline.config.cards import ARCHITECTURES, ModelCard, _describe
 from pipeline.config.catalog import TrainingDataset, load_catalog
 from pipeline.config.yamlfile import read_mapping
-from pipeline.errors import CardError, ModelError, PipelineError
+from pipeline.errors import CardError, ModelError, PipelineError, first_line
 from pipeline.io.hashing import sha256_file
 from pipeline.model.models import apply_preprocess, build_network, intensity_statistics
 from pipeline.train.datasets import LabelledImage, Region, load_pair, split_regions
@@ -234,7 +234,7 @@ def _load_checkpoint(path: Path, key: str) -> dict[str, Any] | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a torn or foreign file is not worth failing for: start over
-        logger.warning("%s: unreadable checkpoint (%s); starting over", path, str(e).splitlines()[0] if str(e) else e)
+        logger.warning("%s: unreadable checkpoint (%s); starting over", path, first_line(e))
         return None
     if not isinstance(state, dict) or state.get("fingerprint") != key:
         logger.warning("%s: checkpoint is from other arguments; starting over", path)

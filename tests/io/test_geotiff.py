@@ -27,7 +27,6 @@ from pipeline.config.cards import Label
 from pipeline.errors import GridMismatchError, InputError, InputNotFoundError
 from pipeline.geometry import RasterGeometry, block_slices
 from pipeline.io.geotiff import (
-    NODATA_LABEL,
     copy_window,
     open_raster,
     open_reference,
@@ -35,10 +34,11 @@ from pipeline.io.geotiff import (
     read_bands,
     read_windows,
     select_bands,
-    tile_to_store,
     write_mask,
 )
+from pipeline.io.outputs import NODATA_LABEL
 from pipeline.io.store import create_array, open_work_group
+from pipeline.tiling.raster import tile_to_store
 
 REAL = ["sample_geotiff.tif", "RGB.byte.tif", "road_mask_input.tif", "sample_fp_mask.tif",
         "sample_road_raster_mask.tif"]
@@ -446,7 +446,8 @@ SPARSE_SCRIPT = """
 import resource, sys
 from pathlib import Path
 from distributed import Client
-from pipeline.io.geotiff import open_raster, tile_to_store, write_mask
+from pipeline.io.geotiff import open_raster, write_mask
+from pipeline.tiling.raster import tile_to_store
 from pipeline.io.store import create_array, open_work_group
 from pipeline.config.cards import Label
 

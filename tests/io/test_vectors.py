@@ -23,8 +23,8 @@ from pipeline.io.vectors import (
     merge_border,
     polygonize_window,
     read_reference_vectors,
-    write_vectors,
 )
+from pipeline.tiling.polygons import write_vectors
 from tests.io.test_geotiff import NAMES, UTM
 
 CHUNKS = (32, 40)
