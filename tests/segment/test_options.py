@@ -35,7 +35,8 @@ def test_an_unknown_keyword_is_a_type_error_naming_it() -> None:
 def test_every_registered_domain_loads_and_names_its_options() -> None:
     for name in DOMAINS:
         domain = domain_for(name)
-        assert domain.name == name
+        assert domain.name in {"volume", "raster"}  # the sidecar kind (segment/domain.py); a DICOM series is a volume
+        assert domain.name == name or name not in {"volume", "raster"}
         assert domain.options <= {"probabilities", "bands", "vectors"}
 
 
