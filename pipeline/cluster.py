@@ -72,9 +72,13 @@ def _spawning_without_sigint() -> Iterator[None]:
             signal.signal(signal.SIGINT, previous)
 
 
-def _dashboard_address() -> str | None:
-    """Serve the dashboard only when asked for debug output (``-v``): importing bokeh for it costs seconds."""
-    return ":0" if logging.getLogger("pipeline").isEnabledFor(logging.DEBUG) else None
+def _dashboard() -> dict[str, Any]:
+    """LocalCluster arguments: the dashboard only when asked for debug output (``-v``; importing bokeh for it
+    costs seconds). The scheduler's HTTP server always listens; on a free port (``:0``), not Dask's default
+    8787, which another cluster may hold: then Dask prints a "Port 8787 is already in use" warning into a
+    user's terminal (seen while the test suite's own clusters ran)."""
+    show = logging.getLogger("pipeline").isEnabledFor(logging.DEBUG)
+    return {"dashboard_address": ":0" if show else "127.0.0.1:0", "scheduler_kwargs": {"dashboard": show}}
 
 
 def resolved_threads(settings: ClusterSettings) -> int:
@@ -136,7 +140,7 @@ def dask_client(settings: ClusterSettings) -> Iterator[Any]:
         with _spawning_without_sigint():
             cluster = LocalCluster(n_workers=settings.workers, threads_per_worker=resolved_threads(settings),
                                    memory_limit=settings.memory_limit, processes=True,
-                                   dashboard_address=_dashboard_address(),
+                                   **_dashboard(),
                                    silence_logs=logging.ERROR)
         with _driver_logs_restored(), cluster, Client(cluster) as client:
             client.register_plugin(IgnoreInterrupt())  # also for workers the nannies restart later
@@ -184,7 +188,7 @@ def _in_process_client(settings: ClusterSettings) -> Iterator[Any]:
 
     with _driver_logs_restored(), LocalCluster(
             n_workers=1, threads_per_worker=resolved_threads(settings), processes=False,
-            memory_limit=settings.memory_limit, dashboard_address=_dashboard_address(),
+            memory_limit=settings.memory_limit, **_dashboard(),
             silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         client.register_plugin(TorchThreads(_local_torch_threads(settings)))
         try:
