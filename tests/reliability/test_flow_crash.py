@@ -32,7 +32,8 @@ def test_killed_flow_run_resumes_on_the_next_run(tmp_path: Path, client1: Any) -
     scans = tmp_path / "scans"
     scans.mkdir()
     for seed, name in enumerate(NAMES):
-        many_block_scan(scans / f"{name}.nii.gz", shape=(112, 112, 48), seed=seed)
+        # big enough that a scan takes seconds (the served flow is polled once a second to kill it mid-run)
+        many_block_scan(scans / f"{name}.nii.gz", shape=(224, 224, 96), seed=seed)
     make_card(tmp_path, name="tiny", roi_size=(32, 32, 16))
     catalog = write_catalog(tmp_path, [{"name": "ct", "kind": "medical", "directory": "scans",
                                         "glob": "*.nii.gz", "model": "tiny.yaml"}],
