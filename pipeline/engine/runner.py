@@ -163,6 +163,10 @@ class BlockSink:
                 os.unlink(entry.path)
             os.rmdir(folder)
 
+    def done(self, region: tuple[slice, ...]) -> bool:
+        """Whether this block's record exists (written after its chunks, by rename)."""
+        return self.ledger is not None and self.ledger.has_block(region)
+
     def write(self, region: tuple[slice, ...], logits: np.ndarray) -> None:
         labels = np.argmax(logits, axis=0).astype(self.dtype)
         _open_array(self.store, "labels", "r+")[region] = labels
@@ -186,7 +190,15 @@ class BlockDone:
 
 def run_block(job: BlockJob, source: ImageSource, network: Any, settings: InferenceSettings,
               sink: BlockSink) -> BlockDone:
-    """The task for one block: predict its windows, spill forward, gather backward spills, write it."""
+    """The task for one block: predict its windows, spill forward, gather backward spills, write it.
+
+    Idempotent: Dask reruns a task whose result was lost with a killed worker, possibly after the task had
+    written and recorded its block and deleted the spills it consumed. A recorded block is therefore not
+    computed again (its forward spills, written before its record, stay for their consumers).
+    """
+    if sink.done(job.region):
+        sink.drop_spills(job.index)
+        return BlockDone(windows=0, spill_bytes=0)
     sums: np.ndarray | None = None
     windows = spilled = 0
     shape = tuple(h - l for l, h in zip(*job.span, strict=True))

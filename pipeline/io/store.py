@@ -72,6 +72,9 @@ class Ledger:
     def mark_block(self, region: Sequence[slice]) -> None:
         self.mark(block_name(region))
 
+    def has_block(self, region: Sequence[slice]) -> bool:
+        return block_name(region) in self
+
     def names(self) -> set[str]:
         try:
             return {n for n in os.listdir(self.path) if not n.endswith(".tmp")}

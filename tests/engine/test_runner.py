@@ -122,3 +122,25 @@ def test_an_interrupted_run_resumes_to_identical_labels(tmp_path: Path, client: 
     np.testing.assert_array_equal(read(part)["labels"][...], read(whole)["labels"][...])
     np.testing.assert_array_equal(read(part)["probabilities"][...], read(whole)["probabilities"][...])
 
+
+
+def test_a_recorded_block_run_again_is_skipped_not_failed(tmp_path: Path) -> None:
+    """Dask reruns a task whose result died with its worker, maybe after the block was written, recorded and its
+    consumed spills deleted (seen in CI: FileNotFoundError on a spill). The rerun must leave everything as it was."""
+    x = RNG.standard_normal((2, 45, 40, 21)).astype(np.float32)
+    net = unet(3)
+    (tmp_path / "done").mkdir()
+    ledger = Ledger(str(tmp_path / "done"))
+    jobs, source, sink, settings = _setup(tmp_path, x, (16, 16, 8), 0.25, 12, out_channels=3, ledger=ledger)
+    by_index = {job.index: job for job in jobs}
+    consumer = next(job for job in jobs if job.sources)
+    for index in sorted({s for s, _ in consumer.sources}):  # its sources first: they spill into it
+        run_block(by_index[index], source, net, settings, sink)
+    run_block(consumer, source, net, settings, sink)
+    assert ledger.has_block(consumer.region)
+    assert not (tmp_path / "spill" / "-".join(map(str, consumer.index))).exists()  # its spills are consumed
+    group = zarr.open_group(zarr.storage.LocalStore(tmp_path / "work.zarr"), mode="r")
+    before = group["labels"][...]
+    again = run_block(consumer, source, net, settings, sink)  # the rerun: spills gone, record present
+    assert again.windows == 0
+    np.testing.assert_array_equal(group["labels"][...], before)
