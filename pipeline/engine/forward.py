@@ -22,8 +22,8 @@ from pipeline.engine import backends
 WindowForward = Callable[[np.ndarray], np.ndarray]
 
 
-def window_forward(network: Any, settings: Any, in_channels: int) -> tuple[WindowForward, str]:
-    """The forward for this task's windows and the backend that runs it (``openvino`` or ``torch``).
+def window_forward(network: Any, settings: Any, in_channels: int) -> WindowForward:
+    """The forward for this task's windows, on the backend the settings and device resolve to.
 
     ``network`` is a torch module or a handle (``ModelRef``) with ``.network()``, ``.sha256`` and
     ``.identity()``; ``settings`` an :class:`~pipeline.engine.predictor.InferenceSettings`.
@@ -38,8 +38,8 @@ def window_forward(network: Any, settings: Any, in_channels: int) -> tuple[Windo
         compiled = identity and backends.card_forward(identity, in_channels=in_channels, window=window,
                                                       threads=inference_threads())
         if compiled:
-            return _numpy_route(compiled, align), backend
-    return _torch_route(network, settings, backend, key, in_channels, window, device), backend
+            return _numpy_route(compiled, align)
+    return _torch_route(network, settings, backend, key, in_channels, window, device)
 
 
 def resolve_network(network: Any) -> Any:

@@ -115,7 +115,7 @@ def predict_group(
             assert settings.out_channels is not None, "skipping windows needs settings.out_channels"
             return Partial(lo=lo, sums=np.zeros((settings.out_channels + 1, *span), dtype=np.float32), n_windows=0)
     source = np.ascontiguousarray(region, dtype=np.float32)
-    forward, _ = window_forward(network, settings, in_channels=int(source.shape[0]))
+    forward = window_forward(network, settings, in_channels=int(source.shape[0]))
     forward = mirrored(forward, scan_axes(settings.mirror_axes, settings.alignment))
     for first in range(0, len(corners), settings.sw_batch_size):
         batch = corners[first : first + settings.sw_batch_size]

@@ -284,7 +284,9 @@ def card_identity(card: ModelCard) -> str | None:
                        "versions": versions}, sort_keys=True, default=str)
 
 
+@functools.cache
 def _version(package: str) -> str:
+    """An installed package's version, read once per process (every block task asks for the card identity)."""
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
