@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(run_dir, ignore_errors=True)
         suffix = f".{args.format}" if args.kind == "volume" else kind["suffix"]
         monai = None
-        if order.index(name) <= order.index(args.monai_max):
+        if order.index(name) <= order.index(args.monai_max) and args.format != "ome.zarr":  # MONAI reads no Zarr
             monai_out = run_dir / "monai" / f"mask{suffix}"
             monai_out.parent.mkdir(parents=True)
             monai = measure([sys.executable, str(ROOT / "bench" / "monai_baseline.py"), str(source), str(monai_out),
@@ -112,7 +112,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--monai-max", default=None, help="largest size MONAI runs (default: 138M / 16x)")
     parser.add_argument("--threads", type=int, default=2, help="cores both sides are pinned to; MONAI's torch threads")
     parser.add_argument("--model", default=None, help="card for both sides (default: ct-organs / buildings)")
-    parser.add_argument("--format", default="nii.gz", choices=["nii.gz", "nii"], help="volume input and mask files")
+    parser.add_argument("--format", default="nii.gz", choices=["nii.gz", "nii", "ome.zarr"],
+                        help="volume input and mask files (ome.zarr: ours only, labels into a separate store)")
     parser.add_argument("--note", default="", help="a line to put in the RESULTS.md section")
     parser.add_argument("--scratch", type=Path, default=None,
                         help="outputs and work stores (default bench/.cache/runs)")
@@ -157,6 +158,10 @@ def element_count(path: Path) -> int:
 
         with rasterio.open(path) as src:
             return src.width * src.height
+    if path.name.endswith(".zarr"):
+        import zarr
+
+        return int(np.prod(zarr.open_group(str(path), mode="r")["0"].shape))
     import nibabel as nib
 
     return int(np.prod(nib.load(path).shape))

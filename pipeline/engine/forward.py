@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.device import device_type, inference_threads, torch_with_threads
+from pipeline.device import device_type, inference_threads, return_freed_memory, torch_with_threads
 from pipeline.engine import backends
 
 WindowForward = Callable[[np.ndarray], np.ndarray]
@@ -48,6 +48,7 @@ def resolve_network(network: Any) -> Any:
 
 
 def _numpy_route(compiled: backends.OpenVINOForward, align: Any) -> WindowForward:
+    return_freed_memory()  # no torch in this process: freed block temporaries can go back to the system
     def forward(windows: np.ndarray) -> np.ndarray:
         shown = align.to_model_array(windows) if align else windows
         out = compiled.run(shown)

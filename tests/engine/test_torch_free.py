@@ -93,3 +93,22 @@ def test_a_wrong_weights_file_still_fails_at_load_with_a_recorded_conversion(tmp
     assert "sha256" in bad.stderr
     assert "Traceback" not in bad.stderr
     assert not (tmp_path / "bad.nii.gz").exists()
+
+
+FREED = """
+import sys
+{before}
+from pipeline.device import return_freed_memory
+print(return_freed_memory(), return_freed_memory())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.parametrize(("before", "expected"), [("", "True True"), ("import torch", "False False")])
+def test_freed_memory_goes_back_only_without_torch(before: str, expected: str) -> None:
+    """The torch-free route fixes glibc's thresholds (peak no longer creeps with the block count); a process
+    with torch keeps glibc's dynamic threshold, which conv3d's temporaries need to stay fast."""
+    done = subprocess.run([sys.executable, "-c", FREED.format(before=before)], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[-2] == expected
