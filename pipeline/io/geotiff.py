@@ -255,13 +255,27 @@ def colormap(labels: dict[int, Label]) -> dict[int, tuple[int, int, int, int]]:
     return {**colours, NODATA_LABEL: (0, 0, 0, 0)}
 
 
+class _PaletteOverviewNote(logging.Filter):
+    """GDAL's note that it computes overviews of a palette band before rio-cogeo copies the palette in.
+    Our overviews are ``mode`` resampled class values, which a palette does not change; a 30k x 30k mask
+    printed it once per overview level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "palette index raster bands without a palette" not in record.getMessage()
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Silence what writing a mask makes GDAL and rio-cogeo say about things we handle on purpose."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # no georeference in, none out: logged at open
-        warnings.filterwarnings("ignore", message="Use `@` matmul", category=PendingDeprecationWarning)  # rio-cogeo
-        yield
+    gdal_log, note = logging.getLogger("rasterio._env"), _PaletteOverviewNote()
+    gdal_log.addFilter(note)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # no georeference in, none out: logged at open
+            warnings.filterwarnings("ignore", message="Use `@` matmul", category=PendingDeprecationWarning)
+            yield
+    finally:
+        gdal_log.removeFilter(note)
 
 
 def _write_tiled(labels: zarr.Array, valid: zarr.Array, geometry: RasterGeometry, path: Path,

@@ -494,3 +494,21 @@ def test_sparse_bigtiff_streams_in_bounded_memory(tmp_path: Path) -> None:
         assert (dst.read(1, window=Window(5000, 5000, 300, 300)) == NODATA_LABEL).all()
     assert cog_validate(tmp_path / "mask.tif")[0]
     assert sorted(zarr.open_array(tmp_path / "w.zarr" / "image").shape) == [1, side, side]
+
+
+def test_a_mask_with_overviews_is_written_without_gdal_palette_notes(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A mask large enough for overview levels: GDAL's 'overviews on palette index raster bands without a
+    palette' note (printed once per level on a 30k x 30k scene) is not shown; the palette is still written."""
+    path = write_raster(tmp_path / "big.tif", np.zeros((1, 2100, 2300), dtype=np.uint8))
+    raster = open_raster(path)
+    labels, mask = labels_store(tmp_path / "w.zarr", raster.geometry, np.ones(raster.geometry.shape, bool),
+                                chunks=(512, 512))
+    (tmp_path / "work").mkdir()
+    with caplog.at_level(logging.WARNING):
+        write_mask(labels, mask, raster.geometry, tmp_path / "mask.tif", names=NAMES, work_dir=tmp_path / "work")
+    with rasterio.open(tmp_path / "mask.tif") as dst:
+        assert dst.overviews(1)  # the case GDAL talks about
+        assert dst.colormap(1)[1] == (230, 60, 60, 255)
+    assert not [r for r in caplog.records if "palette" in r.getMessage()]
+    assert not logging.getLogger("rasterio._env").filters  # removed again after the write
