@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config.cards import MinMax, Percentiles, WindowScale, ZScore, preprocess_steps
+from pipeline.config.preprocess import MinMax, Percentiles, WindowScale, ZScore, preprocess_steps
 
 Statistics = dict[str, Any]  #: {"steps": [per-step values]}, or {} for purely pointwise preprocessing
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config.cards import ModelCard
-from pipeline.config.catalog import Holdout, TrainingDataset, TrainingPair
+from pipeline.config.training_data import Holdout, TrainingDataset, TrainingPair
 from pipeline.errors import InputError
 
 VECTOR_SUFFIXES = (".geojson", ".json", ".gpkg", ".shp", ".fgb")
