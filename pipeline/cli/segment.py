@@ -87,15 +87,14 @@ def segment_volume_cmd(
     series: SeriesOpt = None,
     dicom_seg: DicomSegOpt = False,
     dicom_seg_type: DicomSegTypeOpt = "binary",
-    verbose: VerboseOpt = 0,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    verbose: VerboseOpt = 0, quiet: QuietOpt = False, debug: DebugOpt = False,
 ) -> None:
     """Segment a NIfTI scan, or a DICOM series (a folder or .zip): writes <scan>_seg.nii.gz and
     <scan>_seg.report.json/.csv (and <scan>_seg.dcm with --dicom-seg); or a Zarr volume in place (writes
     labels/<model> into the store, or into -o other.ome.zarr)."""
     from pipeline.io.ngff import is_zarr_input
     from pipeline.io.outputs import preflight_volume
+    from pipeline.segment.options import SegmentOptions
 
     if is_zarr_input(source):
         if reference or probabilities or ome_zarr or instances:
@@ -110,8 +109,6 @@ def segment_volume_cmd(
     run(lambda: preflight_volume(scan, output=output, reference=reference, model=model, overwrite=overwrite, html=html,
                                  ome_zarr=ome_zarr, probabilities=probabilities, instances=instances, cutout=cutout,
                                  series=dicom is not None, dicom_seg=dicom_seg))
-    from pipeline.segment.options import SegmentOptions
-
     options = SegmentOptions(overwrite=overwrite, html=html, ome_zarr=ome_zarr, instances=instances,
                              chunks=parse_chunks(chunk_size, 3), backend=backend, trust=trust,
                              probabilities=probabilities, statistics=statistics, labels=labels, cutout=cutout,
@@ -184,9 +181,7 @@ def segment_raster_cmd(
     tta: TtaOpt = "none",
     trust: TrustOpt = False,
     backend: BackendOpt = None,
-    verbose: VerboseOpt = 0,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    verbose: VerboseOpt = 0, quiet: QuietOpt = False, debug: DebugOpt = False,
 ) -> None:
     """Segment a raster: writes <scene>_seg.tif (COG) and <scene>_seg.report.json/.csv.
 

@@ -20,7 +20,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import numpy as np
 
 from pipeline.config.cards import ModelCard
 from pipeline.config.catalog import load_catalog
+from pipeline.config.training_data import TrainingDataset
 from pipeline.errors import PipelineError
 from pipeline.model.models import apply_preprocess, build_network, intensity_statistics
 from pipeline.train.checkpoints import fingerprint, load_checkpoint, save_checkpoint
@@ -114,11 +115,8 @@ def train(dataset: str, model_card: str | os.PathLike[str], epochs: int, *,
     CatalogError, CardError, InputError
         Unknown dataset, bad card or recipe, unreadable or mismatched pairs.
     """
-    import monai
     import torch
-    from monai.losses import DiceCELoss
     from monai.utils import set_determinism
-    from tqdm import tqdm
 
     if epochs < 1:
         raise PipelineError(f"--epochs must be >= 1, got {epochs}")
@@ -135,94 +133,154 @@ def train(dataset: str, model_card: str | os.PathLike[str], epochs: int, *,
     pairs = [load_pair(p, entry, card) for p in entry.pairs]
     held = [load_pair(p, entry, card) for p in entry.validation]
     train_regions, val_regions = split_regions(pairs, held, entry.holdout)
-    prepared = [prepare(r, card, recipe.pad) for r in train_regions]
-    samples = [{"image": p.image, "label": p.labels[None], "indices": class_indices(p.labels, card.out_channels)}
-               for p in prepared]
-    transform = crop_transform(card, recipe)
-
-    torch.manual_seed(seed)
-    network = build_network(card).to(dev)
-    optimizer = torch.optim.Adam(network.parameters(), lr=recipe.lr)
-    total = epochs * recipe.steps_per_epoch
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=recipe.lr_min)
-    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-
+    samples = _samples(train_regions, card, recipe)
+    run = _Run.start(card, recipe, dev, seed, total=epochs * recipe.steps_per_epoch)
     key = fingerprint(dataset, entry, card, recipe, epochs, seed)
     checkpoint = out / f".{card.name}.ckpt.pt"
     state = load_checkpoint(checkpoint, key)
-    losses: list[float] = []
-    history: list[dict[str, float]] = []
-    first = 0
     if state is not None:
-        network.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["scheduler"])
-        if state["scaler"]:
-            scaler.load_state_dict(state["scaler"])
-        first, losses, history = int(state["epoch"]), list(state["losses"]), list(state["history"])
-        logger.info("resuming %s from %s after epoch %d of %d", card.name, checkpoint, first, epochs)
+        run.resume(state)
+        logger.info("resuming %s from %s after epoch %d of %d", card.name, checkpoint, run.first, epochs)
 
-    for epoch in range(first, epochs):
+    for epoch in range(run.first, epochs):
+        run.losses.append(run.epoch(samples, recipe, seed, epoch, label=f"epoch {epoch + 1}/{epochs}",
+                                    progress=progress))
+        val = evaluate(run.network, val_regions, card, dev)["dice"]
+        run.history.append(val)
+        logger.info("epoch %d/%d: loss %.4f, validation dice %s", epoch + 1, epochs, run.losses[-1], val)
+        save_checkpoint(checkpoint, run.state(key, epoch + 1))
+        if on_epoch is not None:
+            on_epoch(epoch + 1, run.losses[-1])
+
+    network = run.network.cpu().eval()
+    metrics = _final_metrics(network, card, val_regions, train_regions)
+    weights, card_out = write_outputs(out, card, raw_card, network, metrics, _training_record(
+        dataset, entry, recipe, run, epochs=epochs, seed=seed, threads=threads, wall=time.perf_counter() - started,
+        command=(f"pipeline train --dataset {dataset} --model-card {relative(card_path)} --epochs {epochs} "
+                 f"--seed {seed} --out-dir {relative(out)}")))
+    checkpoint.unlink(missing_ok=True)
+    return TrainResult(card=card_out, weights=weights, metrics=metrics, losses=run.losses, resumed_from=run.first)
+
+
+def _samples(regions: list[Region], card: ModelCard, recipe: Recipe) -> list[dict[str, Any]]:
+    """The training regions preprocessed and padded, as MONAI dictionaries with their class indices."""
+    prepared = [prepare(r, card, recipe.pad) for r in regions]
+    return [{"image": p.image, "label": p.labels[None], "indices": class_indices(p.labels, card.out_channels)}
+            for p in prepared]
+
+
+@dataclass
+class _Run:
+    """One training run: the network, its optimiser, learning-rate schedule, AMP scaler and loss, and what the
+    epochs so far gave (mean loss and validation Dice per epoch)."""
+
+    network: Any
+    optimizer: Any
+    schedule: Any
+    scaler: Any
+    loss_fn: Any
+    transform: Any
+    device: Any
+    losses: list[float] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
+    first: int = 0  #: epochs done before this call (resumed)
+
+    @classmethod
+    def start(cls, card: ModelCard, recipe: Recipe, device: Any, seed: int, *, total: int) -> _Run:
+        """A fresh network (initialised from ``seed``), Adam with cosine annealing over ``total`` steps."""
+        import torch
+        from monai.losses import DiceCELoss
+
+        transform = crop_transform(card, recipe)
+        torch.manual_seed(seed)
+        network = build_network(card).to(device)
+        optimizer = torch.optim.Adam(network.parameters(), lr=recipe.lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=recipe.lr_min)
+        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+        return cls(network, optimizer, schedule, scaler, DiceCELoss(to_onehot_y=True, softmax=True), transform, device)
+
+    def resume(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint (:func:`state`) of the same arguments."""
+        self.network.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.first, self.losses, self.history = int(state["epoch"]), list(state["losses"]), list(state["history"])
+
+    def state(self, key: str, epochs_done: int) -> dict[str, Any]:
+        """The checkpoint after ``epochs_done`` epochs, for arguments of fingerprint ``key``."""
+        return {"fingerprint": key, "epoch": epochs_done, "losses": self.losses, "history": self.history,
+                "model": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.schedule.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}}
+
+    def epoch(self, samples: list[dict[str, Any]], recipe: Recipe, seed: int, epoch: int, *, label: str,
+              progress: bool) -> float:
+        """One epoch of ``recipe.steps_per_epoch`` batches, every draw from ``(seed, epoch)``; the mean loss."""
+        import torch
+        from tqdm import tqdm
+
         torch.manual_seed(seed * 100_003 + epoch)  # every draw of this epoch follows from (seed, epoch)
-        transform.set_random_state(seed=(seed * 100_003 + epoch) % 2**32)
+        self.transform.set_random_state(seed=(seed * 100_003 + epoch) % 2**32)
         pick = np.random.default_rng([seed, epoch])
-        network.train()
+        self.network.train()
         running = 0.0
-        bar = tqdm(range(recipe.steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
-                   leave=False)
+        bar = tqdm(range(recipe.steps_per_epoch), desc=label, disable=not progress, leave=False)
         for _ in bar:
-            crops = transform(samples[int(pick.integers(len(samples)))])
-            x = torch.stack([c["image"].as_tensor() for c in crops]).to(dev)
-            y = torch.stack([c["label"].as_tensor() for c in crops]).long().to(dev)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(dev):
-                loss = loss_fn(network(x), y)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            schedule.step()
+            crops = self.transform(samples[int(pick.integers(len(samples)))])
+            x = torch.stack([c["image"].as_tensor() for c in crops]).to(self.device)
+            y = torch.stack([c["label"].as_tensor() for c in crops]).long().to(self.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            with autocast(self.device):
+                loss = self.loss_fn(self.network(x), y)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.schedule.step()
             running += float(loss.detach())
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        losses.append(running / recipe.steps_per_epoch)
-        val = evaluate(network, val_regions, card, dev)["dice"]
-        history.append(val)
-        logger.info("epoch %d/%d: loss %.4f, validation dice %s", epoch + 1, epochs, losses[-1], val)
-        save_checkpoint(checkpoint, {
-            "fingerprint": key, "epoch": epoch + 1, "losses": losses, "history": history,
-            "model": network.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else {}})
-        if on_epoch is not None:
-            on_epoch(epoch + 1, losses[-1])
+        return running / recipe.steps_per_epoch
 
-    network = network.cpu().eval()
+
+def _final_metrics(network: Any, card: ModelCard, val_regions: list[Region],
+                   train_regions: list[Region]) -> dict[str, Any]:
+    """The trained network scored on CPU on the held-out and the training regions, as the card records it."""
+    import torch
+
     held, seen = (evaluate(network, r, card, torch.device("cpu")) for r in (val_regions, train_regions))
-    metrics = {"dice_heldout": held["dice"], "iou_heldout": held["iou"],
-               "dice_train": seen["dice"], "iou_train": seen["iou"],
-               "heldout": [r.what for r in val_regions], "train": [r.what for r in train_regions],
-               "method": (f"argmax of monai sliding_window_inference (roi {list(card.roi_size)}, overlap "
-                          f"{card.overlap}, gaussian, sw_batch_size {card.sw_batch_size}) on each whole "
-                          "preprocessed image, cut to the region; monai DiceMetric and MeanIoU per label "
-                          "(include_background, ignore_empty=False: 1.0 when a class is absent from truth and "
-                          "prediction), mean over "
-                          "regions; nodata excluded; final weights, no checkpoint selection")}
-    wall = time.perf_counter() - started
-    weights, card_out = write_outputs(out, card, raw_card, network, metrics, {
+    return {"dice_heldout": held["dice"], "iou_heldout": held["iou"],
+            "dice_train": seen["dice"], "iou_train": seen["iou"],
+            "heldout": [r.what for r in val_regions], "train": [r.what for r in train_regions],
+            "method": (f"argmax of monai sliding_window_inference (roi {list(card.roi_size)}, overlap "
+                       f"{card.overlap}, gaussian, sw_batch_size {card.sw_batch_size}) on each whole "
+                       "preprocessed image, cut to the region; monai DiceMetric and MeanIoU per label "
+                       "(include_background, ignore_empty=False: 1.0 when a class is absent from truth and "
+                       "prediction), mean over "
+                       "regions; nodata excluded; final weights, no checkpoint selection")}
+
+
+def _training_record(dataset: str, entry: TrainingDataset, recipe: Recipe, run: _Run, *, epochs: int, seed: int,
+                     threads: int, wall: float, command: str) -> dict[str, Any]:
+    """The card's ``training`` section: data, recipe, schedule, loss curve, device, versions and the command."""
+    import monai
+    import torch
+
+    dev = run.device
+    return {
         "dataset": dataset, "label_map": compact_map(entry.label_map),
         "pairs": [f"{relative(p.image)} + {relative(p.labels)}" for p in entry.pairs],
         "validation_pairs": [f"{relative(p.image)} + {relative(p.labels)}" for p in entry.validation],
         "holdout": entry.holdout.model_dump() if entry.holdout else None,
         "recipe": recipe.model_dump(mode="json", exclude_defaults=False),
-        "epochs": epochs, "steps": total, "seed": seed, "optimizer": "Adam, cosine annealing per step",
+        "epochs": epochs, "steps": epochs * recipe.steps_per_epoch, "seed": seed,
+        "optimizer": "Adam, cosine annealing per step",
         "loss": "monai DiceCELoss(to_onehot_y=True, softmax=True)",
-        "train_loss_per_epoch": [round(v, 4) for v in losses],
-        "validation_dice_per_epoch": history,
+        "train_loss_per_epoch": [round(v, 4) for v in run.losses],
+        "validation_dice_per_epoch": run.history,
         "device": f"{dev.type}{' + AMP' if dev.type == 'cuda' else f', {threads} thread(s)'}",
         "wall_time_s": round(wall, 1), "date": datetime.date.today().isoformat(),
         "code_version": code_version(), "torch": str(torch.__version__), "monai": str(monai.__version__),
         "python": platform.python_version(),
-        "command": (f"pipeline train --dataset {dataset} --model-card {relative(card_path)} --epochs {epochs} "
-                    f"--seed {seed} --out-dir {relative(out)}"),
-    })
-    checkpoint.unlink(missing_ok=True)
-    return TrainResult(card=card_out, weights=weights, metrics=metrics, losses=losses, resumed_from=first)
+        "command": command,
+    }
