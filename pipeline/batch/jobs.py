@@ -114,7 +114,7 @@ class ScanOutcome:
         never the input's fault, with the reason ``storage: <errno text> (<message>)``.
         """
         if storage_failure(error):
-            error = as_storage_error(error, job.output)  # type: ignore[arg-type]  # an OSError, checked above
+            error = as_storage_error(error, job.output)
         if isinstance(error, StorageError | RemoteError):
             reason = error.summary if isinstance(error, StorageError) else f"remote: {error}"
             return cls(source=job.source, scan=job.shown, status=ScanStatus.RETRY, output=str(job.output),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import typer
@@ -21,11 +22,12 @@ class OneLineErrors(TyperGroup):
     """Usage errors (unknown option, bad value, missing argument) as one ``error:`` line, exit 2,
     instead of click's usage box; help for a bare group or command as usual."""
 
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:
         state.update(debug=False, verbose=0, quiet=False)  # each invocation starts from the defaults
         try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = super().main(args, prog_name, complete_var, standalone_mode=False,
+                                windows_expand_args=windows_expand_args, **extra)
         except getattr(click_errors, "NoArgsIsHelpError", ()) as e:
             if not standalone_mode:
                 raise

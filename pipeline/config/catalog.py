@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import string
 from pathlib import Path, PurePath
 from typing import Annotated
@@ -277,7 +278,7 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def load_catalog(path: str | Path) -> Catalog:
+def load_catalog(path: str | os.PathLike[str]) -> Catalog:
     """Read and validate a data catalog; relative paths inside resolve against its directory.
 
     Raises

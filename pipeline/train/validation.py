@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -22,7 +22,7 @@ def predict(network: Any, image: np.ndarray, card: ModelCard, device: Any) -> np
         logits = sliding_window_inference(torch.from_numpy(image)[None].to(device), roi_size=card.roi_size,
                                           sw_batch_size=card.sw_batch_size, predictor=network,
                                           overlap=card.overlap, mode="gaussian")
-    return logits.argmax(dim=1)[0].cpu().numpy()
+    return cast("torch.Tensor", logits).argmax(dim=1)[0].cpu().numpy()  # a tensor predictor gives a tensor
 
 
 def scores(pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], card: ModelCard) -> dict[str, dict[str, float]]:
