@@ -2,7 +2,7 @@
 
 One Prefect task per scan (never per tile: Dask parallelises the tiles inside it), all sharing
 one Dask cluster per flow run. The rules for what runs, the manifests and the locks live in
-:mod:`pipeline.batch.manifest`; this module only orchestrates and publishes artifacts.
+:mod:`pipeline.batch` (discovery, manifest, scan_run); this module only orchestrates and publishes artifacts.
 """
 
 from __future__ import annotations
@@ -17,17 +17,10 @@ from prefect.futures import PrefectFuture
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from pipeline.batch.manifest import (
-    Plan,
-    ScanJob,
-    ScanOutcome,
-    ScanStatus,
-    discover,
-    is_transient,
-    markdown_summary,
-    run_scan,
-    table_rows,
-)
+from pipeline.batch.discovery import discover
+from pipeline.batch.jobs import Plan, ScanJob, ScanOutcome, ScanStatus
+from pipeline.batch.scan_run import is_transient, run_scan
+from pipeline.batch.summary import markdown_summary, table_rows
 from pipeline.cluster import dask_client
 from pipeline.config.catalog import load_catalog
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import TypeGuard
 
 #: File-system failures of the storage under a run (space, quota, permissions, read-only or failing disk): the
 #: operator's to fix, never the input's. Other OSErrors (network, lost workers) stay what they are.
@@ -80,7 +81,7 @@ class StorageError(OutputError):
         return f"storage: {os.strerror(self.errno)} ({text})" if self.errno else f"storage: {text}"
 
 
-def storage_failure(error: BaseException | None) -> bool:
+def storage_failure(error: BaseException | None) -> TypeGuard[OSError]:
     """A raw file-system error of the storage (``ENOSPC``, ``EIO``, ``EACCES``...), not yet reported as ours."""
     return isinstance(error, OSError) and not isinstance(error, PipelineError) and error.errno in STORAGE_ERRNOS
 

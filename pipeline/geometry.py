@@ -87,7 +87,7 @@ class VolumeGeometry:
     def from_attrs(cls, attrs: dict[str, Any]) -> VolumeGeometry:
         """Inverse of :meth:`to_attrs`."""
         fields = {f.name for f in dataclasses.fields(cls)}
-        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in attrs.items() if k in fields}
+        values: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in attrs.items() if k in fields}
         return cls(**values)
 
     @classmethod

@@ -25,7 +25,8 @@ from typer.testing import CliRunner
 
 from pipeline import load_model
 from pipeline.cli import app
-from pipeline.config.cards import KMeansParams, OtsuParams, load_card
+from pipeline.config.cards import load_card
+from pipeline.config.classical import KMeansParams, OtsuParams
 from pipeline.engine import predictor
 from pipeline.engine.classical import kmeans_centres, kmeans_statistics, otsu_block, otsu_statistics
 from pipeline.engine.validity import NEUTRAL, neutralise, windows_with_data

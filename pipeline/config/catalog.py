@@ -7,21 +7,17 @@ so a deployment behaves the same wherever it is started. Outputs go to
 ``<output_root>/<source output>/<path under the source directory>/<stem>_seg<suffix>`` and can never
 leave ``output_root`` (``..``, absolute paths and symlinks pointing outside are refused).
 
-Nothing here reads a scan or a model: :mod:`pipeline.batch.manifest` decides what to run.
+Nothing here reads a scan or a model: :mod:`pipeline.batch.discovery` decides what to run.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
 import logging
-import re
+import os
 import string
-import zoneinfo
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import (
     BaseModel,
@@ -35,54 +31,17 @@ from pydantic import (
 )
 
 from pipeline.config.choices import check_choice
-from pipeline.config.cluster import ClusterSettings
-from pipeline.config.yamlfile import read_mapping
+from pipeline.config.cluster import ClusterConfig
+from pipeline.config.schedule import Schedule
+from pipeline.config.segmenters import SEGMENTERS, Segmenter
+from pipeline.config.training_data import TrainingDataset
+from pipeline.config.yamlfile import read_mapping, resolve_relative
 from pipeline.errors import CatalogError, OutputError
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Segmenter:
-    """How one kind of source is segmented: the library function (imported lazily) and its file names."""
-
-    module: str
-    function: str
-    suffixes: tuple[str, ...]  #: input file endings the source's glob must match, longest first
-    output_suffix: str  #: ending of the mask written for each input
-    options: frozenset[str] = frozenset()  #: source keys passed on as keyword arguments (bands, vectors)
-
-    def load(self) -> Callable[..., Any]:
-        """The segment function, imported on first use."""
-        module = importlib.import_module(self.module)
-        function: Callable[..., Any] = getattr(module, self.function)
-        return function
-
-    def stem(self, name: str) -> str:
-        """``scan.nii.gz`` -> ``scan``: the file name without its (double) suffix."""
-        for suffix in self.suffixes:
-            if name.lower().endswith(suffix):
-                return name[: -len(suffix)]
-        return PurePath(name).stem
-
-
-#: Source kind -> segmenter. The catalog's ``kind`` choices come from here, so they cannot disagree.
-SEGMENTERS: dict[str, Segmenter] = {
-    "medical": Segmenter("pipeline.segment.volume", "segment_volume", (".nii.gz", ".nii"), ".nii.gz"),
-    "geo": Segmenter("pipeline.segment.raster", "segment_raster", (".tiff", ".tif"), ".tif",
-                     frozenset({"bands", "vectors"})),
-    # series on a PACS (pipeline.pacs): retrieved, segmented as a DICOM series, SEG stored back
-    "dicomweb": Segmenter("pipeline.segment.dicom", "segment_series", (), ".nii.gz", frozenset({"dicomweb"})),
-}
-
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)]
-_CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,?-]+$")
-
-
-def _resolve(value: Path, info: ValidationInfo) -> Path:
-    """Anchor a relative path at the catalog file's directory (passed as validation context)."""
-    base = (info.context or {}).get("base")
-    return value if value.is_absolute() or base is None else Path(base) / value
 
 
 def _relative_parts(value: str, what: str) -> str:
@@ -105,7 +64,7 @@ class NamingRule(BaseModel):
     @field_validator("directory")
     @classmethod
     def _anchor(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        return None if value is None else _resolve(value, info)
+        return None if value is None else resolve_relative(value, info)
 
     @field_validator("name")
     @classmethod
@@ -164,7 +123,7 @@ class Source(BaseModel):
     @field_validator("directory")
     @classmethod
     def _anchor(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        return None if value is None else _resolve(value, info)
+        return None if value is None else resolve_relative(value, info)
 
     @field_validator("glob")
     @classmethod
@@ -176,7 +135,7 @@ class Source(BaseModel):
     def _model_path(cls, value: str, info: ValidationInfo) -> str:
         """A card path (``*.yaml`` or containing ``/``) is anchored at the catalog; a name is looked up later."""
         if value.endswith((".yaml", ".yml")) or "/" in value:
-            return str(_resolve(Path(value), info))
+            return str(resolve_relative(Path(value), info))
         return value
 
     @field_validator("vectors")
@@ -220,127 +179,6 @@ class Source(BaseModel):
         return self.output or self.name
 
 
-def _id_list(value: Any) -> list[int]:
-    """``[5, "25-50"]`` -> ``[5, 25, ..., 50]``: label ids, with inclusive ranges written as strings."""
-    ids: list[int] = []
-    for item in value if isinstance(value, list) else [value]:
-        if isinstance(item, str) and re.fullmatch(r"\d+-\d+", item.strip()):
-            low, high = (int(v) for v in item.split("-"))
-            if high < low:
-                raise ValueError(f"range {item!r} is empty")
-            ids.extend(range(low, high + 1))
-        elif isinstance(item, int) and not isinstance(item, bool) and item >= 0:
-            ids.append(item)
-        else:
-            raise ValueError(f"label ids must be integers >= 0 or ranges like '25-50', got {item!r}")
-    return ids
-
-
-class TrainingPair(BaseModel):
-    """One image and its labels on the same grid: NIfTI + NIfTI, GeoTIFF + GeoTIFF, or GeoTIFF + vectors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    image: Path
-    labels: Path
-
-    @field_validator("image", "labels")
-    @classmethod
-    def _anchor(cls, value: Path, info: ValidationInfo) -> Path:
-        return _resolve(value, info)
-
-
-class Holdout(BaseModel):
-    """Held back from training in every pair: indices ``>= start`` along spatial ``axis`` (array order)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    axis: int = Field(ge=0, le=2, description="volumes: 0=i, 1=j, 2=k; rasters: 0=row, 1=column")
-    start: int = Field(ge=1)
-
-
-class TrainingDataset(BaseModel):
-    """Image/label pairs for ``pipeline train``, and what is kept for validation (a region and/or pairs)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    kind: str
-    description: str = ""
-    pairs: list[TrainingPair] = Field(min_length=1)
-    validation: list[TrainingPair] = Field(default_factory=list, description="pairs never trained on")
-    holdout: Holdout | None = None
-    bands: tuple[Annotated[int, Field(ge=1)], ...] | None = Field(default=None, description="geo only: 1-based")
-    label_map: dict[Annotated[int, Field(ge=1)], list[int]] | None = Field(
-        default=None, description="class -> source label ids (ranges as 'a-b'); every other id is background (0)")
-
-    @field_validator("kind")
-    @classmethod
-    def _known_kind(cls, value: str) -> str:
-        return check_choice("kind", value, SEGMENTERS)
-
-    @field_validator("label_map", mode="before")
-    @classmethod
-    def _expand_ranges(cls, value: Any) -> Any:
-        return {k: _id_list(v) for k, v in value.items()} if isinstance(value, dict) else value
-
-    @model_validator(mode="after")
-    def _has_validation(self) -> TrainingDataset:
-        if self.holdout is None and not self.validation:
-            raise ValueError("needs a validation split: 'holdout' (a region) and/or 'validation' (pairs)")
-        if self.bands is not None and self.kind != "geo":
-            raise ValueError(f"bands is only valid for kind 'geo', not {self.kind!r}")
-        return self
-
-
-class ClusterConfig(BaseModel):
-    """One Dask cluster per flow run: a LocalCluster with these sizes, or an existing scheduler."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    address: str | None = Field(default=None, description="e.g. tcp://scheduler:8786; wins over the local sizes")
-    workers: int = Field(default=2, ge=1)
-    threads_per_worker: int = Field(default=1, ge=1)
-    memory_limit: str = Field(default="auto", description="per worker, e.g. 4GiB; auto = RAM / workers")
-    torch_threads: int | None = Field(default=None, ge=1)
-
-    @field_validator("memory_limit")
-    @classmethod
-    def _bytes(cls, value: str) -> str:
-        if value != "auto":
-            from dask.utils import parse_bytes
-
-            try:
-                parse_bytes(value)
-            except (ValueError, TypeError) as e:
-                raise ValueError(f"not a memory size like '4GiB' or 'auto', got {value!r}") from e
-        return value
-
-    def settings(self) -> ClusterSettings:
-        return ClusterSettings(address=self.address, workers=self.workers, threads_per_worker=self.threads_per_worker,
-                               memory_limit=self.memory_limit, torch_threads=self.torch_threads)
-
-
-class Schedule(BaseModel):
-    """When the deployment runs: a 5-field cron expression in a named time zone."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    cron: str
-    timezone: str = "UTC"
-
-    @field_validator("cron")
-    @classmethod
-    def _five_fields(cls, value: str) -> str:
-        fields = value.split()
-        if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
-            raise ValueError(f"must be a 5-field cron expression like '0 2 * * *', got {value!r}")
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        try:
-            zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as e:
-            raise ValueError(f"unknown time zone {value!r} (use an IANA name like 'Europe/Berlin')") from e
-        return value
-
-
 class Catalog(BaseModel):
     """What is processed (sources), where results go (output_root), how (cluster) and when (schedule)."""
 
@@ -356,7 +194,7 @@ class Catalog(BaseModel):
     @field_validator("output_root", "work_root")
     @classmethod
     def _anchor(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        return None if value is None else _resolve(value, info)
+        return None if value is None else resolve_relative(value, info)
 
     @model_validator(mode="after")
     def _unique_and_contained(self) -> Catalog:
@@ -440,7 +278,7 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def load_catalog(path: str | Path) -> Catalog:
+def load_catalog(path: str | os.PathLike[str]) -> Catalog:
     """Read and validate a data catalog; relative paths inside resolve against its directory.
 
     Raises

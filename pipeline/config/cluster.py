@@ -1,4 +1,5 @@
-"""Where blocks run, as a value: :class:`ClusterSettings`, checked when it is made.
+"""Where blocks run, as a value: :class:`ClusterSettings`, checked when it is made, and the catalog's
+:class:`ClusterConfig` that makes one.
 
 Why in ``config/``: the catalog, the CLI and the flows all build one, and none of them should import
 Dask's scheduler to do so; :mod:`pipeline.cluster` turns a value into a running cluster.
@@ -9,6 +10,8 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.errors import SettingsError
 
@@ -101,3 +104,30 @@ def check_address(address: str) -> None:
             host, port = "", 0
         if not host or not _HOST.match(host) or not 1 <= port <= 65535:
             raise SettingsError(f"Dask address {address!r} is not {scheme}://host:port (e.g. tcp://10.0.0.5:8786)")
+
+
+class ClusterConfig(BaseModel):
+    """One Dask cluster per flow run: a LocalCluster with these sizes, or an existing scheduler."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    address: str | None = Field(default=None, description="e.g. tcp://scheduler:8786; wins over the local sizes")
+    workers: int = Field(default=2, ge=1)
+    threads_per_worker: int = Field(default=1, ge=1)
+    memory_limit: str = Field(default="auto", description="per worker, e.g. 4GiB; auto = RAM / workers")
+    torch_threads: int | None = Field(default=None, ge=1)
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _bytes(cls, value: str) -> str:
+        if value != "auto":
+            from dask.utils import parse_bytes
+
+            try:
+                parse_bytes(value)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"not a memory size like '4GiB' or 'auto', got {value!r}") from e
+        return value
+
+    def settings(self) -> ClusterSettings:
+        return ClusterSettings(address=self.address, workers=self.workers, threads_per_worker=self.threads_per_worker,
+                               memory_limit=self.memory_limit, torch_threads=self.torch_threads)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationInfo
 
 from pipeline.errors import PipelineError, first_line
 from pipeline.io.files import require_regular_file
@@ -135,3 +136,9 @@ def yaml_reason(error: Exception) -> str:
         mark = error.problem_mark
         return f"{error.problem} at line {mark.line + 1}, column {mark.column + 1}"
     return first_line(error)
+
+
+def resolve_relative(value: Path, info: ValidationInfo) -> Path:
+    """A relative path taken from the YAML file at the file's directory (passed as validation context)."""
+    base = (info.context or {}).get("base")
+    return value if value.is_absolute() or base is None else Path(base) / value

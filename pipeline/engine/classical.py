@@ -27,7 +27,7 @@ import numpy as np
 import zarr
 from scipy import ndimage
 
-from pipeline.config.cards import (
+from pipeline.config.classical import (
     Cleanup,
     EdgesParams,
     KMeansParams,

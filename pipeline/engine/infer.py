@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from pipeline.device import device_type
 from pipeline.engine.alignment import alignment_for
 from pipeline.engine.api import default_chunks
 from pipeline.engine.predictor import InferenceSettings
-from pipeline.engine.runner import BlockSink, ImageSource, block_jobs, run_block, run_jobs
+from pipeline.engine.runner import BlockJob, BlockSink, ImageSource, Index, block_jobs, run_block, run_jobs
 from pipeline.engine.tta import mirror_axes
 from pipeline.engine.windows import balanced_chunks, parse_overlap, plan_blocks, window_grid
 from pipeline.errors import InputError
@@ -100,21 +100,9 @@ def run_inference(image: zarr.Array | Any, model: Model, group: zarr.Group, *, c
                              valid=valid)
     import dask
     import dask.array as da
-    from tqdm import tqdm
 
     spatial = tuple(int(n) for n in image.shape[1:])
-    if image.shape[0] != model.card.in_channels:
-        raise InputError(f"model {model.name!r} needs {model.card.in_channels} channel(s), "
-                         f"the input has {image.shape[0]}")
-    alignment = alignment_for(image.attrs.get("geometry"), model.card)
-    settings = InferenceSettings(roi_size=alignment.roi_scan if alignment else model.roi_size,
-                                 overlap=parse_overlap(model.overlap, len(spatial)),
-                                 sw_batch_size=model.card.sw_batch_size, alignment=alignment,
-                                 out_channels=model.card.out_channels, backend=backend or model.card.backend,
-                                 mirror_axes=mirror_axes(tta, len(spatial), model.card))
-    if alignment is not None:
-        logger.info("windows of %s input pixels/voxels, shown to the model as %s %s", list(alignment.roi_scan),
-                    list(model.roi_size), model.card.orientation or "")
+    settings = _settings(image, model, backend, tta)
     grid = window_grid(spatial, settings.roi_size, settings.overlap)
     threads = worker_threads(client)
     resuming = ledger is not None and "labels" in group
@@ -129,17 +117,8 @@ def run_inference(image: zarr.Array | Any, model: Model, group: zarr.Group, *, c
     with dask.config.set(scheduler=client):  # this run's cluster, not whichever client is the default
         statistics = model.statistics(raw, mask)
     dtype = label_dtype(model.card.out_channels)
-    if resuming:
-        labels = group["labels"]
-        probs = group["probabilities"] if probabilities else None
-    else:
-        labels = create_array(group, "labels", shape=spatial, chunks=block, dtype=dtype, channel_axis=False,
-                              attributes=dict(image.attrs))
-        probs = None
-        if probabilities:
-            probs = create_array(group, "probabilities", shape=(model.card.out_channels, *spatial),
-                                 chunks=(model.card.out_channels, *block), dtype=np.float16,
-                                 attributes=dict(image.attrs))
+    labels, probs = _output_arrays(group, image, model.card.out_channels, block, dtype, probabilities=probabilities,
+                                   resuming=resuming)
     store = str(group.store.root)
     jobs = block_jobs(plan_blocks(grid, block))
     source = ImageSource(store=store, name=image.path if in_store else "", array=None if in_store else image,
@@ -149,21 +128,62 @@ def run_inference(image: zarr.Array | Any, model: Model, group: zarr.Group, *, c
     sink = BlockSink(store=store, spill_dir=str(Path(store).parent / "spill"), dtype=dtype.name,
                      out_channels=model.card.out_channels, probabilities=probabilities, ledger=ledger)
     task = functools.partial(run_block, source=source, network=model.ref, settings=settings, sink=sink)
+    finished, seconds = _run_blocks(client, jobs, task, ledger=ledger, in_flight=threads, progress=progress)
+    return InferenceResult(labels=labels, probabilities=probs, seconds=seconds, windows=grid.n_windows,
+                           blocks=len(jobs), chunks=block, blocks_resumed=len(finished),
+                           backend=_backend_used(settings.backend))
+
+
+def _settings(image: Any, model: Model, backend: str | None, tta: str) -> InferenceSettings:
+    """The windows' settings for ``model`` on ``image`` (C, *spatial): roi (in input pixels when the model sees
+    the input resampled), overlap, batch, backend and mirrorings; the input's channel count checked first."""
+    ndim = len(image.shape) - 1
+    if image.shape[0] != model.card.in_channels:
+        raise InputError(f"model {model.name!r} needs {model.card.in_channels} channel(s), "
+                         f"the input has {image.shape[0]}")
+    alignment = alignment_for(image.attrs.get("geometry"), model.card)
+    settings = InferenceSettings(roi_size=alignment.roi_scan if alignment else model.roi_size,
+                                 overlap=parse_overlap(model.overlap, ndim),
+                                 sw_batch_size=model.card.sw_batch_size, alignment=alignment,
+                                 out_channels=model.card.out_channels, backend=backend or model.card.backend,
+                                 mirror_axes=mirror_axes(tta, ndim, model.card))
+    if alignment is not None:
+        logger.info("windows of %s input pixels/voxels, shown to the model as %s %s", list(alignment.roi_scan),
+                    list(model.roi_size), model.card.orientation or "")
+    return settings
+
+
+def _output_arrays(group: zarr.Group, image: Any, out_channels: int, block: tuple[int, ...], dtype: np.dtype, *,
+                   probabilities: bool, resuming: bool) -> tuple[zarr.Array, zarr.Array | None]:
+    """The work store's ``labels`` (and ``probabilities``) arrays: the interrupted run's when resuming, else new
+    ones on the block grid, carrying the image's attributes."""
+    if resuming:
+        return group["labels"], group["probabilities"] if probabilities else None
+    spatial = tuple(int(n) for n in image.shape[1:])
+    labels = create_array(group, "labels", shape=spatial, chunks=block, dtype=dtype, channel_axis=False,
+                          attributes=dict(image.attrs))
+    probs = None
+    if probabilities:
+        probs = create_array(group, "probabilities", shape=(out_channels, *spatial), chunks=(out_channels, *block),
+                             dtype=np.float16, attributes=dict(image.attrs))
+    return labels, probs
+
+
+def _run_blocks(client: Any, jobs: list[BlockJob], task: Callable[[BlockJob], Any], *, ledger: Ledger | None,
+                in_flight: int, progress: bool) -> tuple[set[Index], float]:
+    """Run every block task the ``ledger`` does not record as finished; (the finished ones, seconds taken)."""
+    from tqdm import tqdm
+
     done_names = ledger.names() if ledger is not None else set()
     finished = {job.index for job in jobs if block_name(job.region) in done_names}
     if finished:
         logger.info("resuming: %d of %d blocks already finished", len(finished), len(jobs))
     start = time.perf_counter()
-    seen = None
     with tqdm(total=len(jobs), initial=len(finished), desc="blocks", unit="block", disable=not progress,
               leave=False) as bar:
-        for _ in run_jobs(client, jobs, task, finished=finished, in_flight=threads):
+        for _ in run_jobs(client, jobs, task, finished=finished, in_flight=in_flight):
             bar.update(1)
-    seconds = time.perf_counter() - start
-    return InferenceResult(labels=labels, probabilities=probs, seconds=seconds, windows=grid.n_windows,
-                           blocks=len(jobs), chunks=block, blocks_resumed=len(finished),
-                           spill_bytes_peak=seen.spill_bytes_peak if seen else 0,
-                           backend=_backend_used(settings.backend))
+    return finished, time.perf_counter() - start
 
 
 def _backend_used(requested: str) -> str:

@@ -9,11 +9,12 @@ Values are per channel (a list) with ``channel_wise``, else one value for the wh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from pipeline.config.cards import MinMax, Percentiles, WindowScale, ZScore, preprocess_steps
+from pipeline.config.preprocess import MinMax, Percentiles, WindowScale, ZScore, preprocess_steps
 
 Statistics = dict[str, Any]  #: {"steps": [per-step values]}, or {} for purely pointwise preprocessing
 
@@ -169,7 +170,8 @@ def statistics(preprocess: Any, array: Any, valid: Any = None) -> Statistics:
     steps = preprocess_steps(preprocess)
     if all(isinstance(step, WindowScale) for step in steps):
         return {}
-    measure = {ZScore: _zscore_statistics, MinMax: _minmax_statistics, Percentiles: _percentile_statistics}
+    measure: dict[type, Callable[[Any, Any, Any], dict[str, list[float]]]] = {
+        ZScore: _zscore_statistics, MinMax: _minmax_statistics, Percentiles: _percentile_statistics}
     found: list[dict[str, list[float]]] = []
     x = array.rechunk({0: -1}) if hasattr(array, "rechunk") else array  # per-channel values need whole channels
     keep = None if valid is None else valid[None]

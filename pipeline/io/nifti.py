@@ -181,7 +181,7 @@ def _voxel_stream(scan: NiftiScan) -> Iterator[Any]:
     checks the trailer at the end of the stream (nibabel may use ``indexed_gzip``, built for seeking).
     """
     try:
-        fh = gzip.open(scan.path, "rb") if scan.path.name.endswith(".gz") else nib.openers.ImageOpener(scan.path)
+        fh = gzip.open(scan.path, "rb") if scan.path.name.endswith(".gz") else nib.openers.ImageOpener(scan.path)  # type: ignore[arg-type]  # nibabel annotates str | IOBase, opens paths too
     except OSError as e:
         raise InputError(f"{scan.path}: cannot read voxels ({e.strerror or e})") from e
     with fh:

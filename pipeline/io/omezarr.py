@@ -110,7 +110,7 @@ def write_ome_zarr(image: Any, mask: Any, geometry: VolumeGeometry | RasterGeome
     volume = isinstance(geometry, VolumeGeometry)
     img = da.from_zarr(image)
     lab = da.from_zarr(mask)
-    if volume:
+    if isinstance(geometry, VolumeGeometry):  # not ``if volume:``, which does not narrow the type for mypy
         img = img[0].transpose(2, 1, 0)  # (c, i, j, k) -> (z, y, x)
         lab = lab.transpose(2, 1, 0)
         scale, translation, exact = volume_transform(geometry)

@@ -19,6 +19,7 @@ import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipeline.errors import InputError, OutputError, OutputExistsError
 
@@ -196,7 +197,7 @@ def vector_reads(path: Path) -> list[Path]:
     return [path, *(path.with_suffix(s) for s in (".shx", ".dbf", ".prj", ".cpg"))]
 
 
-def model_reads(model: object) -> list[Path]:
+def model_reads(model: Any) -> list[Path]:
     """What a loaded :class:`~pipeline.model.models.Model` was read from: its card and weights, or a bundle's
     directory."""
     card_path = Path(model.card_path)

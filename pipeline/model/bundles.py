@@ -272,8 +272,8 @@ def bundle_card(root: Path, parser: Any, sha256: str, *, trust: bool = False) ->
     values = BundleValues(parser, trust=trust)
     meta = parser.get("_meta_") or {}
     data_format = meta.get("network_data_format") or {}
-    inputs = next(iter((data_format.get("inputs") or {}).values()), {})
-    outputs = next(iter((data_format.get("outputs") or {}).values()), {})
+    inputs: dict[str, Any] = next(iter((data_format.get("inputs") or {}).values()), {})
+    outputs: dict[str, Any] = next(iter((data_format.get("outputs") or {}).values()), {})
     try:
         roi = bundle_roi(parser, values, inputs)
         overlap, batch = values.get("inferer::overlap", 0.25), values.get("inferer::sw_batch_size", 4)

@@ -21,7 +21,8 @@ from typing import Any
 
 from pipeline.errors import InputError, InputNotFoundError
 from pipeline.io.atomic import atomic_path, check_output
-from pipeline.report.html_report import figure_uri, render_page, write_html
+from pipeline.report.charts import figure_uri
+from pipeline.report.html_report import render_page, write_html
 
 logger = logging.getLogger(__name__)
 

@@ -103,6 +103,7 @@ def qgis_style(labels: Mapping[int, Label], *, nodata: int | None = NODATA_LABEL
 def write_viewer_files(mask: Path, labels: Mapping[int, Label], kind: str) -> tuple[Path, ...]:
     """Write the sidecars of :func:`viewer_paths` atomically; returns their paths."""
     paths = viewer_paths(mask, kind)
+    texts: tuple[str, ...]
     if kind == "raster":
         texts = (qgis_style(labels),)
     else:

@@ -9,6 +9,7 @@ mtimes), the orientation and the engine's fingerprint.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -89,6 +90,37 @@ def segment_zarr(
     InputError, CardError, ModelError, OutputExistsError, OutputError
     """
     started = time.perf_counter()
+    source, mdl, geometry = _open(store, model, level=level, array=array, spacing=spacing, axes=axes,
+                                  orientation=orientation, trust=trust, backend=backend)
+    label_name = name or mdl.name
+    target, in_input = _label_target(source, output, label_name, overwrite=overwrite)
+    json_path = target.with_name(f"{split_suffix(target.name, ZARR_SUFFIXES)[0]}_{label_name}.report.json")
+    writes = [Output(json_path, "json"), Output(report_csv_path(json_path), "csv")]
+    guard = functools.partial(_check_targets, target, label_name, writes, overwrite=overwrite, in_input=in_input)
+    guard()
+    root = Path(work_dir) if work_dir else target.parent
+    aligned, block = _plan(source, geometry, mdl, chunks, work_root=root, cluster=cluster, client=client)
+    identity = store_identity(source)
+    fingerprint = {**identity, "orientation": geometry.affine, "labels_name": label_name,
+                   **engine_fingerprint(mdl, chunks=block, probabilities=False)}
+    stages = Stages()
+    key = target.with_name(f"{target.name}.{label_name}")  # work directory and lock beside the store, not in it
+    with work_store(root, key, fingerprint, check=guard) as work:
+        view = zarr_view(source, geometry)
+        result, workers_rss = _infer(view, mdl, work, aligned=aligned, block=block, cluster=cluster, client=client,
+                                     progress=progress, stages=stages)
+        with stages("write"):
+            written = write_ngff_labels(result.labels, source, target, label_name, labels_meta=mdl.labels,
+                                        scratch=work.path / "labels.zarr", overwrite=overwrite, in_input=in_input)
+        report = _report(source, identity, mdl, written, result, started, workers_rss, stages, geometry)
+        csv_path = write_report(report, json_path)
+    return ZarrSegmentation(labels=written, report_json=json_path, report_csv=csv_path, report=report)
+
+
+def _open(store: str | os.PathLike[str], model: str | os.PathLike[str] | Model | None, *, level: int,
+          array: str | None, spacing: Sequence[float] | None, axes: str | None, orientation: str | None,
+          trust: bool, backend: str | None) -> tuple[ZarrInput, Model, Any]:
+    """The store's image, the model (3D, taking the image's channels) and the image's geometry."""
     source = open_zarr_input(store, level=level, array=array, spacing=spacing, axes=axes)
     codes = parse_orientation(orientation) if orientation else None
     mdl = (model if isinstance(model, Model) else load_model(model, trust=trust)).on_backend(backend)
@@ -97,52 +129,55 @@ def segment_zarr(
     if source.channels != mdl.card.in_channels:
         raise InputError(f"{source.url}: {source.channels} channel(s); model {mdl.name!r} takes "
                          f"{mdl.card.in_channels}")
-    geometry = zarr_geometry(source, orientation=codes, card_orientation=mdl.card.orientation)
-    label_name = name or mdl.name
+    return source, mdl, zarr_geometry(source, orientation=codes, card_orientation=mdl.card.orientation)
+
+
+def _label_target(source: ZarrInput, output: str | os.PathLike[str] | None, label_name: str, *,
+                  overwrite: bool) -> tuple[Path, bool]:
+    """The store the labels go into, and whether it is the input store itself (``-o`` naming it included)."""
     in_input = output is None
     if in_input:
-        check_label_target(source.url, name or mdl.name, overwrite=overwrite, in_input=True)  # remote: needs -o
-    target = Path(source.url) if in_input else Path(output)
+        check_label_target(source.url, label_name, overwrite=overwrite, in_input=True)  # remote: needs -o
+    target = Path(source.url) if output is None else Path(output)
     if not in_input and not split_suffix(target.name, ZARR_SUFFIXES)[1]:
         raise InputError(f"{target}: the labels are an OME-Zarr store; name it .ome.zarr or .zarr")
     if not in_input and source.is_local and os.path.realpath(target) == os.path.realpath(source.url):
         in_input = True
-    json_path = target.with_name(f"{split_suffix(target.name, ZARR_SUFFIXES)[0]}_{label_name}.report.json")
-    writes = [Output(json_path, "json"), Output(report_csv_path(json_path), "csv")]
+    return target, in_input
 
-    def guard() -> None:
-        check_label_target(target, label_name, overwrite=overwrite, in_input=in_input)
-        check_outputs(writes, [], overwrite=overwrite)
 
-    guard()
+def _check_targets(target: Path, label_name: str, writes: list[Output], *, overwrite: bool, in_input: bool) -> None:
+    """The label image and the report files may be written (checked again once the work store is locked)."""
+    check_label_target(target, label_name, overwrite=overwrite, in_input=in_input)
+    check_outputs(writes, [], overwrite=overwrite)
+
+
+def _plan(source: ZarrInput, geometry: Any, mdl: Model, chunks: Sequence[int] | None, *, work_root: Path,
+          cluster: ClusterSettings | None, client: Any) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """The model's window in the image's voxels and the blocks (clipped to the image); a plan the machine or
+    cluster cannot hold is refused (:mod:`pipeline.segment.plan_estimate`)."""
     aligned = aligned_windows(Path(source.url), geometry.to_attrs(), mdl)
     block = clip_chunks(chunks, geometry.shape)
-    root = Path(work_dir) if work_dir else target.parent
     check_capacity(estimate_plan(geometry.shape, roi=aligned, overlap=parse_overlap(mdl.overlap, 3), chunks=block,
                                  default=default_chunks(aligned), in_channels=0, itemsize=source.dtype.itemsize,
                                  classes=mdl.card.out_channels, workers=planned_workers(cluster, client),
                                  processes=local_processes(cluster, client)),
-                   source=Path(source.url), work_root=root, cluster=cluster, client=client)
-    identity = store_identity(source)
-    fingerprint = {**identity, "orientation": geometry.affine, "labels_name": label_name,
-                   **engine_fingerprint(mdl, chunks=block, probabilities=False)}
-    stages = Stages()
-    key = target.with_name(f"{target.name}.{label_name}")  # work directory and lock beside the store, not in it
-    with work_store(root, key, fingerprint, check=guard) as work:
-        view = zarr_view(source, geometry)
-        with client_scope(client, cluster or ClusterSettings()) as active:
-            preload_model(active, mdl)
-            with stages("inference"):
-                classical = mdl.card.kind == "classical" and not block
-                result = run_inference(view, mdl, work.group, client=active, ledger=work.ledger, progress=progress,
-                                       chunks=default_chunks(aligned) if classical else block)
-            workers_rss = worker_peak_rss(active)
-        with stages("write"):
-            written = write_ngff_labels(result.labels, source, target, label_name, labels_meta=mdl.labels,
-                                        scratch=work.path / "labels.zarr", overwrite=overwrite, in_input=in_input)
-        report = _report(source, identity, mdl, written, result, started, workers_rss, stages, geometry)
-        csv_path = write_report(report, json_path)
-    return ZarrSegmentation(labels=written, report_json=json_path, report_csv=csv_path, report=report)
+                   source=Path(source.url), work_root=work_root, cluster=cluster, client=client)
+    return aligned, block
+
+
+def _infer(view: Any, mdl: Model, work: Any, *, aligned: Sequence[int], block: Sequence[int] | None,
+           cluster: ClusterSettings | None, client: Any, progress: bool, stages: Stages) -> tuple[Any, int]:
+    """Inference on the cluster (the model preloaded in every worker); the result and the workers' peak RSS.
+    A classical model without explicit blocks runs on the network default's blocks."""
+    classical = mdl.card.kind == "classical" and not block
+    chunks = default_chunks(aligned) if classical else block
+    with client_scope(client, cluster or ClusterSettings()) as active:
+        preload_model(active, mdl)
+        with stages("inference"):
+            result = run_inference(view, mdl, work.group, client=active, ledger=work.ledger, progress=progress,
+                                   chunks=chunks)
+        return result, worker_peak_rss(active)
 
 
 def _report(source: ZarrInput, identity: dict[str, Any], model: Model, written: Path, result: Any, started: float,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config.cards import ModelCard
-from pipeline.config.catalog import Holdout, TrainingDataset, TrainingPair
+from pipeline.config.training_data import Holdout, TrainingDataset, TrainingPair
 from pipeline.errors import InputError
 
 VECTOR_SUFFIXES = (".geojson", ".json", ".gpkg", ".shp", ".fgb")
@@ -76,7 +76,7 @@ def _read_medical(pair: TrainingPair, card: ModelCard) -> tuple[np.ndarray, np.n
         raise InputError(f"{pair.image}: voxel size {np.round(scan.geometry.zooms, 3).tolist()} mm differs from the "
                          f"card's spacing {list(card.spacing or ())}; resample the pair to it before training")
     flipped = [m for m, f in enumerate(alignment.flip) if f]
-    image, labels = (np.flip(np.transpose(a, alignment.perm), flipped).copy() for a in (image, labels))
+    image, labels = (np.flip(np.transpose(a, alignment.perm), tuple(flipped)).copy() for a in (image, labels))
     return image[None], labels
 
 

@@ -14,51 +14,32 @@ from ``seed``), so no RNG state has to be saved and a run resumed from the per-e
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import hashlib
-import itertools
-import json
 import logging
 import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline.config.cards import ARCHITECTURES, ModelCard, _describe
-from pipeline.config.catalog import TrainingDataset, load_catalog
-from pipeline.config.yamlfile import read_mapping
-from pipeline.errors import CardError, ModelError, PipelineError, first_line
-from pipeline.io.hashing import sha256_file
+from pipeline.config.cards import ModelCard
+from pipeline.config.catalog import load_catalog
+from pipeline.config.training_data import TrainingDataset
+from pipeline.errors import PipelineError
 from pipeline.model.models import apply_preprocess, build_network, intensity_statistics
+from pipeline.train.checkpoints import fingerprint, load_checkpoint, save_checkpoint
 from pipeline.train.datasets import LabelledImage, Region, load_pair, split_regions
+from pipeline.train.device import autocast, resolve_device
+from pipeline.train.outputs import compact_map, relative, write_outputs
+from pipeline.train.recipe import Recipe, read_template
+from pipeline.train.validation import evaluate
+from pipeline.version import code_version
 
 logger = logging.getLogger(__name__)
-
-PLACEHOLDER_SHA256 = "0" * 64
-
-
-class Recipe(BaseModel):
-    """How a card is trained (its ``training.recipe``); defaults suit the small shipped UNets."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    batch_size: int = Field(default=4, ge=1)
-    steps_per_epoch: int = Field(default=100, ge=1)
-    crop_size: tuple[int, ...] | None = Field(default=None, description="default: the card's roi_size")
-    lr: float = Field(default=1e-3, gt=0)
-    lr_min: float = Field(default=1e-5, ge=0, description="cosine annealing over all steps down to this")
-    class_ratios: tuple[float, ...] | None = Field(default=None, description="crop centre class odds; default equal")
-    flip_axes: tuple[int, ...] = Field(default=(), description="spatial axes flipped at random (p=0.5 each)")
-    rotate90: bool = Field(default=False, description="random quarter turns in the first two spatial axes")
-    pad: tuple[int, ...] | None = Field(default=None, description="zeros added (after preprocessing) to both ends "
-                                        "of each training region, per spatial axis, as sliding windows pad")
 
 
 @dataclass(frozen=True)
@@ -68,32 +49,6 @@ class TrainResult:
     metrics: dict[str, Any]
     losses: list[float]  #: mean training loss per epoch, over the whole run (resumed epochs included)
     resumed_from: int  #: epochs already done when this call started (0: fresh)
-
-
-# ---------------------------------------------------------------- card template
-
-
-def read_template(path: Path) -> tuple[ModelCard, Recipe, dict[str, Any]]:
-    """Read a card to train: like :func:`pipeline.config.cards.load_card`, but weights and sha256 may be missing."""
-    data = read_mapping(path, "model card", CardError)
-    data.setdefault("weights", f"{data.get('name', path.stem)}.pt")
-    data.setdefault("sha256", PLACEHOLDER_SHA256)
-    try:
-        card = ModelCard.model_validate(data)
-        recipe = Recipe.model_validate((data.get("training") or {}).get("recipe") or {})
-    except ValidationError as e:
-        raise CardError(f"{path}: {_describe(e)}") from e
-    if card.architecture not in ARCHITECTURES:
-        raise CardError(f"{path}: only network cards naming a MONAI architecture ({', '.join(ARCHITECTURES)}) "
-                        f"can be trained, not {card.architecture or card.kind!r}")
-    crop = recipe.crop_size or card.roi_size
-    if len(crop) != card.spatial_dims or any(a >= card.spatial_dims for a in recipe.flip_axes):
-        raise CardError(f"{path}: training.recipe crop_size/flip_axes do not fit {card.spatial_dims}D")
-    if recipe.pad is not None and len(recipe.pad) != card.spatial_dims:
-        raise CardError(f"{path}: training.recipe.pad needs {card.spatial_dims} values")
-    if recipe.class_ratios is not None and len(recipe.class_ratios) != card.out_channels:
-        raise CardError(f"{path}: training.recipe.class_ratios needs {card.out_channels} values")
-    return card, recipe, data
 
 
 # ---------------------------------------------------------------- data
@@ -143,118 +98,7 @@ def class_indices(labels: np.ndarray, n_classes: int) -> list[np.ndarray]:
     return [np.asarray(i) for i in map_classes_to_indices(labels[None], num_classes=n_classes)]
 
 
-# ---------------------------------------------------------------- evaluation
-
-
-def predict(network: Any, image: np.ndarray, card: ModelCard, device: Any) -> np.ndarray:
-    """Argmax of MONAI ``sliding_window_inference`` over a whole preprocessed image, as the engine runs it."""
-    import torch
-    from monai.inferers import sliding_window_inference
-
-    network.eval()
-    with torch.no_grad(), _autocast(device):
-        logits = sliding_window_inference(torch.from_numpy(image)[None].to(device), roi_size=card.roi_size,
-                                          sw_batch_size=card.sw_batch_size, predictor=network,
-                                          overlap=card.overlap, mode="gaussian")
-    return logits.argmax(dim=1)[0].cpu().numpy()
-
-
-def scores(pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], card: ModelCard) -> dict[str, dict[str, float]]:
-    """MONAI ``DiceMetric`` and ``MeanIoU`` per label over (prediction, truth, valid) regions, mean over regions.
-
-    Invalid (nodata) pixels count for no class; a class absent from both truth and prediction scores
-    1.0 and one predicted where the truth has none 0.0 (``ignore_empty=False``).
-    """
-    import torch
-    from monai.metrics import DiceMetric, MeanIoU
-    from monai.networks.utils import one_hot
-
-    metrics = {"dice": DiceMetric(include_background=True, reduction="mean_batch", ignore_empty=False),
-               "iou": MeanIoU(include_background=True, reduction="mean_batch", ignore_empty=False)}
-    for pred, truth, valid in pairs:
-        mask = torch.from_numpy(valid)[None, None]
-        y_pred = one_hot(torch.from_numpy(pred.astype(np.int64))[None, None], card.out_channels) * mask
-        y = one_hot(torch.from_numpy(truth.astype(np.int64))[None, None], card.out_channels) * mask
-        for metric in metrics.values():
-            metric(y_pred, y)
-    names = [label.name for label in card.labels.values()]
-    return {key: {name: round(float(v), 3) for name, v in zip(names, metric.aggregate().tolist(), strict=True)}
-            for key, metric in metrics.items()}
-
-
-def evaluate(network: Any, regions: list[Region], card: ModelCard, device: Any) -> dict[str, dict[str, float]]:
-    """Dice and IoU per label of the network on ``regions`` (each predicted on its whole image, then cut out)."""
-    predictions: dict[int, np.ndarray] = {}
-    scored = []
-    for region in regions:
-        pair = region.pair
-        if id(pair) not in predictions:
-            image = apply_preprocess(card, pair.image, intensity_statistics(card, pair.image))
-            predictions[id(pair)] = predict(network, image, card, device)
-        scored.append((predictions[id(pair)][region.box], pair.labels[region.box], pair.valid[region.box]))
-    return scores(scored, card)
-
-
 # ---------------------------------------------------------------- training
-
-
-def _autocast(device: Any) -> Any:
-    import torch
-
-    return torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
-
-
-def resolve_device(name: str) -> Any:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PipelineError(f"--device {name}: CUDA is not available on this machine")
-    try:
-        return torch.device(name)
-    except RuntimeError as e:
-        raise PipelineError(f"--device {name!r}: {e}") from e
-
-
-def fingerprint(dataset_name: str, dataset: TrainingDataset, card: ModelCard, recipe: Recipe,
-                epochs: int, seed: int) -> str:
-    """What a checkpoint must match to be resumed: same data, network, recipe, epochs and seed."""
-    what = {"dataset": dataset_name, "entry": dataset.model_dump(mode="json"), "recipe": recipe.model_dump(mode="json"),
-            "network": [card.architecture, card.network_kwargs()], "preprocess": card.preprocess.model_dump(),
-            "roi": card.roi_size, "epochs": epochs, "seed": seed}
-    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _load_checkpoint(path: Path, key: str) -> dict[str, Any] | None:
-    import torch
-
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a torn or foreign file is not worth failing for: start over
-        logger.warning("%s: unreadable checkpoint (%s); starting over", path, first_line(e))
-        return None
-    if not isinstance(state, dict) or state.get("fingerprint") != key:
-        logger.warning("%s: checkpoint is from other arguments; starting over", path)
-        return None
-    return state
-
-
-def save_state(state: dict[str, Any], path: Path) -> None:
-    """``torch.save`` through a file object: the archive is then named ``archive``, not after the (temporary,
-    pid-stamped) file name, so the same tensors always give the same bytes and the same sha256."""
-    import torch
-
-    with path.open("wb") as f:
-        torch.save(state, f)
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    save_state(state, tmp)
-    os.replace(tmp, path)
 
 
 def train(dataset: str, model_card: str | os.PathLike[str], epochs: int, *,
@@ -271,11 +115,8 @@ def train(dataset: str, model_card: str | os.PathLike[str], epochs: int, *,
     CatalogError, CardError, InputError
         Unknown dataset, bad card or recipe, unreadable or mismatched pairs.
     """
-    import monai
     import torch
-    from monai.losses import DiceCELoss
     from monai.utils import set_determinism
-    from tqdm import tqdm
 
     if epochs < 1:
         raise PipelineError(f"--epochs must be >= 1, got {epochs}")
@@ -292,145 +133,154 @@ def train(dataset: str, model_card: str | os.PathLike[str], epochs: int, *,
     pairs = [load_pair(p, entry, card) for p in entry.pairs]
     held = [load_pair(p, entry, card) for p in entry.validation]
     train_regions, val_regions = split_regions(pairs, held, entry.holdout)
-    prepared = [prepare(r, card, recipe.pad) for r in train_regions]
-    samples = [{"image": p.image, "label": p.labels[None], "indices": class_indices(p.labels, card.out_channels)}
-               for p in prepared]
-    transform = crop_transform(card, recipe)
-
-    torch.manual_seed(seed)
-    network = build_network(card).to(dev)
-    optimizer = torch.optim.Adam(network.parameters(), lr=recipe.lr)
-    total = epochs * recipe.steps_per_epoch
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=recipe.lr_min)
-    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-
+    samples = _samples(train_regions, card, recipe)
+    run = _Run.start(card, recipe, dev, seed, total=epochs * recipe.steps_per_epoch)
     key = fingerprint(dataset, entry, card, recipe, epochs, seed)
     checkpoint = out / f".{card.name}.ckpt.pt"
-    state = _load_checkpoint(checkpoint, key)
-    losses: list[float] = []
-    history: list[dict[str, float]] = []
-    first = 0
+    state = load_checkpoint(checkpoint, key)
     if state is not None:
-        network.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["scheduler"])
-        if state["scaler"]:
-            scaler.load_state_dict(state["scaler"])
-        first, losses, history = int(state["epoch"]), list(state["losses"]), list(state["history"])
-        logger.info("resuming %s from %s after epoch %d of %d", card.name, checkpoint, first, epochs)
+        run.resume(state)
+        logger.info("resuming %s from %s after epoch %d of %d", card.name, checkpoint, run.first, epochs)
 
-    for epoch in range(first, epochs):
+    for epoch in range(run.first, epochs):
+        run.losses.append(run.epoch(samples, recipe, seed, epoch, label=f"epoch {epoch + 1}/{epochs}",
+                                    progress=progress))
+        val = evaluate(run.network, val_regions, card, dev)["dice"]
+        run.history.append(val)
+        logger.info("epoch %d/%d: loss %.4f, validation dice %s", epoch + 1, epochs, run.losses[-1], val)
+        save_checkpoint(checkpoint, run.state(key, epoch + 1))
+        if on_epoch is not None:
+            on_epoch(epoch + 1, run.losses[-1])
+
+    network = run.network.cpu().eval()
+    metrics = _final_metrics(network, card, val_regions, train_regions)
+    weights, card_out = write_outputs(out, card, raw_card, network, metrics, _training_record(
+        dataset, entry, recipe, run, epochs=epochs, seed=seed, threads=threads, wall=time.perf_counter() - started,
+        command=(f"pipeline train --dataset {dataset} --model-card {relative(card_path)} --epochs {epochs} "
+                 f"--seed {seed} --out-dir {relative(out)}")))
+    checkpoint.unlink(missing_ok=True)
+    return TrainResult(card=card_out, weights=weights, metrics=metrics, losses=run.losses, resumed_from=run.first)
+
+
+def _samples(regions: list[Region], card: ModelCard, recipe: Recipe) -> list[dict[str, Any]]:
+    """The training regions preprocessed and padded, as MONAI dictionaries with their class indices."""
+    prepared = [prepare(r, card, recipe.pad) for r in regions]
+    return [{"image": p.image, "label": p.labels[None], "indices": class_indices(p.labels, card.out_channels)}
+            for p in prepared]
+
+
+@dataclass
+class _Run:
+    """One training run: the network, its optimiser, learning-rate schedule, AMP scaler and loss, and what the
+    epochs so far gave (mean loss and validation Dice per epoch)."""
+
+    network: Any
+    optimizer: Any
+    schedule: Any
+    scaler: Any
+    loss_fn: Any
+    transform: Any
+    device: Any
+    losses: list[float] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
+    first: int = 0  #: epochs done before this call (resumed)
+
+    @classmethod
+    def start(cls, card: ModelCard, recipe: Recipe, device: Any, seed: int, *, total: int) -> _Run:
+        """A fresh network (initialised from ``seed``), Adam with cosine annealing over ``total`` steps."""
+        import torch
+        from monai.losses import DiceCELoss
+
+        transform = crop_transform(card, recipe)
+        torch.manual_seed(seed)
+        network = build_network(card).to(device)
+        optimizer = torch.optim.Adam(network.parameters(), lr=recipe.lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=recipe.lr_min)
+        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+        return cls(network, optimizer, schedule, scaler, DiceCELoss(to_onehot_y=True, softmax=True), transform, device)
+
+    def resume(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint (:func:`state`) of the same arguments."""
+        self.network.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.first, self.losses, self.history = int(state["epoch"]), list(state["losses"]), list(state["history"])
+
+    def state(self, key: str, epochs_done: int) -> dict[str, Any]:
+        """The checkpoint after ``epochs_done`` epochs, for arguments of fingerprint ``key``."""
+        return {"fingerprint": key, "epoch": epochs_done, "losses": self.losses, "history": self.history,
+                "model": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.schedule.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}}
+
+    def epoch(self, samples: list[dict[str, Any]], recipe: Recipe, seed: int, epoch: int, *, label: str,
+              progress: bool) -> float:
+        """One epoch of ``recipe.steps_per_epoch`` batches, every draw from ``(seed, epoch)``; the mean loss."""
+        import torch
+        from tqdm import tqdm
+
         torch.manual_seed(seed * 100_003 + epoch)  # every draw of this epoch follows from (seed, epoch)
-        transform.set_random_state(seed=(seed * 100_003 + epoch) % 2**32)
+        self.transform.set_random_state(seed=(seed * 100_003 + epoch) % 2**32)
         pick = np.random.default_rng([seed, epoch])
-        network.train()
+        self.network.train()
         running = 0.0
-        bar = tqdm(range(recipe.steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
-                   leave=False)
+        bar = tqdm(range(recipe.steps_per_epoch), desc=label, disable=not progress, leave=False)
         for _ in bar:
-            crops = transform(samples[int(pick.integers(len(samples)))])
-            x = torch.stack([c["image"].as_tensor() for c in crops]).to(dev)
-            y = torch.stack([c["label"].as_tensor() for c in crops]).long().to(dev)
-            optimizer.zero_grad(set_to_none=True)
-            with _autocast(dev):
-                loss = loss_fn(network(x), y)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            schedule.step()
+            crops = self.transform(samples[int(pick.integers(len(samples)))])
+            x = torch.stack([c["image"].as_tensor() for c in crops]).to(self.device)
+            y = torch.stack([c["label"].as_tensor() for c in crops]).long().to(self.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            with autocast(self.device):
+                loss = self.loss_fn(self.network(x), y)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.schedule.step()
             running += float(loss.detach())
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        losses.append(running / recipe.steps_per_epoch)
-        val = evaluate(network, val_regions, card, dev)["dice"]
-        history.append(val)
-        logger.info("epoch %d/%d: loss %.4f, validation dice %s", epoch + 1, epochs, losses[-1], val)
-        _save_checkpoint(checkpoint, {
-            "fingerprint": key, "epoch": epoch + 1, "losses": losses, "history": history,
-            "model": network.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else {}})
-        if on_epoch is not None:
-            on_epoch(epoch + 1, losses[-1])
+        return running / recipe.steps_per_epoch
 
-    network = network.cpu().eval()
+
+def _final_metrics(network: Any, card: ModelCard, val_regions: list[Region],
+                   train_regions: list[Region]) -> dict[str, Any]:
+    """The trained network scored on CPU on the held-out and the training regions, as the card records it."""
+    import torch
+
     held, seen = (evaluate(network, r, card, torch.device("cpu")) for r in (val_regions, train_regions))
-    metrics = {"dice_heldout": held["dice"], "iou_heldout": held["iou"],
-               "dice_train": seen["dice"], "iou_train": seen["iou"],
-               "heldout": [r.what for r in val_regions], "train": [r.what for r in train_regions],
-               "method": (f"argmax of monai sliding_window_inference (roi {list(card.roi_size)}, overlap "
-                          f"{card.overlap}, gaussian, sw_batch_size {card.sw_batch_size}) on each whole "
-                          "preprocessed image, cut to the region; monai DiceMetric and MeanIoU per label "
-                          "(include_background, ignore_empty=False: 1.0 when a class is absent from truth and "
-                          "prediction), mean over "
-                          "regions; nodata excluded; final weights, no checkpoint selection")}
-    wall = time.perf_counter() - started
-    weights, card_out = _write_outputs(out, card, raw_card, network, metrics, {
-        "dataset": dataset, "label_map": _compact_map(entry.label_map),
-        "pairs": [f"{_rel(p.image)} + {_rel(p.labels)}" for p in entry.pairs],
-        "validation_pairs": [f"{_rel(p.image)} + {_rel(p.labels)}" for p in entry.validation],
+    return {"dice_heldout": held["dice"], "iou_heldout": held["iou"],
+            "dice_train": seen["dice"], "iou_train": seen["iou"],
+            "heldout": [r.what for r in val_regions], "train": [r.what for r in train_regions],
+            "method": (f"argmax of monai sliding_window_inference (roi {list(card.roi_size)}, overlap "
+                       f"{card.overlap}, gaussian, sw_batch_size {card.sw_batch_size}) on each whole "
+                       "preprocessed image, cut to the region; monai DiceMetric and MeanIoU per label "
+                       "(include_background, ignore_empty=False: 1.0 when a class is absent from truth and "
+                       "prediction), mean over "
+                       "regions; nodata excluded; final weights, no checkpoint selection")}
+
+
+def _training_record(dataset: str, entry: TrainingDataset, recipe: Recipe, run: _Run, *, epochs: int, seed: int,
+                     threads: int, wall: float, command: str) -> dict[str, Any]:
+    """The card's ``training`` section: data, recipe, schedule, loss curve, device, versions and the command."""
+    import monai
+    import torch
+
+    dev = run.device
+    return {
+        "dataset": dataset, "label_map": compact_map(entry.label_map),
+        "pairs": [f"{relative(p.image)} + {relative(p.labels)}" for p in entry.pairs],
+        "validation_pairs": [f"{relative(p.image)} + {relative(p.labels)}" for p in entry.validation],
         "holdout": entry.holdout.model_dump() if entry.holdout else None,
         "recipe": recipe.model_dump(mode="json", exclude_defaults=False),
-        "epochs": epochs, "steps": total, "seed": seed, "optimizer": "Adam, cosine annealing per step",
+        "epochs": epochs, "steps": epochs * recipe.steps_per_epoch, "seed": seed,
+        "optimizer": "Adam, cosine annealing per step",
         "loss": "monai DiceCELoss(to_onehot_y=True, softmax=True)",
-        "train_loss_per_epoch": [round(v, 4) for v in losses],
-        "validation_dice_per_epoch": history,
+        "train_loss_per_epoch": [round(v, 4) for v in run.losses],
+        "validation_dice_per_epoch": run.history,
         "device": f"{dev.type}{' + AMP' if dev.type == 'cuda' else f', {threads} thread(s)'}",
         "wall_time_s": round(wall, 1), "date": datetime.date.today().isoformat(),
-        "code_version": _code_version(), "torch": str(torch.__version__), "monai": str(monai.__version__),
+        "code_version": code_version(), "torch": str(torch.__version__), "monai": str(monai.__version__),
         "python": platform.python_version(),
-        "command": (f"pipeline train --dataset {dataset} --model-card {_rel(card_path)} --epochs {epochs} "
-                    f"--seed {seed} --out-dir {_rel(out)}"),
-    })
-    checkpoint.unlink(missing_ok=True)
-    return TrainResult(card=card_out, weights=weights, metrics=metrics, losses=losses, resumed_from=first)
-
-
-def _compact_map(label_map: dict[int, list[int]] | None) -> dict[int, list[int | str]] | None:
-    """``{5: [25, 26, ..., 50, 92]}`` -> ``{5: ["25-50", 92]}``, as the catalog may write it."""
-    if label_map is None:
-        return None
-    out: dict[int, list[int | str]] = {}
-    for value, ids in label_map.items():
-        runs: list[int | str] = []
-        for _, group in itertools.groupby(enumerate(sorted(set(ids))), key=lambda t: t[1] - t[0]):
-            members = [v for _, v in group]
-            runs.append(members[0] if len(members) == 1 else f"{members[0]}-{members[-1]}")
-        out[value] = runs
-    return out
-
-
-def _rel(path: Path) -> str:
-    """A path relative to the working directory when it is inside it (cards must not carry home dirs)."""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
-def _code_version() -> str:
-    from pipeline.version import code_version
-
-    return code_version()
-
-
-def _write_outputs(out: Path, card: ModelCard, raw: dict[str, Any], network: Any, metrics: dict[str, Any],
-                   training: dict[str, Any]) -> tuple[Path, Path]:
-    """Weights first, then the card naming their sha256, each written to a temporary and renamed."""
-    from pipeline.io.atomic import atomic_path
-
-    weights = out / f"{card.name}.pt"
-    with atomic_path(weights) as tmp:
-        save_state(network.state_dict(), tmp)
-        digest = sha256_file(tmp)
-    notes = {k: v for k, v in (raw.get("metrics") or {}).items() if k == "notes"}  # human-written, kept
-    filled = {**raw, "weights": weights.name, "sha256": digest, "metrics": {**metrics, **notes},
-              "training": training}
-    text = yaml.safe_dump(json.loads(json.dumps(filled)), sort_keys=False)  # via JSON: no YAML anchors
-    try:
-        ModelCard.model_validate(yaml.safe_load(text))
-    except ValidationError as e:  # never write a card the loader would refuse
-        raise ModelError(f"{out / card.name}.yaml: the filled card does not validate ({_describe(e)})") from e
-    card_path = out / f"{card.name}.yaml"
-    with atomic_path(card_path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return weights, card_path
+        "command": command,
+    }

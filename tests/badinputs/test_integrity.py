@@ -17,15 +17,15 @@ import pytest
 import typer
 import yaml
 
-from pipeline.cli import fail
+from pipeline.cli.running import fail
 from pipeline.config.cards import load_card
 from pipeline.config.yamlfile import MAX_DEPTH, MAX_NODES, bounded_load, read_mapping
 from pipeline.errors import CardError, InputError, ModelError
-from pipeline.report.compare import evaluate_report
 from pipeline.evaluate.metrics import PairCounts, confusion, pair_counts, scores
 from pipeline.io.geotiff import read_bands
 from pipeline.io.nifti import iter_slabs, open_scan
 from pipeline.model.models import load_weights
+from pipeline.report.compare import evaluate_report
 from tests.badinputs.make_corpus import _nifti, _raster, _volume
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pipeline.cli import app, run
+from pipeline.cli import app
+from pipeline.cli.running import run
 from pipeline.io.geotiff import copy_window
 from pipeline.io.nifti import open_scan, qform_sform_distance
 from tests.badinputs.make_corpus import _catalog, _corrupt_tile, _nifti, _raster, _scene
@@ -67,9 +68,9 @@ def test_copy_window_returns_the_error_of_a_corrupt_tile(tmp_path: Path) -> None
 
 def test_cli_turns_a_file_system_error_into_one_line(capsys: pytest.CaptureFixture[str],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.cli
+    import pipeline.cli.running
 
-    monkeypatch.setitem(pipeline.cli._state, "debug", False)  # an earlier CliRunner call may have passed --debug
+    monkeypatch.setitem(pipeline.cli.running.state, "debug", False)  # an earlier CliRunner call may have passed --debug
 
     def refused() -> None:
         raise NotADirectoryError(20, "Not a directory", "/data/notes.txt/work")

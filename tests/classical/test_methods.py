@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage
 from skimage import filters, measure, morphology, segmentation
 
-from pipeline.config.cards import CLASSICAL_METHODS
+from pipeline.config.classical import CLASSICAL_METHODS
 from pipeline.engine.classical import segment_array
 from tests.classical.helpers import blobs, classical_card, run_chunked
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import cli
 from pipeline.cli import app
+from pipeline.cli import segment as segment_cli
 from pipeline.cluster import ClusterSettings
 from pipeline.errors import InputNotFoundError, SettingsError
 
@@ -67,7 +67,7 @@ def test_report_line_prints_the_csv_with_its_directory(tmp_path: Path, capsys: p
     result = SimpleNamespace(mask=tmp_path / "m.nii.gz", report_json=tmp_path / "m.report.json",
                              report_csv=tmp_path / "m.report.csv", probabilities=None, report={"labels": []},
                              summary=lambda: "")
-    cli._print_result(result)
+    segment_cli._print_result(result)
     assert f"report: {tmp_path / 'm.report.json'} (+ {tmp_path / 'm.report.csv'})" in capsys.readouterr().out
 
 

@@ -191,7 +191,7 @@ def test_a_finer_ct_is_windowed_at_the_models_voxel_size(tmp_path: Path, ct: dic
 
 
 def test_training_pairs_are_turned_to_the_cards_orientation(tmp_path: Path) -> None:
-    from pipeline.config.catalog import TrainingPair
+    from pipeline.config.training_data import TrainingPair
     from pipeline.train.datasets import _read_medical
 
     card = load_card(MODELS / "ct-organs.yaml")

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.config import catalog as catalog_module
-from pipeline.config.catalog import Segmenter
+from pipeline.config import segmenters as segmenters_module
+from pipeline.config.segmenters import Segmenter
 from tests.flows import fakes
 
 
@@ -36,9 +36,9 @@ def scan_files(directory: Path, *names: str) -> list[Path]:
 @pytest.fixture
 def fake_segmenter(monkeypatch: pytest.MonkeyPatch) -> None:
     """Route the ``medical`` kind to :func:`tests.flows.fakes.fake_segment`, with fresh call counts."""
-    original = catalog_module.SEGMENTERS["medical"]
+    original = segmenters_module.SEGMENTERS["medical"]
     fake = Segmenter("tests.flows.fakes", "fake_segment", original.suffixes, original.output_suffix)
-    monkeypatch.setitem(catalog_module.SEGMENTERS, "medical", fake)
+    monkeypatch.setitem(segmenters_module.SEGMENTERS, "medical", fake)
     fakes.CALLS.clear()
     fakes.MANIFEST_SEEN.clear()
     fakes.DISK_FULL["full"] = True

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.batch.manifest import discover
-from pipeline.config.catalog import SEGMENTERS, Segmenter, load_catalog
+from pipeline.batch.discovery import discover
+from pipeline.config.catalog import load_catalog
+from pipeline.config.segmenters import SEGMENTERS, Segmenter
 from pipeline.errors import CatalogError, OutputError, PipelineError
 from tests.factories import make_card
 from tests.flows.conftest import write_catalog

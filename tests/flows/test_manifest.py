@@ -14,20 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.batch.manifest import (
-    FileRecord,
-    ScanOutcome,
-    ScanStatus,
-    discover,
-    is_transient,
-    output_lock,
-    read_manifest,
-    run_scan,
-    table_rows,
-    write_manifest,
-)
+from pipeline.batch.discovery import discover
+from pipeline.batch.jobs import ScanOutcome, ScanStatus
+from pipeline.batch.manifest import FileRecord, read_manifest, write_manifest
+from pipeline.batch.scan_run import is_transient, run_scan
+from pipeline.batch.summary import table_rows
 from pipeline.config.catalog import load_catalog
 from pipeline.errors import InputError, StorageError
+from pipeline.io.lock import output_lock
 from tests.factories import make_card
 from tests.flows import fakes
 from tests.flows.conftest import scan_files, write_catalog
@@ -218,7 +212,7 @@ def test_two_threads_on_one_scan_segment_it_once(tmp_path: Path, tiny_card: Path
 HOLD = """
 import sys, time
 from pathlib import Path
-from pipeline.batch.manifest import output_lock
+from pipeline.io.lock import output_lock
 with output_lock(Path(sys.argv[1])) as held:
     print("held" if held else "busy", flush=True)
     time.sleep(60)

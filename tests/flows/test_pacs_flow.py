@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
-from pipeline.batch.manifest import ScanStatus, discover, run_scan
+from pipeline.batch.discovery import discover
+from pipeline.batch.jobs import ScanStatus
+from pipeline.batch.scan_run import run_scan
 from pipeline.config.catalog import load_catalog
 from pipeline.errors import CatalogError
 from tests.dicom.conftest import dciodvfy, reoriented, sample_ct, sample_ref  # noqa: F401  (fixtures)
@@ -169,7 +171,8 @@ def test_unreachable_pacs_is_retried_not_failed(orthanc: Orthanc, sample_ct: nib
     outcome is ``retry``, and it is transient (the flow's Prefect retry condition is :func:`is_transient`)."""
     import dataclasses
 
-    from pipeline.batch.manifest import ScanOutcome, is_transient
+    from pipeline.batch.jobs import ScanOutcome
+    from pipeline.batch.scan_run import is_transient
     from pipeline.errors import RemoteError
 
     for key, value in ENV.items():

@@ -72,7 +72,7 @@ def test_each_bundle_transform_streams_to_monais_result(transform: dict[str, Any
 def _validated(step: dict[str, Any]) -> Any:
     from pydantic import TypeAdapter
 
-    from pipeline.config.cards import Preprocess
+    from pipeline.config.preprocess import Preprocess
 
     return TypeAdapter(Preprocess).validate_python(step)
 

@@ -11,16 +11,11 @@ import numpy as np
 import pytest
 
 from pipeline.config.cards import Label
-from pipeline.report.html_report import (
-    compose,
-    display_size,
-    find_focus,
-    html_report_path,
-    label_lut,
-    largest_label,
-    plane_maps,
-    volume_report,
-)
+from pipeline.io.outputs import html_report_path
+from pipeline.report.focus import find_focus, largest_label
+from pipeline.report.html_report import volume_report
+from pipeline.report.images import compose, display_size, label_lut
+from pipeline.report.planes import plane_maps
 from tests.factories import oblique_affine
 from tests.report.conftest import CT_REF
 
@@ -198,7 +193,8 @@ def raster_store(directory: Path, height: int, width: int) -> Any:
 
 @pytest.mark.parametrize(("height", "width", "panels"), [(900, 700, 3), (1500, 1300, 4)])
 def test_raster_panels(tmp_path: Path, height: int, width: int, panels: int) -> None:
-    from pipeline.report.html_report import MAX_PNG_SIDE, raster_report
+    from pipeline.report.html_report import raster_report
+    from pipeline.report.panels import MAX_PNG_SIDE
 
     group = raster_store(tmp_path, height, width)
     labels = {0: Label(name="background", color=(0, 0, 0)), 1: Label(name="building", color=(230, 60, 60))}

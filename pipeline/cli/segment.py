@@ -1,0 +1,242 @@
+"""``segment-volume`` and ``segment-raster``: options in, one segment call, the outputs printed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from pipeline.cli.app import app
+from pipeline.cli.options import (
+    AddressOpt,
+    ArrayOpt,
+    AxesOpt,
+    BackendOpt,
+    BandsOpt,
+    ChunkOpt,
+    CutoutOpt,
+    DebugOpt,
+    DicomSegOpt,
+    DicomSegTypeOpt,
+    HtmlOpt,
+    InstancesOpt,
+    LabelsOpt,
+    LevelOpt,
+    MemoryOpt,
+    ModelOpt,
+    OmeZarrOpt,
+    OrientationOpt,
+    OutputOpt,
+    OverwriteOpt,
+    ProbabilitiesOpt,
+    QuietOpt,
+    RasterChunkOpt,
+    RasterMarginOpt,
+    RasterModelOpt,
+    ReferenceOpt,
+    ScanArg,
+    SceneArg,
+    SeriesOpt,
+    SpacingOpt,
+    StatisticsOpt,
+    ThreadsOpt,
+    TrustOpt,
+    TtaOpt,
+    VectorsOpt,
+    VerboseOpt,
+    VolumeMarginOpt,
+    WorkDirOpt,
+    WorkersOpt,
+    parse_bands,
+    parse_chunks,
+    parse_floats,
+)
+from pipeline.cli.running import fail, run
+
+
+@app.command("segment-volume")
+def segment_volume_cmd(
+    source: ScanArg,
+    model: ModelOpt = None,
+    output: OutputOpt = None,
+    reference: ReferenceOpt = None,
+    overwrite: OverwriteOpt = False,
+    workers: WorkersOpt = 0,
+    threads: ThreadsOpt = None,
+    memory_limit: MemoryOpt = "auto",
+    dask_address: AddressOpt = None,
+    chunk_size: ChunkOpt = None,
+    work_dir: WorkDirOpt = None,
+    probabilities: ProbabilitiesOpt = False,
+    html: HtmlOpt = True,
+    ome_zarr: OmeZarrOpt = False,
+    instances: InstancesOpt = None,
+    statistics: StatisticsOpt = False,
+    labels: LabelsOpt = None,
+    cutout: CutoutOpt = None,
+    cutout_margin: VolumeMarginOpt = 0.0,
+    tta: TtaOpt = "none",
+    trust: TrustOpt = False,
+    backend: BackendOpt = None,
+    level: LevelOpt = 0,
+    orientation: OrientationOpt = None,
+    array: ArrayOpt = None,
+    spacing: SpacingOpt = None,
+    axes: AxesOpt = None,
+    series: SeriesOpt = None,
+    dicom_seg: DicomSegOpt = False,
+    dicom_seg_type: DicomSegTypeOpt = "binary",
+    verbose: VerboseOpt = 0, quiet: QuietOpt = False, debug: DebugOpt = False,
+) -> None:
+    """Segment a NIfTI scan, or a DICOM series (a folder or .zip): writes <scan>_seg.nii.gz and
+    <scan>_seg.report.json/.csv (and <scan>_seg.dcm with --dicom-seg); or a Zarr volume in place (writes
+    labels/<model> into the store, or into -o other.ome.zarr)."""
+    from pipeline.io.ngff import is_zarr_input
+    from pipeline.io.outputs import preflight_volume
+    from pipeline.segment.options import SegmentOptions
+
+    if is_zarr_input(source):
+        if reference or probabilities or ome_zarr or instances:
+            fail("--reference, --probabilities, --ome-zarr and --instances are not available for Zarr inputs", code=2)
+        values = None if spacing is None else parse_floats(spacing, "--spacing")
+        _segment_zarr(source, model=model, output=output, overwrite=overwrite, level=level, orientation=orientation,
+                      array=array, spacing=values, axes=axes, chunks=parse_chunks(chunk_size, 3), trust=trust,
+                      backend=backend, runtime=_runtime(work_dir, workers, threads, memory_limit, dask_address))
+        return
+    scan = Path(source)
+    dicom = _dicom_input(scan, series, dicom_seg, dicom_seg_type)
+    run(lambda: preflight_volume(scan, output=output, reference=reference, model=model, overwrite=overwrite, html=html,
+                                 ome_zarr=ome_zarr, probabilities=probabilities, instances=instances, cutout=cutout,
+                                 series=dicom is not None, dicom_seg=dicom_seg))
+    options = SegmentOptions(overwrite=overwrite, html=html, ome_zarr=ome_zarr, instances=instances,
+                             chunks=parse_chunks(chunk_size, 3), backend=backend, trust=trust,
+                             probabilities=probabilities, statistics=statistics, labels=labels, cutout=cutout,
+                             cutout_margin=cutout_margin, tta=tta)
+    _segment_file(scan, dicom, model=model, output=output, reference=reference, options=options,
+                  runtime=_runtime(work_dir, workers, threads, memory_limit, dask_address))
+
+
+def _segment_file(scan: Path, dicom: dict[str, Any] | None, **keywords: Any) -> None:
+    """segment-volume on a NIfTI file or a DICOM series: one call to the library, then the outputs printed."""
+    if dicom is not None:
+        from pipeline.segment.dicom import segment_series
+
+        result = run(lambda: segment_series(scan, **dicom, **keywords))
+    else:
+        from pipeline.segment.volume import segment_volume
+
+        result = run(lambda: segment_volume(scan, **keywords))
+    _print_result(result)
+
+
+def _segment_zarr(store: str, *, runtime: Any, **keywords: Any) -> None:
+    """segment-volume on a Zarr store: one call to :func:`pipeline.segment.ngff.segment_zarr`."""
+    from pipeline.segment.ngff import segment_zarr
+
+    result = run(lambda: segment_zarr(store, work_dir=runtime.work_dir, cluster=runtime.cluster, progress=True,
+                                      **keywords))
+    typer.echo(f"labels: {result.labels}")
+    typer.echo(f"report: {result.report_json} (+ {result.report_csv})")
+    typer.echo(result.summary())
+
+
+def _dicom_input(scan: Path, series: str | None, dicom_seg: bool, seg_type: str) -> dict[str, Any] | None:
+    """``segment_series`` keywords when ``scan`` is a DICOM folder or zip, None for a NIfTI file; the DICOM
+    options given for a NIfTI file, or an unknown SEG type, are usage errors."""
+    from pipeline.io.dicom_files import is_series_path
+    from pipeline.io.dicom_seg import SEG_TYPES
+
+    if not is_series_path(scan):
+        if series or dicom_seg:
+            fail(f"{scan}: --series and --dicom-seg are for DICOM series (a folder or .zip), not a NIfTI file", code=2)
+        return None
+    if seg_type not in SEG_TYPES:
+        fail(f"--dicom-seg-type must be one of {', '.join(SEG_TYPES)}, got {seg_type!r}", code=2)
+    return {"series": series, "dicom_seg": seg_type if dicom_seg else None}
+
+
+@app.command("segment-raster")
+def segment_raster_cmd(
+    scene: SceneArg,
+    model: RasterModelOpt = None,
+    output: OutputOpt = None,
+    reference: ReferenceOpt = None,
+    overwrite: OverwriteOpt = False,
+    workers: WorkersOpt = 0,
+    threads: ThreadsOpt = None,
+    memory_limit: MemoryOpt = "auto",
+    dask_address: AddressOpt = None,
+    chunk_size: RasterChunkOpt = None,
+    work_dir: WorkDirOpt = None,
+    bands: BandsOpt = None,
+    vectors: VectorsOpt = None,
+    html: HtmlOpt = True,
+    ome_zarr: OmeZarrOpt = False,
+    instances: InstancesOpt = None,
+    statistics: StatisticsOpt = False,
+    labels: LabelsOpt = None,
+    cutout: CutoutOpt = None,
+    cutout_margin: RasterMarginOpt = 0.0,
+    tta: TtaOpt = "none",
+    trust: TrustOpt = False,
+    backend: BackendOpt = None,
+    verbose: VerboseOpt = 0, quiet: QuietOpt = False, debug: DebugOpt = False,
+) -> None:
+    """Segment a raster: writes <scene>_seg.tif (COG) and <scene>_seg.report.json/.csv.
+
+    --reference also takes vectors (.geojson, .gpkg), rasterised onto the scene's grid.
+    """
+    from pipeline.io.outputs import preflight_raster
+
+    run(lambda: preflight_raster(scene, output=output, reference=reference, model=model, vectors=vectors,
+                                 overwrite=overwrite, html=html, ome_zarr=ome_zarr, instances=instances, cutout=cutout))
+    from pipeline.segment.options import SegmentOptions
+    from pipeline.segment.raster import segment_raster
+
+    options = SegmentOptions(overwrite=overwrite, html=html, ome_zarr=ome_zarr, instances=instances,
+                             chunks=parse_chunks(chunk_size, 2), backend=backend, trust=trust,
+                             bands=parse_bands(bands), vectors=vectors, statistics=statistics, labels=labels,
+                             cutout=cutout, cutout_margin=cutout_margin, tta=tta)
+    runtime = _runtime(work_dir, workers, threads, memory_limit, dask_address)
+    result = run(lambda: segment_raster(scene, model=model, output=output, reference=reference, options=options,
+                                        runtime=runtime))
+    _print_result(result)
+    if result.vectors:
+        typer.echo(f"vectors: {result.vectors} ({result.report['features']} polygons)")
+
+
+def _runtime(work_dir: Path | None, workers: int, threads: int | None, memory_limit: str,
+             dask_address: str | None) -> Any:
+    """The shared run options of the segment commands (progress bars on: a terminal is watching)."""
+    from pipeline.cluster import ClusterSettings
+    from pipeline.segment.options import RunSettings
+
+    cluster = run(lambda: ClusterSettings(address=dask_address, workers=workers, threads_per_worker=threads,
+                                          memory_limit=memory_limit))
+    return RunSettings(work_dir=work_dir, cluster=cluster, progress=True)
+
+
+def _print_result(result: Any) -> None:
+    typer.echo(f"mask:   {result.mask}")
+    typer.echo(f"report: {result.report_json} (+ {result.report_csv})")
+    if result.probabilities:
+        typer.echo(f"probabilities: {result.probabilities}")
+    if getattr(result, "html", None):
+        typer.echo(f"html:   {result.html}")
+    if getattr(result, "ome_zarr", None):
+        typer.echo(f"ome-zarr: {result.ome_zarr}")
+    if result.report.get("dicom_seg"):
+        seg = result.report["dicom_seg"]
+        typer.echo(f"dicom seg: {seg['path']} ({seg['segmentation_type']}, {len(seg['segments'])} segments, "
+                   f"{seg['frames']} frames, {seg['bytes'] / 1e6:.2f} MB)")
+    if result.report.get("instances"):
+        found = result.report["instances"]
+        typer.echo(f"instances: {found['mask']} ({found['count']} objects of {', '.join(found['classes'])}; "
+                   f"table {found['csv']})")
+    if result.report.get("cutout"):
+        typer.echo(f"cutout: {result.report['cutout']['path']}")
+    for row in result.report["labels"]:
+        if row["dice"] is not None:
+            typer.echo(f"  {row['name']:<16} dice {row['dice']:.3f}  iou {row['iou']:.3f}")
+    typer.echo(result.summary())
