@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,16 @@ import pytest
 from tests.factories import make_card
 
 DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+@pytest.fixture(autouse=True)
+def _log_levels_restored() -> Iterator[None]:
+    """The CLI run in process sets the root and ``pipeline`` log levels (``-q``: errors only); put them back, so a
+    later test's caplog sees warnings whatever ran before it (seen: a work-store warning lost after a -q run)."""
+    levels = {name: logging.getLogger(name).level for name in ("", "pipeline")}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,15 @@ def test_same_fingerprint_resumes_with_its_records(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("changed", ["input_sha256", "model_sha256", "chunks"])
-def test_any_other_fingerprint_starts_over(tmp_path: Path, changed: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_any_other_fingerprint_starts_over(tmp_path: Path, changed: str, caplog: pytest.LogCaptureFixture,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from pipeline.io import store
+
+    # what other tests' logging setup did to this logger must not hide the warning checked here
+    monkeypatch.setattr(store.logger, "disabled", False)
+    caplog.set_level(logging.WARNING, logger=store.logger.name)
     output = tmp_path / "mask.nii.gz"
     _interrupted(tmp_path, output, PRINT)
     with work_store(tmp_path, output, {**PRINT, changed: "other"}) as work:
