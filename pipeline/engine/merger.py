@@ -48,3 +48,46 @@ def merge_block(partials: Sequence[Partial], lo: tuple[int, ...], hi: tuple[int,
         if where is not None:
             sums[(slice(None), *where[1])] += part.sums[(slice(None), *where[0])]
     return normalise(sums)
+
+
+#: Voxels per step of :func:`labels_from_sums`: a few channel rows of this size stay in the L2 cache.
+_LABEL_STEP = 1 << 15
+
+
+def labels_from_sums(sums: np.ndarray, dtype: np.dtype | str) -> np.ndarray:
+    """``argmax(normalise(sums), axis=0)`` as ``dtype``, without the (C, *span) float32 temporary.
+
+    The same numbers and the same ties (the first largest class wins, and 0 where no window was
+    evaluated): each class is divided by the weights exactly as :func:`normalise` does, and compared in
+    cache-sized steps, class after class. NumPy's ``argmax`` over the outer axis of a C-order array
+    walks it with a stride of the whole span and costs about as much again as the division.
+    """
+    classes = sums.shape[0] - 1
+    flat = sums.reshape(sums.shape[0], -1)
+    size = flat.shape[1]
+    labels = np.zeros(size, dtype=dtype)
+    step = min(_LABEL_STEP, max(size, 1))
+    best, value = np.empty(step, np.float32), np.empty(step, np.float32)
+    better, evaluated = np.empty(step, bool), np.empty(step, bool)
+    for lo in range(0, size, step):
+        hi = min(size, lo + step)
+        n = hi - lo
+        weights, out = flat[-1, lo:hi], labels[lo:hi]
+        np.greater(weights, 0, out=evaluated[:n])
+        where = None if evaluated[:n].all() else evaluated[:n]
+        _divided(flat[0, lo:hi], weights, where, best[:n])
+        for c in range(1, classes):
+            _divided(flat[c, lo:hi], weights, where, value[:n])
+            np.greater(value[:n], best[:n], out=better[:n])
+            np.copyto(out, c, where=better[:n], casting="unsafe")
+            np.maximum(best[:n], value[:n], out=best[:n])
+    return labels.reshape(sums.shape[1:])
+
+
+def _divided(weighted: np.ndarray, weights: np.ndarray, evaluated: np.ndarray | None, out: np.ndarray) -> None:
+    """``out = weighted / weights`` where evaluated (None: everywhere), else 0 (as :func:`normalise`)."""
+    if evaluated is None:
+        np.divide(weighted, weights, out=out)
+        return
+    out.fill(0)
+    np.divide(weighted, weights, out=out, where=evaluated)

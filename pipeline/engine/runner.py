@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.engine.merger import Span, normalise, overlap_slices
+from pipeline.engine.merger import Span, labels_from_sums, normalise, overlap_slices
 from pipeline.engine.predictor import InferenceSettings, predict_group
 from pipeline.engine.windows import BlockPlan, padded_index
 
@@ -167,10 +167,11 @@ class BlockSink:
         """Whether this block's record exists (written after its chunks, by rename)."""
         return self.ledger is not None and self.ledger.has_block(region)
 
-    def write(self, region: tuple[slice, ...], logits: np.ndarray) -> None:
-        labels = np.argmax(logits, axis=0).astype(self.dtype)
-        _open_array(self.store, "labels", "r+")[region] = labels
+    def write(self, region: tuple[slice, ...], sums: np.ndarray) -> None:
+        """The block's labels (and probabilities) from its complete ``(classes + 1, *block)`` sums."""
+        _open_array(self.store, "labels", "r+")[region] = labels_from_sums(sums, self.dtype)
         if self.probabilities:
+            logits = normalise(sums)
             shifted = np.exp(logits - logits.max(axis=0, keepdims=True))
             probs = (shifted / shifted.sum(axis=0)).astype(np.float16)
             _open_array(self.store, "probabilities", "r+")[(slice(None), *region)] = probs
@@ -226,7 +227,7 @@ def run_block(job: BlockJob, source: ImageSource, network: Any, settings: Infere
         where = overlap_slices(source_span, job.span)
         if where is not None:
             sums[(slice(None), *where[1])] += sink.load_spill(job.index, source_index)
-    sink.write(job.region, normalise(sums))
+    sink.write(job.region, sums)
     sink.drop_spills(job.index)
     return BlockDone(windows=windows, spill_bytes=spilled)
 
