@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +73,29 @@ class Partial:
         return self.sums[-1]
 
 
+def _pipelined(forward: Any, source: np.ndarray,
+               batches: list[list[tuple[slice, ...]]]) -> Iterator[tuple[list[tuple[slice, ...]], np.ndarray]]:
+    """Each batch's boxes and network outputs, in order, with the next batch's forward already running.
+
+    The forward (OpenVINO or torch) releases the GIL, so blending one batch overlaps the network's
+    next call instead of waiting for it; the cores the network leaves idle between its layers do the
+    blending. At most two batches of outputs are alive at once.
+    """
+    def run(boxes: list[tuple[slice, ...]]) -> np.ndarray:
+        return forward(np.stack([source[(slice(None), *box)] for box in boxes]))
+
+    if len(batches) == 1:
+        yield batches[0], run(batches[0])
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="volseg-forward") as pool:
+        pending = pool.submit(run, batches[0])
+        for n, boxes in enumerate(batches):
+            outputs = pending.result()
+            if n + 1 < len(batches):
+                pending = pool.submit(run, batches[n + 1])
+            yield boxes, outputs
+
+
 @functools.lru_cache(maxsize=8)
 def importance_map(roi_size: tuple[int, ...], mode: str, sigma_scale: float | tuple[float, ...]) -> np.ndarray:
     """MONAI's importance map (``monai.data.utils.compute_importance_map``), the same float32 operations in
@@ -117,11 +142,10 @@ def predict_group(
     source = np.ascontiguousarray(region, dtype=np.float32)
     forward = window_forward(network, settings, in_channels=int(source.shape[0]))
     forward = mirrored(forward, scan_axes(settings.mirror_axes, settings.alignment))
-    for first in range(0, len(corners), settings.sw_batch_size):
-        batch = corners[first : first + settings.sw_batch_size]
-        boxes = [tuple(slice(c - o, c - o + r) for c, o, r in zip(corner, lo, settings.roi_size, strict=True))
-                 for corner in batch]
-        outputs = forward(np.stack([source[(slice(None), *box)] for box in boxes]))
+    batches = [[tuple(slice(c - o, c - o + r) for c, o, r in zip(corner, lo, settings.roi_size, strict=True))
+                for corner in corners[first : first + settings.sw_batch_size]]
+               for first in range(0, len(corners), settings.sw_batch_size)]
+    for boxes, outputs in _pipelined(forward, source, batches):
         if sums is None:
             sums = np.zeros((outputs.shape[1] + 1, *span), dtype=np.float32)
         for box, out in zip(boxes, outputs, strict=True):
