@@ -197,6 +197,14 @@ def _in_process_client(settings: ClusterSettings) -> Iterator[Any]:
             _quiet_shutdown(client)  # the in-process worker's heartbeat races the close as well (seen here)
 
 
+def lost_worker(error: BaseException) -> bool:
+    """Whether ``error`` is the scheduler giving up on a task whose workers died (KilledWorker): the input and
+    model were fine, so a run's work store is kept for resuming (``keep`` of :func:`pipeline.io.store.work_store`)."""
+    from distributed import KilledWorker
+
+    return isinstance(error, KilledWorker)
+
+
 def dashboard_link(client: Any) -> str | None:
     """The dashboard URL, when the scheduler serves one (needs bokeh)."""
     with contextlib.suppress(Exception):

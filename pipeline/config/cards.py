@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.config.choices import check_choice
+from pipeline.config.choices import BACKENDS, check_choice
 from pipeline.config.classical import Classical
 from pipeline.config.preprocess import Preprocess
 from pipeline.config.yamlfile import read_mapping
@@ -86,7 +86,7 @@ class ModelCard(BaseModel):
     roi_size: tuple[int, ...] = ()
     overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
     sw_batch_size: int = Field(default=4, ge=1)
-    backend: str = Field(default="auto", description="CPU inference backend (pipeline.engine.backends.BACKENDS): "
+    backend: str = Field(default="auto", description="CPU inference backend (pipeline.config.choices.BACKENDS): "
                          "auto = OpenVINO on CPU when it converts the network faithfully, else torch")
     preprocess: Preprocess | None = None
     orientation: str | None = Field(default=None, description="3D: axis codes the network was trained in, e.g. RAS")
@@ -107,8 +107,6 @@ class ModelCard(BaseModel):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
-        from pipeline.engine.backends import BACKENDS
-
         return check_choice("backend", value, BACKENDS)
 
     @model_validator(mode="before")

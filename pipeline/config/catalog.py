@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.config.choices import check_choice
+from pipeline.config.choices import VECTOR_SUFFIXES, check_choice
 from pipeline.config.cluster import ClusterConfig
 from pipeline.config.schedule import Schedule
 from pipeline.config.segmenters import SEGMENTERS, Segmenter
@@ -141,9 +141,7 @@ class Source(BaseModel):
     @field_validator("vectors")
     @classmethod
     def _vector_format(cls, value: str | None) -> str | None:
-        from pipeline.io.vectors import VECTOR_FORMATS
-
-        choices = [suffix.removeprefix(".") for suffix in VECTOR_FORMATS]
+        choices = [suffix.removeprefix(".") for suffix in VECTOR_SUFFIXES]
         return None if value is None else check_choice("vector format", value, choices)
 
     @field_validator("output")

@@ -15,7 +15,7 @@ import yaml
 from pydantic import ValidationInfo
 
 from pipeline.errors import PipelineError, first_line
-from pipeline.io.files import require_regular_file
+from pipeline.files import require_regular_file
 
 #: Most nodes (scalars, lists, mappings) a document may hold with every alias expanded. The shipped
 #: cards have 57-420 and the shipped catalog 137 (``count_nodes`` on each); a card's training section

@@ -30,15 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config.choices import unknown_choice
+from pipeline.config.choices import BACKENDS, unknown_choice
 from pipeline.device import inference_threads
 from pipeline.errors import SettingsError
 from pipeline.model.conversions import CACHE_FORMAT, cache_dir, card_index
 
 logger = logging.getLogger(__name__)
 
-#: What a card, the catalog or ``--backend`` may ask for. ``auto``: OpenVINO on CPU when it is installed.
-BACKENDS = ("auto", "torch", "openvino")
 #: Largest difference of softmax probabilities from torch's that a converted network may show.
 PROB_TOLERANCE = 1e-3
 

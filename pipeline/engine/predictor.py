@@ -48,7 +48,7 @@ class InferenceSettings:
     alignment: WindowAlignment | None = None
     #: the network's output channels: sizes the (empty) result of a task whose windows all hold only nodata
     out_channels: int | None = None
-    #: CPU inference backend (:data:`pipeline.engine.backends.BACKENDS`); only for networks known by a
+    #: CPU inference backend (:data:`pipeline.config.choices.BACKENDS`); only for networks known by a
     #: weights sha256 (a ``ModelRef``): a bare torch module always runs on torch
     backend: str = "auto"
     #: test-time mirroring (:mod:`pipeline.engine.tta`): the network's spatial axes whose 2^n mirrorings

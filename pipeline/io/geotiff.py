@@ -37,9 +37,9 @@ from rasterio.windows import Window
 
 from pipeline.config.cards import Label
 from pipeline.errors import GridMismatchError, InputError, InputNotFoundError, OutputError
+from pipeline.files import require_regular_file
 from pipeline.geometry import RasterGeometry, block_slices, crs_name, same_crs
 from pipeline.io.atomic import atomic_path
-from pipeline.io.files import require_regular_file
 from pipeline.io.outputs import NODATA_LABEL
 from pipeline.io.store import write_region
 

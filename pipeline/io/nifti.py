@@ -23,9 +23,9 @@ import numpy as np
 from nibabel.volumeutils import apply_read_scaling
 
 from pipeline.errors import InputError, InputNotFoundError
+from pipeline.files import require_regular_file
 from pipeline.geometry import VolumeGeometry
 from pipeline.io.atomic import atomic_path
-from pipeline.io.files import require_regular_file
 from pipeline.io.outputs import is_gzip
 
 logger = logging.getLogger(__name__)

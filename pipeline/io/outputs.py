@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.config.choices import VECTOR_SUFFIXES
 from pipeline.errors import InputError, OutputError, OutputExistsError
 
 #: Mask value (and declared nodata) of pixels that were nodata in the input: the one definition every writer,
@@ -30,7 +31,6 @@ NODATA_LABEL = 255
 #: Suffixes each written format owns (matched case-insensitively, longest first).
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
-VECTOR_SUFFIXES = (".gpkg", ".geojson")
 JSON_SUFFIXES = (".json",)
 MASK_SUFFIXES = (*NIFTI_SUFFIXES, *GEOTIFF_SUFFIXES)
 

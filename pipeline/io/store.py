@@ -121,7 +121,8 @@ _NOT_RESUMABLE = (InputError, CardError, ModelError, SettingsError, OutputExists
 
 @contextlib.contextmanager
 def work_store(root: Path, output: Path, fingerprint: dict[str, Any], *,
-               check: Callable[[], None] | None = None) -> Iterator[WorkStore]:
+               check: Callable[[], None] | None = None,
+               keep: Callable[[BaseException], bool] | None = None) -> Iterator[WorkStore]:
     """Open (resume) or create the work store for ``output``, under the output's exclusive lock.
 
     The lock is keyed on the output (:func:`pipeline.io.outputs.lock_path`), not on ``root``: two runs
@@ -132,7 +133,9 @@ def work_store(root: Path, output: Path, fingerprint: dict[str, Any], *,
     parameters, code) is resumed; one with any other fingerprint is discarded, never mixed. The
     store is removed after success, after input/model/settings errors and after any other error a
     rerun would repeat; after an interruption or an infrastructure failure (see :func:`_resumable`)
-    it is kept, and the error says how to resume.
+    it is kept, and the error says how to resume. ``keep`` names further failures worth resuming that
+    only the caller can recognise: the scheduler's lost worker (:func:`pipeline.cluster.lost_worker`;
+    io knows no scheduler).
     """
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -156,7 +159,8 @@ def work_store(root: Path, output: Path, fingerprint: dict[str, Any], *,
             shutil.rmtree(path, ignore_errors=True)
             raise
         except BaseException as e:
-            if not _resumable(e):  # a bad setting or a bug: a rerun would fail the same way
+            # a bad setting or a bug: a rerun would fail the same way
+            if not (_resumable(e) or (keep is not None and keep(e))):
                 shutil.rmtree(path, ignore_errors=True)
                 raise
             if storage_failure(e):  # the storage's fault, not the input's: resumable, and flows retry it
@@ -169,10 +173,8 @@ def work_store(root: Path, output: Path, fingerprint: dict[str, Any], *,
 
 def _resumable(error: BaseException) -> bool:
     """A failure a rerun can finish: the file system or network failed (OSError, timeouts, lost
-    connections), memory ran out, a worker was lost, or the process is exiting (SystemExit)."""
-    from distributed import KilledWorker
-
-    return isinstance(error, OSError | MemoryError | KilledWorker | SystemExit | GeneratorExit)
+    connections), memory ran out, or the process is exiting (SystemExit). A lost worker: ``keep``."""
+    return isinstance(error, OSError | MemoryError | SystemExit | GeneratorExit)
 
 
 def _kept(store: WorkStore) -> str:

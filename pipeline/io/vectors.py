@@ -31,9 +31,10 @@ import shapely
 import zarr
 
 from pipeline.config.cards import Label
+from pipeline.config.choices import VECTOR_SUFFIXES
 from pipeline.errors import GridMismatchError, InputError, InputNotFoundError, OutputError, first_line
+from pipeline.files import require_regular_file
 from pipeline.geometry import RasterGeometry, same_crs
-from pipeline.io.files import require_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -141,11 +142,9 @@ def _crs_member(crs: str) -> dict[str, Any] | None:
     return {"type": "name", "properties": {"name": f"urn:ogc:def:crs:{authority[0]}::{authority[1]}"}}
 
 
-#: Vector output formats by file suffix.
-VECTOR_FORMATS: dict[str, Callable[[Path, str | None, dict[int, Label]], contextlib.AbstractContextManager[Writer]]] = {
-    ".gpkg": _gpkg_writer,
-    ".geojson": _geojson_writer,
-}
+#: Vector output formats by file suffix (the suffixes: :data:`pipeline.config.choices.VECTOR_SUFFIXES`).
+VECTOR_FORMATS: dict[str, Callable[[Path, str | None, dict[int, Label]], contextlib.AbstractContextManager[Writer]]] = (
+    dict(zip(VECTOR_SUFFIXES, (_gpkg_writer, _geojson_writer), strict=True)))
 
 
 def check_vector_output(path: Path) -> None:

@@ -37,7 +37,7 @@ from typing import Any
 from pipeline.config.cards import ModelCard
 from pipeline.config.yamlfile import read_mapping
 from pipeline.errors import CardError, ModelError, first_line
-from pipeline.io.files import require_regular_file
+from pipeline.files import require_regular_file
 from pipeline.io.hashing import sha256_file
 from pipeline.model.bundle_config import BundleValues, harmless
 from pipeline.model.models import Model, given, load_weights

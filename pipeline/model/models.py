@@ -27,7 +27,7 @@ from pipeline.config.choices import unknown_choice
 from pipeline.engine import intensity
 from pipeline.engine.validity import neutralise
 from pipeline.errors import CardError, ModelError
-from pipeline.io.files import require_regular_file
+from pipeline.files import require_regular_file
 from pipeline.io.hashing import sha256_file
 from pipeline.model.conversions import has_card_entry
 

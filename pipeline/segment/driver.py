@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.cluster import ClusterSettings, worker_peak_rss
+from pipeline.cluster import ClusterSettings, lost_worker, worker_peak_rss
 from pipeline.engine.alignment import alignment_for
 from pipeline.engine.api import default_chunks
 from pipeline.engine.infer import InferenceResult, engine_fingerprint, preload_model, run_inference
@@ -100,7 +100,8 @@ def segment(path: PathArg, domain: Domain, *, model: PathArg | Model | None = No
     fingerprint = {"input_sha256": sha256, **run.source.fingerprint(),
                    **engine_fingerprint(run.model, chunks=run.chunks, probabilities=options.probabilities,
                                         tta=options.tta), **run.choices.fingerprint()}
-    with created_parents(run.writes), work_store(run.root, run.mask, fingerprint, check=run.guard) as work:
+    with (created_parents(run.writes),
+          work_store(run.root, run.mask, fingerprint, check=run.guard, keep=lost_worker) as work):
         return _execute(run, work, sha256, reference, options, runtime, started)
 
 

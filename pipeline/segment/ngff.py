@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.cluster import ClusterSettings, worker_peak_rss
+from pipeline.cluster import ClusterSettings, lost_worker, worker_peak_rss
 from pipeline.engine.api import default_chunks
 from pipeline.engine.infer import engine_fingerprint, preload_model, run_inference
 from pipeline.engine.windows import parse_overlap
@@ -105,7 +105,7 @@ def segment_zarr(
                    **engine_fingerprint(mdl, chunks=block, probabilities=False)}
     stages = Stages()
     key = target.with_name(f"{target.name}.{label_name}")  # work directory and lock beside the store, not in it
-    with work_store(root, key, fingerprint, check=guard) as work:
+    with work_store(root, key, fingerprint, check=guard, keep=lost_worker) as work:
         view = zarr_view(source, geometry)
         result, workers_rss = _infer(view, mdl, work, aligned=aligned, block=block, cluster=cluster, client=client,
                                      progress=progress, stages=stages)

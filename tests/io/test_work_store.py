@@ -109,10 +109,13 @@ def test_errors_a_rerun_would_repeat_remove_the_store(tmp_path: Path, error: Exc
 
 
 def test_a_lost_worker_keeps_the_store(tmp_path: Path) -> None:
+    """The segment driver passes ``keep=lost_worker``: io itself knows no scheduler."""
     from distributed import KilledWorker
 
+    from pipeline.cluster import lost_worker
+
     output = tmp_path / "mask.nii.gz"
-    with pytest.raises(KilledWorker), work_store(tmp_path, output, PRINT) as work:
+    with pytest.raises(KilledWorker), work_store(tmp_path, output, PRINT, keep=lost_worker) as work:
         work.ledger.mark("image")
         raise KilledWorker("merge-1", "tcp://127.0.0.1:1", 3)
     assert (work_dir_for(tmp_path, output) / "done" / "image").exists()

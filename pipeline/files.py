@@ -1,4 +1,4 @@
-"""Checks on input paths before they are opened."""
+"""Checks on input paths before they are opened (below every layer: config reads YAML files, io reads scans)."""
 
 from __future__ import annotations
 
