@@ -215,8 +215,8 @@ def run_block(job: BlockJob, source: ImageSource, network: Any, settings: Infere
                 spilled += sink.save_spill(target, job.index, part.sums[(slice(None), *where[0])])
         own = overlap_slices(span, job.span)
         assert own is not None  # a block's windows start inside it
-        sums = part.sums[(slice(None), *own[0])]
-        if sums.shape[1:] != shape or job.sources:
+        sums = part.sums[(slice(None), *own[0])]  # a view: the backward spills add into the span's own sums
+        if sums.shape[1:] != shape:
             full = np.zeros((sums.shape[0], *shape), dtype=np.float32)
             full[(slice(None), *own[1])] = sums
             sums = full
