@@ -163,13 +163,18 @@ def apply(preprocess: Any, block: Any, stats: Statistics) -> np.ndarray:
     return data
 
 
+def needs_statistics(preprocess: Any) -> bool:
+    """Whether ``preprocess`` needs global statistics of the image (a pointwise window needs none)."""
+    return not all(isinstance(step, WindowScale) for step in preprocess_steps(preprocess))
+
+
 def statistics(preprocess: Any, array: Any, valid: Any = None) -> Statistics:
     """Global statistics of every step, each on the output of the steps before it (streamed for Dask).
 
     With ``valid`` (*spatial, bool), only valid pixels count: nodata never shifts a statistic."""
-    steps = preprocess_steps(preprocess)
-    if all(isinstance(step, WindowScale) for step in steps):
+    if not needs_statistics(preprocess):
         return {}
+    steps = preprocess_steps(preprocess)
     measure: dict[type, Callable[[Any, Any, Any], dict[str, list[float]]]] = {
         ZScore: _zscore_statistics, MinMax: _minmax_statistics, Percentiles: _percentile_statistics}
     found: list[dict[str, list[float]]] = []
