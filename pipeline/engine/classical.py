@@ -37,12 +37,12 @@ from pipeline.config.classical import (
     WatershedParams,
 )
 from pipeline.engine.components import gather, label_components
+from pipeline.engine.result import InferenceResult
 from pipeline.errors import InputError, SettingsError
 from pipeline.geometry import block_slices
 from pipeline.io.store import create_array, write_region
 
 if TYPE_CHECKING:
-    from pipeline.engine.infer import InferenceResult
     from pipeline.model.models import Model
 
 logger = logging.getLogger(__name__)
@@ -331,8 +331,6 @@ def run_classical(image: zarr.Array, model: Model, group: zarr.Group, *, client:
     global statistics count only ``valid`` pixels (*spatial, bool) when given."""
     import dask
     import dask.array as da
-
-    from pipeline.engine.infer import InferenceResult
 
     spec = model.card.classical
     assert spec is not None

@@ -11,7 +11,6 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from pipeline.device import device_type
 from pipeline.engine.alignment import alignment_for
 from pipeline.engine.api import default_chunks
 from pipeline.engine.predictor import InferenceSettings
+from pipeline.engine.result import InferenceResult
 from pipeline.engine.runner import BlockJob, BlockSink, ImageSource, Index, block_jobs, run_block, run_jobs
 from pipeline.engine.tta import mirror_axes
 from pipeline.engine.windows import balanced_chunks, parse_overlap, plan_blocks, window_grid
@@ -33,19 +33,6 @@ logger = logging.getLogger(__name__)
 
 #: With default blocks, aim for at least this many block tasks per worker thread (load balance).
 TASKS_PER_WORKER = 4
-
-
-@dataclass(frozen=True)
-class InferenceResult:
-    labels: zarr.Array
-    probabilities: zarr.Array | None
-    seconds: float
-    windows: int
-    blocks: int
-    chunks: tuple[int, ...]
-    blocks_resumed: int = 0  #: blocks a previous, interrupted run had finished (not recomputed)
-    spill_bytes_peak: int = 0  #: most bytes of block overlaps (spills) alive in the work directory at once
-    backend: str = "torch"  #: what ran the network: torch, openvino, or "classical" (no network)
 
 
 def label_dtype(n_labels: int) -> np.dtype:
@@ -89,7 +76,7 @@ def run_inference(image: zarr.Array | Any, model: Model, group: zarr.Group, *, c
     With a ``ledger``, blocks it records as finished are kept and not recomputed (resume); the
     caller guarantees the store was made for the same input, model and parameters. With ``valid``
     (*spatial, bool, in the same group), invalid pixels count in no statistic, reach the network as
-    :data:`~pipeline.engine.validity.NEUTRAL`, and windows without a valid pixel are skipped.
+    :data:`~pipeline.model.intensity.NEUTRAL`, and windows without a valid pixel are skipped.
     ``backend`` overrides the card's CPU inference backend (``auto``: OpenVINO on CPU when installed).
     ``tta``: ``mirror``/``mirror-all`` average each window over its mirrorings (:mod:`pipeline.engine.tta`).
     """
