@@ -26,7 +26,7 @@ from pipeline.engine.runner import BlockJob, BlockSink, ImageSource, Index, bloc
 from pipeline.engine.tta import mirror_axes
 from pipeline.engine.windows import balanced_chunks, parse_overlap, plan_blocks, window_grid
 from pipeline.errors import InputError
-from pipeline.io.store import Ledger, block_name, create_array
+from pipeline.io.store import Ledger, block_name, create_array, store_root, work_array
 from pipeline.model.models import Model
 
 logger = logging.getLogger(__name__)
@@ -94,19 +94,19 @@ def run_inference(image: zarr.Array | Any, model: Model, group: zarr.Group, *, c
     threads = worker_threads(client)
     resuming = ledger is not None and "labels" in group
     if resuming:
-        block = tuple(group["labels"].chunks)  # the interrupted run's plan, whatever the worker count now
+        block = tuple(work_array(group, "labels").chunks)  # the interrupted run's plan, whatever the workers now
     else:
         block = tuple(chunks) if chunks else balanced_chunks(grid, default_chunks(settings.roi_size),
                                                              TASKS_PER_WORKER * threads)
     in_store = isinstance(image, zarr.Array)
-    raw = da.from_zarr(image) if in_store else image.to_dask()
+    raw = da.from_zarr(image) if isinstance(image, zarr.Array) else image.to_dask()
     mask = None if valid is None else da.from_zarr(valid).rechunk(raw.chunks[1:])
     with dask.config.set(scheduler=client):  # this run's cluster, not whichever client is the default
         statistics = model.statistics(raw, mask)
     dtype = label_dtype(model.card.out_channels)
     labels, probs = _output_arrays(group, image, model.card.out_channels, block, dtype, probabilities=probabilities,
                                    resuming=resuming)
-    store = str(group.store.root)
+    store = store_root(group)
     jobs = block_jobs(plan_blocks(grid, block))
     source = ImageSource(store=store, name=image.path if in_store else "", array=None if in_store else image,
                          pads=tuple(a.pad_before for a in grid.axes),
@@ -145,7 +145,7 @@ def _output_arrays(group: zarr.Group, image: Any, out_channels: int, block: tupl
     """The work store's ``labels`` (and ``probabilities``) arrays: the interrupted run's when resuming, else new
     ones on the block grid, carrying the image's attributes."""
     if resuming:
-        return group["labels"], group["probabilities"] if probabilities else None
+        return work_array(group, "labels"), work_array(group, "probabilities") if probabilities else None
     spatial = tuple(int(n) for n in image.shape[1:])
     labels = create_array(group, "labels", shape=spatial, chunks=block, dtype=dtype, channel_axis=False,
                           attributes=dict(image.attrs))

@@ -72,7 +72,10 @@ def resolve_card_path(name_or_path: str | os.PathLike[str] | None) -> Path:
 
 def build_network(card: ModelCard) -> Any:
     """Instantiate the card's MONAI network with random weights."""
-    module_name, class_name = ARCHITECTURES[card.architecture]
+    architecture = card.architecture
+    if architecture is None or architecture not in ARCHITECTURES:
+        raise CardError(f"card {card.name!r}: {architecture or card.kind!r} is not built from a MONAI class")
+    module_name, class_name = ARCHITECTURES[architecture]
     cls = getattr(importlib.import_module(module_name), class_name)
     try:
         return cls(**card.network_kwargs())
@@ -206,10 +209,18 @@ def load_model(name_or_path: str | os.PathLike[str] | None = None, *, trust: boo
         return _imported_model(bundles.load_imported(card, card_path, trust=trust), trust=trust)
     if card.kind == "classical":  # weightless: the card itself is the model's identity
         return Model(card=card, card_path=card_path, loader=None, sha256=sha256_file(card_path))
+    _, sha256 = _weights(card, card_path)
     builder = functools.partial(_built_network, card, card_path)
     if _converted_before(card, card_path):  # these very weights built, converted and passed parity before
-        return Model(card=card, card_path=card_path, loader=builder, sha256=card.sha256)
-    return Model(card=card, card_path=card_path, loader=given(builder()), sha256=card.sha256)
+        return Model(card=card, card_path=card_path, loader=builder, sha256=sha256)
+    return Model(card=card, card_path=card_path, loader=given(builder()), sha256=sha256)
+
+
+def _weights(card: ModelCard, card_path: Path) -> tuple[Path, str]:
+    """A network card's weights file and sha256 (the card's validation requires both)."""
+    if card.weights is None or card.sha256 is None:
+        raise CardError(f"{card_path}: a network card needs weights and sha256")
+    return card_path.parent / card.weights, card.sha256
 
 
 def _imported_model(imported: ImportedNetwork, *, trust: bool) -> Model:
@@ -221,12 +232,13 @@ def _imported_model(imported: ImportedNetwork, *, trust: bool) -> Model:
 def _built_network(card: ModelCard, card_path: Path) -> Any:
     """The card's network with its checked weights, in eval mode."""
     network = build_network(card)
-    state = load_weights(card_path.parent / card.weights, card.sha256)
+    weights, sha256 = _weights(card, card_path)
+    state = load_weights(weights, sha256)
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[0]
-        raise ModelError(f"{card_path.parent / card.weights}: weights do not fit {card.architecture} ({first})") from e
+        raise ModelError(f"{weights}: weights do not fit {card.architecture} ({first})") from e
     return network.eval()
 
 
@@ -239,7 +251,7 @@ def _converted_before(card: ModelCard, card_path: Path) -> bool:
         return False
     if not has_card_entry(identity):
         return False
-    check_sha256(card_path.parent / card.weights, card.sha256)
+    check_sha256(*_weights(card, card_path))
     return True
 
 
