@@ -36,7 +36,7 @@ from pipeline.model.intensity import NEUTRAL, neutralise
 from pipeline.model.models import apply_preprocess, intensity_statistics
 from pipeline.segment.raster import segment_raster
 from tests.factories import make_card
-from tests.test_segment_raster import check_segmentation, mask_of
+from tests.segment.test_segment_raster import check_segmentation, mask_of
 
 runner = CliRunner()
 #: A custom Albers equal-area projection (no EPSG code), as national Landsat products use.
