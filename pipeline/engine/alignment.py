@@ -80,12 +80,12 @@ class WindowAlignment:
         """:meth:`to_model` on NumPy, for alignments that do not resample (permute and flip are exact anywhere)."""
         assert not self.resamples, "resampling windows runs through torch (to_model)"
         out = np.transpose(windows, (0, 1, *(2 + p for p in self.perm)))
-        return np.flip(out, [2 + m for m, f in enumerate(self.flip) if f]) if any(self.flip) else out
+        return np.flip(out, tuple(2 + m for m, f in enumerate(self.flip) if f)) if any(self.flip) else out
 
     def to_scan_array(self, outputs: np.ndarray) -> np.ndarray:
         """:meth:`to_scan` on NumPy (see :meth:`to_model_array`)."""
         assert not self.resamples, "resampling windows runs through torch (to_scan)"
-        flipped = np.flip(outputs, [2 + m for m, f in enumerate(self.flip) if f]) if any(self.flip) else outputs
+        flipped = np.flip(outputs, tuple(2 + m for m, f in enumerate(self.flip) if f)) if any(self.flip) else outputs
         inverse = sorted(range(len(self.perm)), key=self.perm.__getitem__)
         return np.transpose(flipped, (0, 1, *(2 + m for m in inverse)))
 
@@ -125,17 +125,20 @@ def window_alignment(affine: np.ndarray, roi_model: Sequence[int], *, orientatio
     return _scaled(perm, flip, roi_model, voxel_sizes(affine), spacing)
 
 
-def _scaled(perm: tuple[int, ...], flip: tuple[bool, ...], roi_model: Sequence[int], sizes: Sequence[float],
-            spacing: Sequence[float] | None) -> WindowAlignment:
+def _scaled(perm: tuple[int, ...], flip: tuple[bool, ...], roi_model: Sequence[int],
+            sizes: Sequence[float] | np.ndarray, spacing: Sequence[float] | None) -> WindowAlignment:
     """The window in scan voxels covering ``roi_model`` at ``spacing``, for scan voxel ``sizes`` (scan axes)."""
     roi_model = tuple(int(r) for r in roi_model)
     roi_scan = [0] * len(roi_model)
     for m, scan_axis in enumerate(perm):
-        ratio = 1.0 if spacing is None else float(spacing[m]) / float(sizes[scan_axis])
-        if not 1 / MAX_SCALE <= ratio <= MAX_SCALE:
-            raise InputError(f"grid spacing {sizes[scan_axis]:.4g} along axis {scan_axis} is {1 / ratio:.3g}x the "
-                             f"model's {spacing[m]:.4g} (mm for scans, metres for rasters); too far off the scale "
-                             f"it was trained at (limit {MAX_SCALE:g}x)")
+        if spacing is None:
+            ratio = 1.0
+        else:
+            ratio = float(spacing[m]) / float(sizes[scan_axis])
+            if not 1 / MAX_SCALE <= ratio <= MAX_SCALE:
+                raise InputError(f"grid spacing {sizes[scan_axis]:.4g} along axis {scan_axis} is {1 / ratio:.3g}x "
+                                 f"the model's {spacing[m]:.4g} (mm for scans, metres for rasters); too far off the "
+                                 f"scale it was trained at (limit {MAX_SCALE:g}x)")
         keep = abs(ratio - 1.0) <= SPACING_TOLERANCE
         roi_scan[scan_axis] = roi_model[m] if keep else max(1, round(roi_model[m] * ratio))
     return WindowAlignment(perm=perm, flip=flip, roi_model=roi_model, roi_scan=tuple(roi_scan))

@@ -37,12 +37,12 @@ from pipeline.config.classical import (
     WatershedParams,
 )
 from pipeline.engine.components import gather, label_components
+from pipeline.engine.result import InferenceResult
 from pipeline.errors import InputError, SettingsError
 from pipeline.geometry import block_slices
-from pipeline.io.store import create_array, write_region
+from pipeline.io.store import create_array, store_root, work_array, write_region
 
 if TYPE_CHECKING:
-    from pipeline.engine.infer import InferenceResult
     from pipeline.model.models import Model
 
 logger = logging.getLogger(__name__)
@@ -290,16 +290,17 @@ def _add_ids(store: str, source: str, target: str, region: tuple[slice, ...], ke
 
 
 def _rewrite(group: zarr.Group, labels: str, ids: str, keep: np.ndarray, client: Any, *, add: bool) -> None:
-    store = str(group.store.root)
+    store = store_root(group)
     shared = client.scatter(keep, broadcast=True) if client is not None else keep
-    regions = list(block_slices(group[labels].shape, group[labels].chunks))
+    target = work_array(group, labels)
+    regions = list(block_slices(target.shape, target.chunks))
     gather(client, _add_ids if add else _keep_ids, [(store, ids, labels, r, shared) for r in regions])
 
 
 def finish(group: zarr.Group, method: str, params: Any, client: Any) -> None:
     """Global steps on ``group['labels']``, chunked: region growing, small objects, largest component,
     hole filling (in that order)."""
-    ndim = group["labels"].ndim
+    ndim = work_array(group, "labels").ndim
     if method == "region_grow":
         grown = label_components(group, "labels", "components", values=(1, 2), client=client)
         keep = np.flatnonzero(grown.peak == 2)
@@ -332,8 +333,6 @@ def run_classical(image: zarr.Array, model: Model, group: zarr.Group, *, client:
     import dask
     import dask.array as da
 
-    from pipeline.engine.infer import InferenceResult
-
     spec = model.card.classical
     assert spec is not None
     if probabilities:
@@ -359,7 +358,7 @@ def run_classical(image: zarr.Array, model: Model, group: zarr.Group, *, client:
         labels = create_array(group, "labels", shape=spatial, chunks=block, dtype=np.uint8, channel_axis=False,
                               attributes={**dict(image.attrs), "classical": {"method": spec.method, "halo": halo,
                                                                              "statistics": stats}})
-        da.store(result, labels, lock=False)
+        da.store(result, labels, lock=False)  # type: ignore[arg-type]  # dask types targets as NumPy; zarr works
     finish(group, spec.method, spec.params, client)
     blocks = math.prod(math.ceil(n / c) for n, c in zip(spatial, block, strict=True))
     return InferenceResult(labels=labels, probabilities=None, seconds=time.perf_counter() - start, windows=0,

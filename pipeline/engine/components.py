@@ -23,7 +23,7 @@ import numpy as np
 import zarr
 
 from pipeline.geometry import block_slices
-from pipeline.io.store import create_array, write_region
+from pipeline.io.store import create_array, store_root, work_array, write_region
 
 Region = tuple[slice, ...]
 
@@ -162,13 +162,13 @@ def label_components(group: zarr.Group, source: str, target: str, *, values: Seq
     Equals ``scipy.ndimage.label(np.isin(source, values), structure(ndim, axes))`` on the whole
     array. ``chunks`` defaults to the source's chunks; ``client`` runs the passes on a Dask cluster.
     """
-    src = group[source]
+    src = work_array(group, source)
     shape = tuple(int(n) for n in src.shape)
     ndim = len(shape)
     block = tuple(chunks) if chunks else tuple(src.chunks)
     connected = tuple(range(ndim)) if axes is None else tuple(axes)
     connect = structure(ndim, axes)
-    store = str(group.store.root)
+    store = store_root(group)
     out = create_array(group, target, shape=shape, chunks=block, dtype=np.uint32, channel_axis=False,
                        attributes=dict(src.attrs))
     regions = list(block_slices(shape, block))

@@ -11,7 +11,6 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,32 +20,20 @@ import zarr
 from pipeline.device import device_type
 from pipeline.engine.alignment import alignment_for
 from pipeline.engine.api import default_chunks
-from pipeline.engine.intensity import Statistics, needs_statistics
 from pipeline.engine.predictor import InferenceSettings
+from pipeline.engine.result import InferenceResult
 from pipeline.engine.runner import BlockJob, BlockSink, ImageSource, Index, block_jobs, run_block, run_jobs
 from pipeline.engine.tta import mirror_axes
 from pipeline.engine.windows import balanced_chunks, parse_overlap, plan_blocks, window_grid
 from pipeline.errors import InputError
-from pipeline.io.store import Ledger, block_name, create_array
+from pipeline.io.store import Ledger, block_name, create_array, store_root, work_array
+from pipeline.model.intensity import Statistics, needs_statistics
 from pipeline.model.models import Model
 
 logger = logging.getLogger(__name__)
 
 #: With default blocks, aim for at least this many block tasks per worker thread (load balance).
 TASKS_PER_WORKER = 4
-
-
-@dataclass(frozen=True)
-class InferenceResult:
-    labels: zarr.Array
-    probabilities: zarr.Array | None
-    seconds: float
-    windows: int
-    blocks: int
-    chunks: tuple[int, ...]
-    blocks_resumed: int = 0  #: blocks a previous, interrupted run had finished (not recomputed)
-    spill_bytes_peak: int = 0  #: most bytes of block overlaps (spills) alive in the work directory at once
-    backend: str = "torch"  #: what ran the network: torch, openvino, or "classical" (no network)
 
 
 def label_dtype(n_labels: int) -> np.dtype:
@@ -90,7 +77,7 @@ def run_inference(image: zarr.Array | Any, model: Model, group: zarr.Group, *, c
     With a ``ledger``, blocks it records as finished are kept and not recomputed (resume); the
     caller guarantees the store was made for the same input, model and parameters. With ``valid``
     (*spatial, bool, in the same group), invalid pixels count in no statistic, reach the network as
-    :data:`~pipeline.engine.validity.NEUTRAL`, and windows without a valid pixel are skipped.
+    :data:`~pipeline.model.intensity.NEUTRAL`, and windows without a valid pixel are skipped.
     ``backend`` overrides the card's CPU inference backend (``auto``: OpenVINO on CPU when installed).
     ``tta``: ``mirror``/``mirror-all`` average each window over its mirrorings (:mod:`pipeline.engine.tta`).
     """
@@ -105,7 +92,7 @@ def run_inference(image: zarr.Array | Any, model: Model, group: zarr.Group, *, c
     threads = worker_threads(client)
     resuming = ledger is not None and "labels" in group
     if resuming:
-        block = tuple(group["labels"].chunks)  # the interrupted run's plan, whatever the worker count now
+        block = tuple(work_array(group, "labels").chunks)  # the interrupted run's plan, whatever the workers now
     else:
         block = tuple(chunks) if chunks else balanced_chunks(grid, default_chunks(settings.roi_size),
                                                              TASKS_PER_WORKER * threads)
@@ -114,7 +101,7 @@ def run_inference(image: zarr.Array | Any, model: Model, group: zarr.Group, *, c
     dtype = label_dtype(model.card.out_channels)
     labels, probs = _output_arrays(group, image, model.card.out_channels, block, dtype, probabilities=probabilities,
                                    resuming=resuming)
-    store = str(group.store.root)
+    store = store_root(group)
     jobs = block_jobs(plan_blocks(grid, block))
     source = ImageSource(store=store, name=image.path if in_store else "", array=None if in_store else image,
                          pads=tuple(a.pad_before for a in grid.axes),
@@ -167,7 +154,7 @@ def _output_arrays(group: zarr.Group, image: Any, out_channels: int, block: tupl
     """The work store's ``labels`` (and ``probabilities``) arrays: the interrupted run's when resuming, else new
     ones on the block grid, carrying the image's attributes."""
     if resuming:
-        return group["labels"], group["probabilities"] if probabilities else None
+        return work_array(group, "labels"), work_array(group, "probabilities") if probabilities else None
     spatial = tuple(int(n) for n in image.shape[1:])
     labels = create_array(group, "labels", shape=spatial, chunks=block, dtype=dtype, channel_axis=False,
                           attributes=dict(image.attrs))

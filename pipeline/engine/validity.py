@@ -1,8 +1,8 @@
-"""Nodata in the network's input: one neutral value, and which windows have anything to see.
+"""Nodata in the network's input: which windows have anything to see.
 
 Pure functions, no I/O. A raster's invalid pixels (nodata value, alpha, GDAL mask, NaN) reach
-the network as :data:`NEUTRAL`, set *after* intensity preprocessing, and a window holding no
-valid pixel is not evaluated at all: every pixel it covers is nodata in the mask anyway.
+the network as :data:`pipeline.model.intensity.NEUTRAL`, set by the model's preprocessing, and a window
+holding no valid pixel is not evaluated at all: every pixel it covers is nodata in the mask anyway.
 """
 
 from __future__ import annotations
@@ -10,18 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
-#: The network-input value of an invalid pixel: 0, the value MONAI's ``sliding_window_inference``
-#: (and this engine) pads with beyond the image, and training pads with (``training.recipe.pad``),
-#: so nodata reads as "outside the scene", which is what it is. For ``zscore`` 0 is also the mean.
-NEUTRAL = 0.0
-
-
-def neutralise(block: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
-    """``block`` (C, *spatial), preprocessed, with every invalid pixel set to :data:`NEUTRAL` (in place)."""
-    if valid is not None:
-        block[:, ~np.asarray(valid, dtype=bool)] = NEUTRAL
-    return block
 
 
 def windows_with_data(valid: np.ndarray, lo: Sequence[int], corners: Sequence[Sequence[int]],

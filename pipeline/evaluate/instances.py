@@ -28,7 +28,7 @@ from pipeline.errors import SettingsError
 from pipeline.geometry import RasterGeometry, VolumeGeometry, block_slices
 from pipeline.io.atomic import atomic_path
 from pipeline.io.outputs import instance_csv_path, instance_mask_path
-from pipeline.io.store import write_region
+from pipeline.io.store import store_root, work_array, write_region
 
 TARGET = "instances"
 
@@ -80,14 +80,14 @@ def find_instances(group: zarr.Group, classes: Sequence[int], *, client: Any = N
         found = label_components(group, "labels", name, values=(value,), valid=valid, client=client)
         offset = len(objects)
         if number:
-            store = str(group.store.root)
+            store = store_root(group)
             regions = list(block_slices(found.array.shape, found.array.chunks))
             gather(client, _shift_into, [(store, name, TARGET, region, offset) for region in regions])
             del group[name]
         for ident in range(1, found.count + 1):
             objects.append({"id": ident + offset, "label": int(value), "count": int(found.voxels[ident]),
                             "centroid_index": [float(c) for c in found.centroid[ident]]})
-    return group[TARGET], objects
+    return work_array(group, TARGET), objects
 
 
 def volume_rows(objects: list[dict[str, Any]], labels: dict[int, Label],

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.config.cards import Label
-from pipeline.engine.intensity import _percentile
 from pipeline.geometry import block_slices
+from pipeline.model.intensity import _percentile
 
 #: Mantissa bits kept when binning float32 values: relative bin width 2^-FLOAT_BITS.
 FLOAT_BITS = 10

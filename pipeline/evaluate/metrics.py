@@ -6,7 +6,8 @@ so masks with arbitrary label values up to :data:`MAX_LABEL` cost memory in the 
 distinct pairs, not in (largest label)^2. ``confusion(..., n)`` is the dense (n, n) matrix
 for a model's fixed label set: rows are reference labels, columns predicted.
 A label absent from both reference and prediction has Dice and IoU ``None``
-(undefined), never 0 or 1.
+(undefined) by default; ``scores(..., absent=1.0)`` counts it as a match instead, as MONAI's
+``DiceMetric(ignore_empty=False)`` does (training's validation: :mod:`pipeline.train.validation`).
 """
 
 from __future__ import annotations
@@ -121,16 +122,18 @@ class Scores:
     mean_pixel_accuracy: float | None
 
 
-def _ratio(num: float, den: float) -> float | None:
-    return float(num / den) if den > 0 else None
+def _ratio(num: float, den: float, empty: float | None = None) -> float | None:
+    return float(num / den) if den > 0 else empty
 
 
-def scores(counts: np.ndarray | PairCounts, labels: Iterable[int] | None = None) -> Scores:
+def scores(counts: np.ndarray | PairCounts, labels: Iterable[int] | None = None, *,
+           absent: float | None = None) -> Scores:
     """Dice, IoU (Jaccard), pixel accuracy and mean pixel accuracy from a confusion matrix.
 
     ``counts`` is a dense (n, n) matrix (every label 0..n-1 is scored) or :class:`PairCounts`
-    (the labels found in either mask are). Mean pixel accuracy averages per-label recall over
-    labels present in the reference.
+    (the labels found in either mask are, unless ``labels`` names them). Mean pixel accuracy averages
+    per-label recall over labels present in the reference. ``absent`` is the Dice and IoU of a label
+    in neither mask: None (undefined) or, for a mean over regions that counts it as a match, 1.0.
     """
     if not isinstance(counts, PairCounts):
         matrix = np.asarray(counts, dtype=np.int64)
@@ -144,7 +147,7 @@ def scores(counts: np.ndarray | PairCounts, labels: Iterable[int] | None = None)
     pred = _per_label(values, counts.prediction, counts.count)
     rows = tuple(
         LabelScore(label=int(v), predicted=int(p), reference=int(r), true_positive=int(t),
-                   dice=_ratio(2 * t, r + p), iou=_ratio(t, r + p - t))
+                   dice=_ratio(2 * t, r + p, absent), iou=_ratio(t, r + p - t, absent))
         for v, t, r, p in zip(values, tp, ref, pred, strict=True))
     recalls = [t / r for t, r in zip(tp, ref, strict=True) if r > 0]
     return Scores(labels=rows, pixel_accuracy=_ratio(tp.sum(), counts.count.sum()),

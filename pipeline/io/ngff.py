@@ -181,6 +181,7 @@ def _multiscale(url: str, node: Any, level: int) -> ZarrInput:
         raise InputError(f"{url}: level {level} does not exist (levels 0..{len(datasets) - 1})")
     levels = tuple(_level(url, node, d, axes, meta.get("coordinateTransformations")) for d in datasets)
     data = node[levels[level].path]
+    assert isinstance(data, zarr.Array)  # _level read its shape: a group has none
     return ZarrInput(url=url, axes=axes, levels=levels, level=level, dtype=np.dtype(data.dtype),
                      chunks=tuple(int(c) for c in data.chunks), multiscales=True,
                      name=str(meta.get("name") or "image"))
@@ -278,9 +279,10 @@ def _plain(url: str, node: Any, *, array: str | None, spacing: Sequence[float] |
         if not array:
             raise InputError(f"{url}: is a Zarr group; name the array with --array (found: "
                              f"{', '.join(sorted(node.array_keys())) or 'none'})")
-        if array not in node or not isinstance(node[array], zarr.Array):
+        found = node[array] if array in node else None
+        if not isinstance(found, zarr.Array):
             raise InputError(f"{url}: no array {array!r} in the group")
-        data, path = node[array], array
+        data, path = found, array
     else:
         data, path = node, ""
     if data.ndim != len(parsed):

@@ -18,7 +18,7 @@ import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -56,13 +56,18 @@ def _is_volseg(store: Path) -> bool:
         return False
 
 
-def label_levels(source: ZarrInput) -> list[tuple[tuple[int, ...], tuple[int, ...], list[float], list[float]]]:
+#: One level of a label pyramid: (spatial shape, integer factor from level 0, scale, translation).
+LabelLevel = tuple[tuple[int, ...], tuple[int, ...], list[float], list[float]]
+
+
+def label_levels(source: ZarrInput) -> list[LabelLevel]:
     """Per label level: (spatial shape, integer factor from level 0 of the labels, scale, translation), both in
     the input's units (stored order). Level 0 is the segmented level."""
     base = source.array
-    sizes = [1.0 / UNIT_MM[source.axes[i].unit] if source.axes[i].unit else 1.0 for i in source.spatial_axes]
+    units = [source.axes[i].unit for i in source.spatial_axes]
+    sizes = [1.0 / UNIT_MM[unit] if unit else 1.0 for unit in units]
     raw = lambda values: [v * s for v, s in zip(values, sizes, strict=True)]  # noqa: E731 (mm -> stored unit)
-    levels = [(source.spatial_shape, (1, 1, 1), raw(base.scale), raw(base.translation))]
+    levels: list[LabelLevel] = [(source.spatial_shape, (1, 1, 1), raw(base.scale), raw(base.translation))]
     for level in source.levels[source.level + 1:]:
         ratio = [c / f for c, f in zip(level.scale, base.scale, strict=True)]
         factor = tuple(round(r) for r in ratio)
@@ -142,8 +147,8 @@ def write_ngff_labels(labels: Any, source: ZarrInput, store: Path, name: str, *,
     return target
 
 
-def _zarr_format(source: ZarrInput) -> int:
-    return int(open_group(source.url).metadata.zarr_format)
+def _zarr_format(source: ZarrInput) -> Literal[2, 3]:
+    return 2 if int(open_group(source.url).metadata.zarr_format) == 2 else 3
 
 
 def _publish(tmp: Path, final: Path, *, overwrite: bool) -> None:

@@ -31,16 +31,16 @@ import contextlib
 import re
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.config.cards import ModelCard
 from pipeline.config.yamlfile import read_mapping
 from pipeline.errors import CardError, ModelError, first_line
-from pipeline.files import require_regular_file
 from pipeline.io.hashing import sha256_file
 from pipeline.model.bundle_config import BundleValues, harmless
-from pipeline.model.models import Model, given, load_weights
+from pipeline.model.weights import check_sha256, load_weights
 
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
 WEIGHTS = Path("models") / "model.pt"
@@ -49,6 +49,17 @@ TORCHSCRIPT_SUFFIXES = (".ts", ".pt", ".pth")
 #: Colours for labels a bundle does not colour (it never does).
 PALETTE = [(0, 0, 0), (230, 60, 60), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
            (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60)]
+
+
+@dataclass(frozen=True)
+class ImportedNetwork:
+    """An imported network, built and with its weights loaded, and the card that describes it:
+    :func:`pipeline.model.models.load_model` makes it a :class:`~pipeline.model.models.Model`."""
+
+    card: ModelCard
+    card_path: Path
+    network: Any
+    sha256: str
 
 
 def bundle_config(root: Path) -> Path | None:
@@ -304,8 +315,8 @@ def bundle_card(root: Path, parser: Any, sha256: str, *, trust: bool = False) ->
 
 
 def load_bundle(root: Path, card: ModelCard | None = None, card_path: Path | None = None, *,
-                trust: bool = False) -> Model:
-    """A bundle as a :class:`Model`: its network and weights; roi/labels/preprocess from ``card`` if given."""
+                trust: bool = False) -> ImportedNetwork:
+    """A bundle's network with its weights; roi/labels/preprocess from ``card`` if given, else from the bundle."""
     weights = root / WEIGHTS
     if not weights.is_file():
         raise ModelError(f"{root}: bundle has no {WEIGHTS}")
@@ -318,31 +329,28 @@ def load_bundle(root: Path, card: ModelCard | None = None, card_path: Path | Non
     except RuntimeError as e:
         raise ModelError(f"{weights}: weights do not fit the bundle's network_def ({first_line(e)})") from e
     network.eval()
-    return Model(card=card, card_path=card_path or root, loader=given(network), sha256=sha256)
+    return ImportedNetwork(card=card, card_path=card_path or root, network=network, sha256=sha256)
 
 
 # ---------------------------------------------------------------- cards naming imported models
 
 
-def load_imported(card: ModelCard, card_path: Path, *, trust: bool = False) -> Model:
+def load_imported(card: ModelCard, card_path: Path, *, trust: bool = False) -> ImportedNetwork:
     """Load the network of a card whose architecture is ``torchscript`` or ``bundle``."""
     weights = card_path.parent / str(card.weights)
     if card.architecture == "bundle":
         if weights.parent.name != "models" or bundle_config(weights.parent.parent) is None:
             raise CardError(f"{card_path}: bundle weights must be <bundle>/models/model.pt, not {card.weights}")
         return load_bundle(weights.parent.parent, card, card_path, trust=trust)
-    return Model(card=card, card_path=card_path, loader=given(load_torchscript(weights, str(card.sha256))),
-                 sha256=str(card.sha256))
+    return ImportedNetwork(card=card, card_path=card_path, network=load_torchscript(weights, str(card.sha256)),
+                           sha256=str(card.sha256))
 
 
 def load_torchscript(path: Path, expected_sha256: str) -> Any:
     """``torch.jit.load`` on the CPU after the checksum: TorchScript code only, never a pickle."""
     import torch
 
-    require_regular_file(path, "TorchScript file", ModelError)
-    actual = sha256_file(path)
-    if actual != expected_sha256:
-        raise ModelError(f"{path}: weights sha256 is {actual[:12]}..., the card expects {expected_sha256[:12]}...")
+    check_sha256(path, expected_sha256, "TorchScript file")
     try:
         network = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:

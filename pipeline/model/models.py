@@ -14,7 +14,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,12 +23,13 @@ import numpy as np
 
 from pipeline.config.cards import ARCHITECTURES, IMPORTED, Label, ModelCard, load_card
 from pipeline.config.choices import unknown_choice
-from pipeline.engine import intensity
-from pipeline.engine.validity import neutralise
 from pipeline.errors import CardError, ModelError
-from pipeline.files import require_regular_file
 from pipeline.io.hashing import sha256_file
+from pipeline.model import bundles, intensity
+from pipeline.model.bundles import ImportedNetwork
 from pipeline.model.conversions import has_card_entry
+from pipeline.model.intensity import neutralise
+from pipeline.model.weights import check_sha256, load_weights
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,10 @@ def resolve_card_path(name_or_path: str | os.PathLike[str] | None) -> Path:
 
 def build_network(card: ModelCard) -> Any:
     """Instantiate the card's MONAI network with random weights."""
-    module_name, class_name = ARCHITECTURES[card.architecture]
+    architecture = card.architecture
+    if architecture is None or architecture not in ARCHITECTURES:
+        raise CardError(f"card {card.name!r}: {architecture or card.kind!r} is not built from a MONAI class")
+    module_name, class_name = ARCHITECTURES[architecture]
     cls = getattr(importlib.import_module(module_name), class_name)
     try:
         return cls(**card.network_kwargs())
@@ -80,41 +83,11 @@ def build_network(card: ModelCard) -> Any:
         raise CardError(f"card {card.name!r}: cannot build {card.architecture}: {e}") from e
 
 
-def load_weights(path: Path, expected_sha256: str) -> dict[str, Any]:
-    """Load a state_dict safely: checksum first, then ``torch.load(weights_only=True)``."""
-    import torch
-
-    require_regular_file(path, "weights file", ModelError)
-    actual = sha256_file(path)
-    if actual != expected_sha256:
-        raise ModelError(f"{path}: weights sha256 is {actual[:12]}..., the card expects {expected_sha256[:12]}...")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ModelError(f"{path}: refused to load weights ({_load_reason(e)})") from e
-    if not isinstance(state, dict):
-        raise ModelError(f"{path}: weights must be a state_dict, got {type(state).__name__}")
-    return state
-
-
-def _load_reason(error: BaseException) -> str:
-    """The informative part of torch.load's many-line message: what the unpickler refused, else the first sentence."""
-    if not isinstance(error, pickle.UnpicklingError | RuntimeError | EOFError | ValueError):
-        # torch falls back to its legacy unpickler for non-zip files, which fails on arbitrary bytes
-        return f"not a torch file: the unpickler failed with {type(error).__name__}: {error}"
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for line in lines:
-        if "WeightsUnpickler error:" in line:  # "Unsupported global: GLOBAL builtins.open was not an allowed global"
-            refused = line.split("WeightsUnpickler error:", 1)[1].strip().split(" by default")[0]
-            return f"not plain tensors: {refused}"
-    return lines[0].split(". ")[0] if lines else type(error).__name__
-
-
 def intensity_statistics(card: ModelCard, array: Any, valid: Any = None) -> Statistics:
     """Global statistics the card's preprocessing needs (empty for pointwise ones).
 
     ``array`` (C, *spatial) may be NumPy or Dask; with Dask the statistics stream over chunks
-    (:mod:`pipeline.engine.intensity`). With ``valid`` (*spatial, bool), only valid pixels count: nodata
+    (:mod:`pipeline.model.intensity`). With ``valid`` (*spatial, bool), only valid pixels count: nodata
     never shifts the statistics.
     """
     return intensity.statistics(card.preprocess, array, valid)
@@ -123,7 +96,7 @@ def intensity_statistics(card: ModelCard, array: Any, valid: Any = None) -> Stat
 def apply_preprocess(card: ModelCard, block: np.ndarray, statistics: Statistics,
                      valid: np.ndarray | None = None) -> np.ndarray:
     """Normalise one chunk (C, *spatial) -> float32, given global ``statistics``; pixels not ``valid``
-    (*spatial) become :data:`~pipeline.engine.validity.NEUTRAL`, whatever their stored value."""
+    (*spatial) become :data:`~pipeline.model.intensity.NEUTRAL`, whatever their stored value."""
     return neutralise(intensity.apply(card.preprocess, block, statistics), valid)
 
 
@@ -227,32 +200,45 @@ def load_model(name_or_path: str | os.PathLike[str] | None = None, *, trust: boo
     ModelError
         Missing weights, checksum mismatch, unsafe or incompatible weights.
     """
-    from pipeline.model import bundles
-
     imported = bundles.imported_path(name_or_path)
     if imported is not None and imported.is_dir():
-        return replace(bundles.load_bundle(imported, trust=trust), trust=trust)
+        return _imported_model(bundles.load_bundle(imported, trust=trust), trust=trust)
     card_path = resolve_card_path(imported or name_or_path)
     card = load_card(card_path)
     if card.architecture in IMPORTED:
-        return replace(bundles.load_imported(card, card_path, trust=trust), trust=trust)
+        return _imported_model(bundles.load_imported(card, card_path, trust=trust), trust=trust)
     if card.kind == "classical":  # weightless: the card itself is the model's identity
         return Model(card=card, card_path=card_path, loader=None, sha256=sha256_file(card_path))
+    _, sha256 = _weights(card, card_path)
     builder = functools.partial(_built_network, card, card_path)
     if _converted_before(card, card_path):  # these very weights built, converted and passed parity before
-        return Model(card=card, card_path=card_path, loader=builder, sha256=card.sha256)
-    return Model(card=card, card_path=card_path, loader=given(builder()), sha256=card.sha256)
+        return Model(card=card, card_path=card_path, loader=builder, sha256=sha256)
+    return Model(card=card, card_path=card_path, loader=given(builder()), sha256=sha256)
+
+
+def _weights(card: ModelCard, card_path: Path) -> tuple[Path, str]:
+    """A network card's weights file and sha256 (the card's validation requires both)."""
+    if card.weights is None or card.sha256 is None:
+        raise CardError(f"{card_path}: a network card needs weights and sha256")
+    return card_path.parent / card.weights, card.sha256
+
+
+def _imported_model(imported: ImportedNetwork, *, trust: bool) -> Model:
+    """A bundle's or TorchScript file's network, already built, as a :class:`Model`."""
+    return Model(card=imported.card, card_path=imported.card_path, loader=given(imported.network),
+                 sha256=imported.sha256, trust=trust)
 
 
 def _built_network(card: ModelCard, card_path: Path) -> Any:
     """The card's network with its checked weights, in eval mode."""
     network = build_network(card)
-    state = load_weights(card_path.parent / card.weights, card.sha256)
+    weights, sha256 = _weights(card, card_path)
+    state = load_weights(weights, sha256)
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[0]
-        raise ModelError(f"{card_path.parent / card.weights}: weights do not fit {card.architecture} ({first})") from e
+        raise ModelError(f"{weights}: weights do not fit {card.architecture} ({first})") from e
     return network.eval()
 
 
@@ -265,11 +251,7 @@ def _converted_before(card: ModelCard, card_path: Path) -> bool:
         return False
     if not has_card_entry(identity):
         return False
-    weights = card_path.parent / card.weights
-    require_regular_file(weights, "weights file", ModelError)
-    actual = sha256_file(weights)
-    if actual != card.sha256:
-        raise ModelError(f"{weights}: weights sha256 is {actual[:12]}..., the card expects {card.sha256[:12]}...")
+    check_sha256(*_weights(card, card_path))
     return True
 
 
@@ -296,8 +278,6 @@ def _version(package: str) -> str:
 def given(network: Any) -> Callable[[], Any]:
     """A loader for a network that is already built."""
     return lambda: network
-
-
 
 
 @functools.lru_cache(maxsize=4)

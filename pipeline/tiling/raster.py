@@ -11,7 +11,7 @@ import zarr
 
 from pipeline.errors import InputError
 from pipeline.io.geotiff import Raster, copy_window, read_windows
-from pipeline.io.store import create_array
+from pipeline.io.store import create_array, store_root
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def tile_to_store(raster: Raster, bands: tuple[int, ...], group: zarr.Group, chu
                          dtype=geometry.dtype, attributes=attributes)
     valid = create_array(group, "valid", shape=geometry.shape, chunks=chunks, dtype=bool, channel_axis=False,
                          attributes=attributes)
-    store = str(group.store.root)
+    store = store_root(group)
     itemsize = np.dtype(geometry.dtype).itemsize
     windows = read_windows(geometry.shape, chunks, len(bands) * (itemsize + 1) + 2)  # pixels, masks, validity
     futures = [client.submit(copy_window, str(raster.path), bands, geometry.dtype, rows, cols, store, pure=False)

@@ -21,7 +21,8 @@ def fingerprint(dataset_name: str, dataset: TrainingDataset, card: ModelCard, re
                 epochs: int, seed: int) -> str:
     """What a checkpoint must match to be resumed: same data, network, recipe, epochs and seed."""
     what = {"dataset": dataset_name, "entry": dataset.model_dump(mode="json"), "recipe": recipe.model_dump(mode="json"),
-            "network": [card.architecture, card.network_kwargs()], "preprocess": card.preprocess.model_dump(),
+            "network": [card.architecture, card.network_kwargs()],
+            "preprocess": None if card.preprocess is None else card.preprocess.model_dump(),
             "roi": card.roi_size, "epochs": epochs, "seed": seed}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -1,4 +1,5 @@
-"""Scoring a network while it trains: sliding-window prediction on whole images, Dice and IoU per label."""
+"""Scoring a network while it trains: sliding-window prediction on whole images, Dice and IoU per label
+(counted by :mod:`pipeline.evaluate.metrics`, the one definition of both)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any, cast
 import numpy as np
 
 from pipeline.config.cards import ModelCard
+from pipeline.evaluate import metrics
 from pipeline.model.models import apply_preprocess, intensity_statistics
 from pipeline.train.datasets import Region
 from pipeline.train.device import autocast
@@ -25,27 +27,33 @@ def predict(network: Any, image: np.ndarray, card: ModelCard, device: Any) -> np
     return cast("torch.Tensor", logits).argmax(dim=1)[0].cpu().numpy()  # a tensor predictor gives a tensor
 
 
+#: The Dice and IoU of a class absent from both truth and prediction in a region: a match, as MONAI's
+#: ``DiceMetric`` / ``MeanIoU`` count it with ``ignore_empty=False`` (what the shipped cards' numbers record).
+ABSENT_CLASS_SCORE = 1.0
+
+
 def scores(pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], card: ModelCard) -> dict[str, dict[str, float]]:
-    """MONAI ``DiceMetric`` and ``MeanIoU`` per label over (prediction, truth, valid) regions, mean over regions.
+    """Dice and IoU per label over (prediction, truth, valid) regions, mean over regions, rounded to 3 decimals.
 
-    Invalid (nodata) pixels count for no class; a class absent from both truth and prediction scores
-    1.0 and one predicted where the truth has none 0.0 (``ignore_empty=False``).
+    Each region is scored by :func:`pipeline.evaluate.metrics.scores` on its confusion counts. Invalid (nodata)
+    pixels count for no class; a class absent from both truth and prediction scores
+    :data:`ABSENT_CLASS_SCORE` (1.0) and one predicted where the truth has none 0.0, as MONAI's ``DiceMetric``
+    and ``MeanIoU`` (``include_background=True``, ``ignore_empty=False``, ``reduction="mean_batch"``) give them.
     """
-    import torch
-    from monai.metrics import DiceMetric, MeanIoU
-    from monai.networks.utils import one_hot
+    if not pairs:
+        raise ValueError("no regions to score")
+    classes = range(card.out_channels)
+    regions = [metrics.scores(metrics.pair_counts(truth, pred, valid), classes, absent=ABSENT_CLASS_SCORE).labels
+               for pred, truth, valid in pairs]
+    per_class = [[rows[c] for rows in regions] for c in classes]  # each class's scores, one per region
+    names = [label.name for label in card.labels.values()]  # paired with classes 0..n-1 in order, as before
+    return {"dice": {name: _mean([s.dice for s in rows]) for name, rows in zip(names, per_class, strict=True)},
+            "iou": {name: _mean([s.iou for s in rows]) for name, rows in zip(names, per_class, strict=True)}}
 
-    metrics = {"dice": DiceMetric(include_background=True, reduction="mean_batch", ignore_empty=False),
-               "iou": MeanIoU(include_background=True, reduction="mean_batch", ignore_empty=False)}
-    for pred, truth, valid in pairs:
-        mask = torch.from_numpy(valid)[None, None]
-        y_pred = one_hot(torch.from_numpy(pred.astype(np.int64))[None, None], card.out_channels) * mask
-        y = one_hot(torch.from_numpy(truth.astype(np.int64))[None, None], card.out_channels) * mask
-        for metric in metrics.values():
-            metric(y_pred, y)
-    names = [label.name for label in card.labels.values()]
-    return {key: {name: round(float(v), 3) for name, v in zip(names, metric.aggregate().tolist(), strict=True)}
-            for key, metric in metrics.items()}
+
+def _mean(values: list[float | None]) -> float:
+    """The mean over regions, rounded to 3 decimals (no value is None: absent classes score 1.0)."""
+    return round(float(np.mean([v for v in values if v is not None])), 3)
 
 
 def evaluate(network: Any, regions: list[Region], card: ModelCard, device: Any) -> dict[str, dict[str, float]]:

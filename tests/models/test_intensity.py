@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.engine.intensity import apply, statistics
 from pipeline.model.bundle_config import BundleValues, NeedsTrust, harmless
 from pipeline.model.bundles import bundle_preprocess
+from pipeline.model.intensity import apply, statistics
 
 CT = Path(__file__).resolve().parents[2] / "data" / "medical" / "example_ct_sm.nii.gz"
 

@@ -5,6 +5,10 @@ Every card step is pointwise once its global statistics are known (mean/std, min
 the output of the steps before it, so a chain such as a bundle's ``NormalizeIntensityd(nonzero)`` then
 ``ScaleIntensityd`` matches MONAI on the whole image; :func:`apply` is then a pure function of a chunk.
 Values are per channel (a list) with ``channel_wise``, else one value for the whole image.
+
+Part of the model, below the engine: a :class:`~pipeline.model.models.Model` preprocesses through this module, and
+the engine only calls the model's ``statistics`` / ``preprocess_block``. After preprocessing, a raster's invalid
+pixels (nodata value, alpha, GDAL mask, NaN) become :data:`NEUTRAL` (:func:`neutralise`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,18 @@ import numpy as np
 from pipeline.config.preprocess import MinMax, Percentiles, WindowScale, ZScore, preprocess_steps
 
 Statistics = dict[str, Any]  #: {"steps": [per-step values]}, or {} for purely pointwise preprocessing
+
+#: The network-input value of an invalid pixel: 0, the value MONAI's ``sliding_window_inference``
+#: (and this engine) pads with beyond the image, and training pads with (``training.recipe.pad``),
+#: so nodata reads as "outside the scene", which is what it is. For ``zscore`` 0 is also the mean.
+NEUTRAL = 0.0
+
+
+def neutralise(block: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """``block`` (C, *spatial), preprocessed, with every invalid pixel set to :data:`NEUTRAL` (in place)."""
+    if valid is not None:
+        block[:, ~np.asarray(valid, dtype=bool)] = NEUTRAL
+    return block
 
 
 def _axes(array: Any, channel_wise: bool) -> tuple[int, ...] | None:

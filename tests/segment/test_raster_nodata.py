@@ -29,13 +29,14 @@ from pipeline.config.cards import load_card
 from pipeline.config.classical import KMeansParams, OtsuParams
 from pipeline.engine import predictor
 from pipeline.engine.classical import kmeans_centres, kmeans_statistics, otsu_block, otsu_statistics
-from pipeline.engine.validity import NEUTRAL, neutralise, windows_with_data
+from pipeline.engine.validity import windows_with_data
 from pipeline.engine.windows import window_grid
 from pipeline.io.geotiff import read_bands
+from pipeline.model.intensity import NEUTRAL, neutralise
 from pipeline.model.models import apply_preprocess, intensity_statistics
 from pipeline.segment.raster import segment_raster
 from tests.factories import make_card
-from tests.test_segment_raster import check_segmentation, mask_of
+from tests.segment.test_segment_raster import check_segmentation, mask_of
 
 runner = CliRunner()
 #: A custom Albers equal-area projection (no EPSG code), as national Landsat products use.
