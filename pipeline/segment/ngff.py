@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline.cluster import ClusterSettings, lost_worker, worker_peak_rss
 from pipeline.engine.api import default_chunks
-from pipeline.engine.infer import engine_fingerprint, preload_model, run_inference
+from pipeline.engine.infer import InferenceOptions, engine_fingerprint, preload_model, run_inference
 from pipeline.engine.windows import parse_overlap
 from pipeline.errors import CardError, InputError, SettingsError
 from pipeline.evaluate.metrics import scores
@@ -32,9 +32,10 @@ from pipeline.io.store import work_store
 from pipeline.io.zarr_source import store_identity, zarr_view
 from pipeline.model.models import Model, load_model
 from pipeline.report.tables import label_rows, write_report
+from pipeline.segment.domain import PlanInputs
 from pipeline.segment.driver import aligned_windows
 from pipeline.segment.options import RunSettings, SegmentOptions, resolve_options
-from pipeline.segment.plan_estimate import clip_chunks, estimate_plan
+from pipeline.segment.plan_estimate import Tiling, clip_chunks, estimate_plan
 from pipeline.segment.resources import check_capacity, client_scope, local_processes, planned_workers
 from pipeline.segment.result import run_facts
 from pipeline.segment.stages import Stages
@@ -181,10 +182,10 @@ def _plan(source: ZarrInput, geometry: Any, mdl: Model, chunks: Sequence[int] | 
     cluster cannot hold is refused (:mod:`pipeline.segment.plan_estimate`)."""
     aligned = aligned_windows(Path(source.url), geometry.to_attrs(), mdl)
     block = clip_chunks(chunks, geometry.shape)
-    check_capacity(estimate_plan(geometry.shape, roi=aligned, overlap=parse_overlap(mdl.overlap, 3), chunks=block,
-                                 default=default_chunks(aligned), in_channels=0, itemsize=source.dtype.itemsize,
-                                 classes=mdl.card.out_channels, workers=planned_workers(cluster, client),
-                                 processes=local_processes(cluster, client)),
+    tiling = Tiling(roi=aligned, overlap=parse_overlap(mdl.overlap, 3), chunks=block, default=default_chunks(aligned))
+    inputs = PlanInputs(in_channels=0, itemsize=source.dtype.itemsize)
+    check_capacity(estimate_plan(geometry.shape, tiling, inputs, classes=mdl.card.out_channels,
+                                 workers=planned_workers(cluster, client), processes=local_processes(cluster, client)),
                    source=Path(source.url), work_root=work_root, cluster=cluster, client=client)
     return aligned, block
 
@@ -198,8 +199,8 @@ def _infer(view: Any, mdl: Model, work: Any, *, aligned: Sequence[int], block: S
     with client_scope(client, cluster or ClusterSettings()) as active:
         preload_model(active, mdl)
         with stages("inference"):
-            result = run_inference(view, mdl, work.group, client=active, ledger=work.ledger, progress=progress,
-                                   chunks=chunks)
+            result = run_inference(view, mdl, work.group, client=active, ledger=work.ledger,
+                                   options=InferenceOptions(chunks=chunks, progress=progress))
         return result, worker_peak_rss(active)
 
 
