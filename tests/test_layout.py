@@ -1,4 +1,5 @@
-"""The layout's rules, run with the suite: import contracts, ruff, mypy on the typed modules, vulture.
+"""The layout's rules, run with the suite: import contracts, ruff, mypy on the typed modules, vulture, module and
+function sizes, parameter counts.
 
 The contracts, the mypy file list and vulture's settings live in ``pyproject.toml`` (``[tool.importlinter]``,
 ``[tool.mypy]``, ``[tool.vulture]``); DESIGN.md explains the layers. Each check runs the tool as CI would and fails with its report.
@@ -75,3 +76,35 @@ def test_no_module_over_400_lines_and_no_function_over_60() -> None:
     assert not long_modules, f"modules over {MAX_MODULE_LINES} lines (split by concern): {long_modules}"
     assert not long_functions, f"functions over {MAX_FUNCTION_LINES} lines (split into steps): {long_functions}"
 
+
+
+#: Most parameters of a public function in ``pipeline/`` and ``flows/`` (``self``/``cls`` not counted; ``*args`` and
+#: ``**kwargs`` one each): more are grouped in a frozen dataclass (DESIGN.md "Layers"). Justified exceptions,
+#: ``path:function`` -> why.
+MAX_PARAMETERS = 8
+PARAMETER_EXCEPTIONS: dict[str, str] = {
+    "pipeline/engine/api.py:sliding_window": "mirrors MONAI's sliding_window_inference (roi_size, overlap, mode, "
+                                             "sw_batch_size by the same names), so a MONAI call ports by renaming",
+}
+
+
+def _wide_functions() -> list[str]:
+    import ast
+
+    found = []
+    for path in sorted([*(ROOT / "pipeline").rglob("*.py"), *(ROOT / "flows").rglob("*.py")]):
+        name = path.relative_to(ROOT).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=name)):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) or node.name.startswith("_"):
+                continue
+            args = node.args
+            named = [a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs) if a.arg not in ("self", "cls")]
+            count = len(named) + (args.vararg is not None) + (args.kwarg is not None)
+            if count > MAX_PARAMETERS and f"{name}:{node.name}" not in PARAMETER_EXCEPTIONS:
+                found.append(f"{name}:{node.lineno} {node.name}: {count} parameters")
+    return found
+
+
+def test_no_public_function_takes_more_than_8_parameters() -> None:
+    found = _wide_functions()
+    assert not found, f"public functions over {MAX_PARAMETERS} parameters (group them in a frozen dataclass): {found}"

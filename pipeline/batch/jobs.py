@@ -18,6 +18,7 @@ from pipeline.errors import (
     first_line,
     storage_failure,
 )
+from pipeline.segment.options import SeriesOptions
 
 
 class ScanStatus(StrEnum):
@@ -83,7 +84,7 @@ class ScanJob:
         if self.trust:
             kwargs["trust"] = True
         if self.pacs is not None:
-            kwargs["dicom_seg"] = "binary"
+            kwargs["dicom"] = SeriesOptions(dicom_seg="binary")
         return kwargs
 
 

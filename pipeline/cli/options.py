@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from pipeline.cli.running import fail, set_state
+
+T = TypeVar("T")
 
 VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, expose_value=False, callback=set_state("verbose"),
                                          help="More logging (-v: progress facts such as the Dask dashboard, -vv: debug and Dask).")]
@@ -82,3 +89,34 @@ def parse_bands(text: str | None) -> tuple[int, ...] | None:
         return tuple(int(v) for v in text.split(","))
     except ValueError:
         fail(f"--bands must be comma-separated band numbers, e.g. 3,2,1, got {text!r}", code=2)
+
+
+def grouped(command: Callable[..., T]) -> Callable[..., T]:
+    """Let a command take its options as frozen dataclasses: typer reads a command's options from its
+    signature, so each parameter annotated with a dataclass is shown to typer as that dataclass's fields
+    (``Annotated`` typer options, with their defaults), in its place, so ``--help`` lists them in field order;
+    the command is called with the dataclass built from them."""
+    hints = typing.get_type_hints(command, include_extras=True)
+    params: list[inspect.Parameter] = []
+    groups: dict[str, tuple[Any, list[str]]] = {}
+    for name, param in inspect.signature(command).parameters.items():
+        kind = hints.get(name, param.annotation)
+        if not (isinstance(kind, type) and dataclasses.is_dataclass(kind)):
+            params.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=kind))
+            continue
+        types = typing.get_type_hints(kind, include_extras=True)
+        fields = dataclasses.fields(kind)
+        groups[name] = (kind, [f.name for f in fields])
+        params += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=types[f.name],
+                                     default=inspect.Parameter.empty if f.default is dataclasses.MISSING
+                                     else f.default) for f in fields]
+
+    @functools.wraps(command)
+    def wrapper(**values: Any) -> T:
+        for name, (kind, names) in groups.items():
+            values[name] = kind(**{n: values.pop(n) for n in names if n in values})
+        return command(**values)
+
+    wrapper.__signature__ = inspect.Signature(params, return_annotation=hints.get("return"))  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper

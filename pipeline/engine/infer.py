@@ -64,11 +64,23 @@ def engine_fingerprint(model: Model, *, chunks: Sequence[int] | None, probabilit
             "tta": tta, "device": device_type(None), "code_version": code_version()}
 
 
+@dataclass(frozen=True, slots=True)
+class InferenceOptions:
+    """What a run asks of the engine besides the image and the model; the defaults are a plain run."""
+
+    chunks: Sequence[int] | None = None  #: block side per axis (None: the default blocks, balanced over the workers)
+    probabilities: bool = False  #: also keep the softmax probabilities in the work store
+    progress: bool = False  #: draw a progress bar over the blocks
+    backend: str | None = None  #: CPU inference backend overriding the card's
+    tta: str = "none"  #: test-time mirroring (:mod:`pipeline.engine.tta`)
+
+
+PLAIN = InferenceOptions()
+
+
 def run_inference(image: zarr.Array | Any, model: Model, group: zarr.Group, *, client: Any,
-                  chunks: Sequence[int] | None = None, probabilities: bool = False,
-                  progress: bool = False, ledger: Ledger | None = None,
-                  valid: zarr.Array | None = None, backend: str | None = None,
-                  tta: str = "none") -> InferenceResult:
+                  options: InferenceOptions = PLAIN, ledger: Ledger | None = None,
+                  valid: zarr.Array | None = None) -> InferenceResult:
     """Segment ``image`` (C, *spatial) from the work store into ``group['labels']``.
 
     ``image`` may also live outside the work store (read in place, never copied): then it is a picklable
@@ -78,16 +90,17 @@ def run_inference(image: zarr.Array | Any, model: Model, group: zarr.Group, *, c
     caller guarantees the store was made for the same input, model and parameters. With ``valid``
     (*spatial, bool, in the same group), invalid pixels count in no statistic, reach the network as
     :data:`~pipeline.model.intensity.NEUTRAL`, and windows without a valid pixel are skipped.
-    ``backend`` overrides the card's CPU inference backend (``auto``: OpenVINO on CPU when installed).
-    ``tta``: ``mirror``/``mirror-all`` average each window over its mirrorings (:mod:`pipeline.engine.tta`).
+    ``options.backend`` overrides the card's CPU inference backend (``auto``: OpenVINO on CPU when installed).
+    ``options.tta``: ``mirror``/``mirror-all`` average each window over its mirrorings (:mod:`pipeline.engine.tta`).
     """
+    chunks, probabilities, progress = options.chunks, options.probabilities, options.progress
     if model.card.kind == "classical":  # weightless methods: same store and block grid, no windows
         from pipeline.engine.classical import run_classical
 
         return run_classical(image, model, group, client=client, chunks=chunks, probabilities=probabilities,
                              valid=valid)
     spatial = tuple(int(n) for n in image.shape[1:])
-    settings = _settings(image, model, backend, tta)
+    settings = _settings(image, model, options.backend, options.tta)
     grid = window_grid(spatial, settings.roi_size, settings.overlap)
     threads = worker_threads(client)
     resuming = ledger is not None and "labels" in group

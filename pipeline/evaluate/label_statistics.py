@@ -168,15 +168,24 @@ def statistics_rows(acc: Accumulator, labels: Mapping[int, Label], *, integer: b
     return rows
 
 
+@dataclass(frozen=True, slots=True)
+class StatisticsUnits:
+    """How a statistics section names its values and sizes."""
+
+    unit: str  #: what the values are (e.g. HU for CT, band values)
+    size_key: str  #: the rows' size column (``volume_ml``, ``area_ha``)
+    unit_size: float | None  #: size of one voxel or pixel in that column's unit (None: unknown)
+    channel_names: Sequence[str]  #: one per image channel
+
+
 def label_statistics(image: Any, labels: Any, valid: Any = None, *, names: Mapping[int, Label], n_labels: int,
-                     unit_size: float | None, size_key: str, channel_names: Sequence[str], unit: str,
-                     client: Any = None) -> dict[str, Any]:
+                     units: StatisticsUnits, client: Any = None) -> dict[str, Any]:
     """The report's ``statistics`` section: rows per label and channel, the unit and the bin width."""
     integer = bool(np.issubdtype(np.dtype(image.dtype), np.integer))
     acc = accumulate(image, labels, valid, n_labels=n_labels, client=client)
-    return {"unit": unit, "bin_width": bin_width(integer), "percentiles": "linear (numpy default)",
-            "rows": statistics_rows(acc, names, integer=integer, unit_size=unit_size, size_key=size_key,
-                                    channel_names=channel_names)}
+    return {"unit": units.unit, "bin_width": bin_width(integer), "percentiles": "linear (numpy default)",
+            "rows": statistics_rows(acc, names, integer=integer, unit_size=units.unit_size, size_key=units.size_key,
+                                    channel_names=units.channel_names)}
 
 
 STAT_KEYS = ("mean", "std", "min", "max", "p5", "median", "p95")
@@ -197,16 +206,16 @@ def add_to_label_rows(rows: list[dict[str, Any]], section: Mapping[str, Any]) ->
 def volume_statistics(group: Any, names: Mapping[int, Label], n_labels: int, voxel_ml: float,
                       client: Any = None) -> dict[str, Any]:
     """Statistics of a volume work store (``image`` (1, *spatial) in scaled scan values, ``labels``)."""
-    return label_statistics(group["image"], group["labels"], names=names, n_labels=n_labels, unit_size=voxel_ml,
-                            size_key="volume_ml", channel_names=["scan"],
-                            unit="scan values after scl_slope/scl_inter: HU for CT", client=client)
+    units = StatisticsUnits(unit="scan values after scl_slope/scl_inter: HU for CT", size_key="volume_ml",
+                            unit_size=voxel_ml, channel_names=["scan"])
+    return label_statistics(group["image"], group["labels"], names=names, n_labels=n_labels, units=units, client=client)
 
 
 def raster_statistics(group: Any, names: Mapping[int, Label], n_labels: int, bands: Sequence[int],
                       hectares_per_pixel: float | None, client: Any = None) -> dict[str, Any]:
     """Statistics of a raster work store (``image`` (C, y, x) band values, ``labels``, ``valid``); the
     area is None where the CRS has no metres (degrees, none), as in the label rows."""
+    units = StatisticsUnits(unit="band values, valid pixels only", size_key="area_ha", unit_size=hectares_per_pixel,
+                            channel_names=[f"band {b}" for b in bands])
     return label_statistics(group["image"], group["labels"], group["valid"], names=names, n_labels=n_labels,
-                            unit_size=hectares_per_pixel, size_key="area_ha",
-                            channel_names=[f"band {b}" for b in bands], unit="band values, valid pixels only",
-                            client=client)
+                            units=units, client=client)

@@ -19,7 +19,7 @@ import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pipeline.config.choices import VECTOR_SUFFIXES
 from pipeline.errors import InputError, OutputError, OutputExistsError
@@ -360,28 +360,41 @@ def _asked(instances: Sequence[str] | None) -> bool:
     return any(part.strip() for value in instances or () for part in str(value).split(","))
 
 
-def preflight_volume(scan: Path, *, output: Path | None, reference: Path | None, model: str | None,
-                     overwrite: bool, html: bool, ome_zarr: bool, probabilities: bool,
-                     instances: Sequence[str] | None, cutout: Sequence[str] | None = None, series: bool = False,
-                     dicom_seg: bool = False) -> None:
+class OutputChoices(Protocol):
+    """The options that decide the sidecars a run writes (``SegmentOptions`` and the CLI flags have them)."""
+
+    @property
+    def overwrite(self) -> bool: ...
+    @property
+    def html(self) -> bool: ...
+    @property
+    def ome_zarr(self) -> bool: ...
+    @property
+    def instances(self) -> Sequence[str] | None: ...
+    @property
+    def cutout(self) -> Sequence[str] | None: ...
+
+
+def preflight_volume(scan: Path, choices: OutputChoices, *, output: Path | None, reference: Path | None,
+                     model: str | None, probabilities: bool, series: bool = False, dicom_seg: bool = False) -> None:
     """The output guard of ``segment-volume`` from the command line alone, before torch or Dask are imported
     (:func:`pipeline.segment.segment_volume` checks again with the loaded model's files). ``series``: ``scan``
     is a DICOM series folder or zip (its mask's default name differs), ``dicom_seg``: a SEG is written too."""
     mask = output or (default_series_output(scan) if series else default_volume_output(scan))
-    writes = volume_outputs(mask, html=html, ome_zarr=ome_zarr, probabilities=probabilities,
-                            instances=_asked(instances))
-    writes += [Output(cutout_path(mask), "nifti")] if _asked(cutout) else []
+    writes = volume_outputs(mask, html=choices.html, ome_zarr=choices.ome_zarr, probabilities=probabilities,
+                            instances=_asked(choices.instances))
+    writes += [Output(cutout_path(mask), "nifti")] if _asked(choices.cutout) else []
     if dicom_seg:
         writes.append(Output(dicom_seg_path(mask), "dicom"))
-    check_outputs(writes, [scan, reference, *model_arg_reads(model)], overwrite=overwrite)
+    check_outputs(writes, [scan, reference, *model_arg_reads(model)], overwrite=choices.overwrite)
 
 
-def preflight_raster(scene: Path, *, output: Path | None, reference: Path | None, model: str | None,
-                     vectors: Path | None, overwrite: bool, html: bool, ome_zarr: bool,
-                     instances: Sequence[str] | None, cutout: Sequence[str] | None = None) -> None:
+def preflight_raster(scene: Path, choices: OutputChoices, *, output: Path | None, reference: Path | None,
+                     model: str | None, vectors: Path | None) -> None:
     """:func:`preflight_volume` for ``segment-raster``."""
     mask = output or default_raster_output(scene)
-    writes = raster_outputs(mask, html=html, ome_zarr=ome_zarr, instances=_asked(instances), vectors=vectors)
-    writes += [Output(cutout_path(mask), "geotiff")] if _asked(cutout) else []
+    writes = raster_outputs(mask, html=choices.html, ome_zarr=choices.ome_zarr, instances=_asked(choices.instances),
+                            vectors=vectors)
+    writes += [Output(cutout_path(mask), "geotiff")] if _asked(choices.cutout) else []
     reads = [scene, *(vector_reads(reference) if reference else ()), *model_arg_reads(model)]
-    check_outputs(writes, reads, overwrite=overwrite)
+    check_outputs(writes, reads, overwrite=choices.overwrite)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from pipeline.segment.options import RunSettings, SegmentOptions
+from pipeline.segment.options import RunSettings, SegmentOptions, SeriesOptions
 
 _LAZY = {
     "segment": "pipeline.segment.driver",
@@ -20,8 +20,8 @@ _LAZY = {
     "SegmentationResult": "pipeline.segment.result",
 }
 
-__all__ = ["RunSettings", "SegmentOptions", "SegmentationResult", "segment", "segment_raster", "segment_series",
-           "segment_volume"]
+__all__ = ["RunSettings", "SegmentOptions", "SegmentationResult", "SeriesOptions", "segment", "segment_raster",
+           "segment_series", "segment_volume"]
 
 
 def __getattr__(name: str) -> Any:

@@ -27,7 +27,7 @@ from pipeline.io.store import WorkStore, create_array
 from pipeline.model.models import Model
 from pipeline.segment.domain import PlanInputs
 from pipeline.segment.driver import PathArg, segment
-from pipeline.segment.options import RunSettings, SegmentOptions, resolve_options
+from pipeline.segment.options import RunSettings, SegmentOptions, SeriesOptions, resolve_options
 from pipeline.segment.result import SegmentationResult
 from pipeline.segment.volume import VolumeSource
 from pipeline.version import code_version
@@ -116,18 +116,18 @@ class DicomDomain:
 DICOM = DicomDomain()
 
 
-def segment_series(path: PathArg, *, series: str | None = None, dicom_seg: str | None = None,
-                   model: PathArg | Model | None = None, output: PathArg | None = None,
-                   reference: PathArg | None = None, options: SegmentOptions | None = None,
-                   runtime: RunSettings | None = None, **keywords: Any) -> SegmentationResult:
+def segment_series(path: PathArg, *, dicom: SeriesOptions | None = None, model: PathArg | Model | None = None,
+                   output: PathArg | None = None, reference: PathArg | None = None,
+                   options: SegmentOptions | None = None, runtime: RunSettings | None = None,
+                   **keywords: Any) -> SegmentationResult:
     """Segment a DICOM series (a folder or ``.zip``) into a NIfTI mask on its grid, with a report.
 
     Parameters
     ----------
     path : the folder or zip; never modified.
-    series : SeriesInstanceUID of the series to segment when ``path`` holds several image series.
-    dicom_seg : ``"binary"`` or ``"labelmap"``: also write ``<mask stem>.dcm``, a DICOM Segmentation
-        referencing the series (the report's ``dicom_seg`` says its segments, frames and size).
+    dicom : :class:`SeriesOptions`: ``series_uid``, the series to segment when ``path`` holds several image
+        series; ``dicom_seg``, ``"binary"`` or ``"labelmap"``: also write ``<mask stem>.dcm``, a DICOM
+        Segmentation referencing the series (the report's ``dicom_seg`` says its segments, frames and size).
     model, output, reference, options, runtime, keywords : as :func:`pipeline.segment.segment_volume`; the
         mask defaults to ``<folder>_seg.nii.gz`` beside the folder (``<zip stem>_seg.nii.gz``).
 
@@ -135,8 +135,9 @@ def segment_series(path: PathArg, *, series: str | None = None, dicom_seg: str |
     ------
     InputError, CardError, ModelError, SettingsError, OutputExistsError, OutputError
     """
-    if dicom_seg is not None and dicom_seg not in SEG_TYPES:
-        raise SettingsError(f"unknown DICOM SEG type {dicom_seg!r} (choices: {', '.join(SEG_TYPES)})")
+    dicom = dicom or SeriesOptions()
+    if dicom.dicom_seg is not None and dicom.dicom_seg not in SEG_TYPES:
+        raise SettingsError(f"unknown DICOM SEG type {dicom.dicom_seg!r} (choices: {', '.join(SEG_TYPES)})")
     ours, run = resolve_options(options, runtime, keywords)
-    return segment(path, DicomDomain(series_uid=series, seg_type=dicom_seg), model=model, output=output,
-                   reference=reference, options=ours, runtime=run)
+    domain = DicomDomain(series_uid=dicom.series_uid, seg_type=dicom.dicom_seg)
+    return segment(path, domain, model=model, output=output, reference=reference, options=ours, runtime=run)

@@ -25,7 +25,7 @@ import numpy as np
 from pipeline.cluster import ClusterSettings, lost_worker, worker_peak_rss
 from pipeline.engine.alignment import alignment_for
 from pipeline.engine.api import default_chunks
-from pipeline.engine.infer import InferenceResult, engine_fingerprint, preload_model, run_inference
+from pipeline.engine.infer import InferenceOptions, InferenceResult, engine_fingerprint, preload_model, run_inference
 from pipeline.engine.windows import parse_overlap
 from pipeline.errors import InputError, SettingsError
 from pipeline.evaluate.instances import check_instances, parse_classes
@@ -55,7 +55,7 @@ from pipeline.segment.mask_options import (
 )
 from pipeline.segment.mask_options import resolve as resolve_mask_options
 from pipeline.segment.options import RunSettings, SegmentOptions
-from pipeline.segment.plan_estimate import clip_chunks, estimate_plan
+from pipeline.segment.plan_estimate import Tiling, clip_chunks, estimate_plan
 from pipeline.segment.resources import check_capacity, client_scope, local_processes, planned_workers
 from pipeline.segment.result import RunRecord, SegmentationResult, build_report
 from pipeline.segment.stages import Stages
@@ -131,10 +131,9 @@ def prepare(path: PathArg, domain: Domain, *, model: PathArg | Model | None, out
     window = aligned_windows(source.path, source.geometry.to_attrs(), mdl)
     chunks = clip_chunks(options.chunks, source.geometry.shape)
     root = Path(runtime.work_dir) if runtime.work_dir else mask.parent
-    inputs = source.plan_inputs()
-    plan = estimate_plan(source.geometry.shape, roi=window, overlap=parse_overlap(mdl.overlap, len(window)),
-                         chunks=chunks, default=default_chunks(window), in_channels=inputs.in_channels,
-                         itemsize=inputs.itemsize, classes=mdl.card.out_channels, valid_mask=inputs.valid_mask,
+    tiling = Tiling(roi=window, overlap=parse_overlap(mdl.overlap, len(window)), chunks=chunks,
+                    default=default_chunks(window))
+    plan = estimate_plan(source.geometry.shape, tiling, source.plan_inputs(), classes=mdl.card.out_channels,
                          workers=planned_workers(runtime.cluster, runtime.client),
                          processes=local_processes(runtime.cluster, runtime.client),
                          probabilities=options.probabilities)
@@ -231,8 +230,8 @@ def _infer(source: Source, image: Any, valid: Any, n_valid: int | None, model: M
         labels = create_array(work.group, "labels", shape=image.shape[1:], chunks=block, dtype=np.uint8,
                               channel_axis=False)
         return InferenceResult(labels=labels, probabilities=None, seconds=0.0, windows=0, blocks=0, chunks=block)
-    return run_inference(image, model, work.group, client=client, chunks=chunks, ledger=work.ledger,
-                         probabilities=options.probabilities, progress=progress, valid=valid, tta=options.tta)
+    settings = InferenceOptions(chunks=chunks, probabilities=options.probabilities, progress=progress, tta=options.tta)
+    return run_inference(image, model, work.group, client=client, options=settings, ledger=work.ledger, valid=valid)
 
 
 def _copy_probabilities(work: WorkStore, mask: Path) -> Path:

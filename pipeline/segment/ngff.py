@@ -9,6 +9,7 @@ mtimes), the orientation and the engine's fingerprint.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -20,9 +21,9 @@ from typing import Any
 
 from pipeline.cluster import ClusterSettings, lost_worker, worker_peak_rss
 from pipeline.engine.api import default_chunks
-from pipeline.engine.infer import engine_fingerprint, preload_model, run_inference
+from pipeline.engine.infer import InferenceOptions, engine_fingerprint, preload_model, run_inference
 from pipeline.engine.windows import parse_overlap
-from pipeline.errors import CardError, InputError
+from pipeline.errors import CardError, InputError, SettingsError
 from pipeline.evaluate.metrics import scores
 from pipeline.io.ngff import ZARR_SUFFIXES, ZarrInput, open_zarr_input, parse_orientation, zarr_geometry
 from pipeline.io.ngff_labels import check_label_target, write_ngff_labels
@@ -31,8 +32,10 @@ from pipeline.io.store import work_store
 from pipeline.io.zarr_source import store_identity, zarr_view
 from pipeline.model.models import Model, load_model
 from pipeline.report.tables import label_rows, write_report
+from pipeline.segment.domain import PlanInputs
 from pipeline.segment.driver import aligned_windows
-from pipeline.segment.plan_estimate import clip_chunks, estimate_plan
+from pipeline.segment.options import RunSettings, SegmentOptions, resolve_options
+from pipeline.segment.plan_estimate import Tiling, clip_chunks, estimate_plan
 from pipeline.segment.resources import check_capacity, client_scope, local_processes, planned_workers
 from pipeline.segment.result import run_facts
 from pipeline.segment.stages import Stages
@@ -55,50 +58,55 @@ class ZarrSegmentation:
                 f"backend {run.get('backend', 'torch')}")
 
 
-def segment_zarr(
-    store: str | os.PathLike[str],
-    *,
-    model: str | os.PathLike[str] | Model | None = None,
-    output: str | os.PathLike[str] | None = None,
-    level: int = 0,
-    orientation: str | None = None,
-    array: str | None = None,
-    spacing: Sequence[float] | None = None,
-    axes: str | None = None,
-    name: str | None = None,
-    overwrite: bool = False,
-    work_dir: str | os.PathLike[str] | None = None,
-    chunks: Sequence[int] | None = None,
-    cluster: ClusterSettings | None = None,
-    client: Any = None,
-    progress: bool = False,
-    trust: bool = False,
-    backend: str | None = None,
-) -> ZarrSegmentation:
-    """Segment level ``level`` of an OME-Zarr image (or a plain array: ``array``, ``spacing`` in mm, ``axes``).
+@dataclass(frozen=True, slots=True)
+class ZarrLayout:
+    """Which image of a store is segmented and how its axes are read."""
+
+    level: int = 0  #: OME-Zarr pyramid level (0: full resolution)
+    orientation: str | None = None  #: axis codes of the stored spatial axes (e.g. ``SAR``); None: the card's
+    array: str | None = None  #: plain Zarr: the array's name in the group
+    spacing: Sequence[float] | None = None  #: plain Zarr: voxel size in mm per spatial axis, stored order
+    axes: str | None = None  #: plain Zarr: axis names in stored order (e.g. ``zyx``)
+
+
+_LAYOUT_FIELDS = frozenset(f.name for f in dataclasses.fields(ZarrLayout))
+#: The :class:`SegmentOptions` a Zarr run uses; the others (sidecars, references, probabilities) do not apply.
+_ZARR_OPTIONS = frozenset({"overwrite", "chunks", "trust", "backend"})
+_KEYWORDS = _LAYOUT_FIELDS | _ZARR_OPTIONS | {f.name for f in dataclasses.fields(RunSettings)}
+
+
+def segment_zarr(store: str | os.PathLike[str], *, model: str | os.PathLike[str] | Model | None = None,
+                 output: str | os.PathLike[str] | None = None, name: str | None = None,
+                 layout: ZarrLayout | None = None, options: SegmentOptions | None = None,
+                 runtime: RunSettings | None = None, **keywords: Any) -> ZarrSegmentation:
+    """Segment level ``layout.level`` of an OME-Zarr image (or a plain array: ``array``, ``spacing``, ``axes``).
 
     Parameters
     ----------
     store : local path or fsspec URL of the store; never modified except for adding ``labels/<name>``
         (and its name in the ``labels`` list) when ``output`` is None.
     output : write the labels into this ``.zarr`` store instead (needed for read-only and remote inputs).
-    orientation : anatomical axis codes of the stored spatial axes (e.g. ``SAR``); None: the card's.
     name : the label image's name (default: the model's).
+    layout : :class:`ZarrLayout`: level, orientation, array, spacing, axes.
+    options : :class:`SegmentOptions`; only overwrite, chunks, trust and backend apply to a Zarr run.
+    runtime : :class:`RunSettings`: work_dir, cluster, client, progress.
+    **keywords : any field of ``layout``, of ``runtime`` or one of the four ``options`` by name.
 
     Raises
     ------
     InputError, CardError, ModelError, OutputExistsError, OutputError
     """
     started = time.perf_counter()
-    source, mdl, geometry = _open(store, model, level=level, array=array, spacing=spacing, axes=axes,
-                                  orientation=orientation, trust=trust, backend=backend)
+    layout, ours, run = _resolve(layout, options, runtime, keywords)
+    overwrite, chunks, cluster, client = ours.overwrite, ours.chunks, run.cluster, run.client
+    source, mdl, geometry = _open(store, model, layout, trust=ours.trust, backend=ours.backend)
     label_name = name or mdl.name
     target, in_input = _label_target(source, output, label_name, overwrite=overwrite)
     json_path = target.with_name(f"{split_suffix(target.name, ZARR_SUFFIXES)[0]}_{label_name}.report.json")
     writes = [Output(json_path, "json"), Output(report_csv_path(json_path), "csv")]
     guard = functools.partial(_check_targets, target, label_name, writes, overwrite=overwrite, in_input=in_input)
     guard()
-    root = Path(work_dir) if work_dir else target.parent
+    root = Path(run.work_dir) if run.work_dir else target.parent
     aligned, block = _plan(source, geometry, mdl, chunks, work_root=root, cluster=cluster, client=client)
     identity = store_identity(source)
     fingerprint = {**identity, "orientation": geometry.affine, "labels_name": label_name,
@@ -108,7 +116,7 @@ def segment_zarr(
     with work_store(root, key, fingerprint, check=guard, keep=lost_worker) as work:
         view = zarr_view(source, geometry)
         result, workers_rss = _infer(view, mdl, work, aligned=aligned, block=block, cluster=cluster, client=client,
-                                     progress=progress, stages=stages)
+                                     progress=run.progress, stages=stages)
         with stages("write"):
             written = write_ngff_labels(result.labels, source, target, label_name, labels_meta=mdl.labels,
                                         scratch=work.path / "labels.zarr", overwrite=overwrite, in_input=in_input)
@@ -117,12 +125,28 @@ def segment_zarr(
     return ZarrSegmentation(labels=written, report_json=json_path, report_csv=csv_path, report=report)
 
 
-def _open(store: str | os.PathLike[str], model: str | os.PathLike[str] | Model | None, *, level: int,
-          array: str | None, spacing: Sequence[float] | None, axes: str | None, orientation: str | None,
+def _resolve(layout: ZarrLayout | None, options: SegmentOptions | None, runtime: RunSettings | None,
+             keywords: dict[str, Any]) -> tuple[ZarrLayout, SegmentOptions, RunSettings]:
+    """The three groups with ``keywords`` applied by field name (a keyword no Zarr run takes is a TypeError, as
+    for any function); ``options`` a Zarr run cannot honour (sidecars, probabilities...) are refused."""
+    unknown = sorted(set(keywords) - _KEYWORDS)
+    if unknown:
+        raise TypeError(f"segment_zarr() got an unexpected keyword argument {unknown[0]!r}")
+    placed = dataclasses.replace(layout or ZarrLayout(), **{k: v for k, v in keywords.items() if k in _LAYOUT_FIELDS})
+    ours, run = resolve_options(options, runtime, {k: v for k, v in keywords.items() if k not in _LAYOUT_FIELDS})
+    default = SegmentOptions()
+    unused = [f.name for f in dataclasses.fields(ours)
+              if f.name not in _ZARR_OPTIONS and getattr(ours, f.name) != getattr(default, f.name)]
+    if unused:
+        raise SettingsError(f"{unused[0]} is not available for Zarr inputs")
+    return placed, ours, run
+
+
+def _open(store: str | os.PathLike[str], model: str | os.PathLike[str] | Model | None, layout: ZarrLayout, *,
           trust: bool, backend: str | None) -> tuple[ZarrInput, Model, Any]:
     """The store's image, the model (3D, taking the image's channels) and the image's geometry."""
-    source = open_zarr_input(store, level=level, array=array, spacing=spacing, axes=axes)
-    codes = parse_orientation(orientation) if orientation else None
+    source = open_zarr_input(store, level=layout.level, array=layout.array, spacing=layout.spacing, axes=layout.axes)
+    codes = parse_orientation(layout.orientation) if layout.orientation else None
     mdl = (model if isinstance(model, Model) else load_model(model, trust=trust)).on_backend(backend)
     if mdl.card.spatial_dims != 3:
         raise CardError(f"model {mdl.name!r} is {mdl.card.spatial_dims}D; segment-volume needs a 3D model")
@@ -158,10 +182,10 @@ def _plan(source: ZarrInput, geometry: Any, mdl: Model, chunks: Sequence[int] | 
     cluster cannot hold is refused (:mod:`pipeline.segment.plan_estimate`)."""
     aligned = aligned_windows(Path(source.url), geometry.to_attrs(), mdl)
     block = clip_chunks(chunks, geometry.shape)
-    check_capacity(estimate_plan(geometry.shape, roi=aligned, overlap=parse_overlap(mdl.overlap, 3), chunks=block,
-                                 default=default_chunks(aligned), in_channels=0, itemsize=source.dtype.itemsize,
-                                 classes=mdl.card.out_channels, workers=planned_workers(cluster, client),
-                                 processes=local_processes(cluster, client)),
+    tiling = Tiling(roi=aligned, overlap=parse_overlap(mdl.overlap, 3), chunks=block, default=default_chunks(aligned))
+    inputs = PlanInputs(in_channels=0, itemsize=source.dtype.itemsize)
+    check_capacity(estimate_plan(geometry.shape, tiling, inputs, classes=mdl.card.out_channels,
+                                 workers=planned_workers(cluster, client), processes=local_processes(cluster, client)),
                    source=Path(source.url), work_root=work_root, cluster=cluster, client=client)
     return aligned, block
 
@@ -175,8 +199,8 @@ def _infer(view: Any, mdl: Model, work: Any, *, aligned: Sequence[int], block: S
     with client_scope(client, cluster or ClusterSettings()) as active:
         preload_model(active, mdl)
         with stages("inference"):
-            result = run_inference(view, mdl, work.group, client=active, ledger=work.ledger, progress=progress,
-                                   chunks=chunks)
+            result = run_inference(view, mdl, work.group, client=active, ledger=work.ledger,
+                                   options=InferenceOptions(chunks=chunks, progress=progress))
         return result, worker_peak_rss(active)
 
 

@@ -53,6 +53,14 @@ class RunSettings:
     progress: bool = False  #: draw a progress bar over the blocks
 
 
+@dataclass(frozen=True, slots=True)
+class SeriesOptions:
+    """A DICOM series run only (:func:`pipeline.segment.dicom.segment_series`): which series, and its DICOM SEG."""
+
+    series_uid: str | None = None  #: SeriesInstanceUID to segment when the folder holds several image series
+    dicom_seg: str | None = None  #: ``"binary"`` or ``"labelmap"``: also write ``<mask stem>.dcm``, a DICOM SEG
+
+
 _SEGMENT_FIELDS = frozenset(f.name for f in dataclasses.fields(SegmentOptions))
 _RUN_FIELDS = frozenset(f.name for f in dataclasses.fields(RunSettings))
 

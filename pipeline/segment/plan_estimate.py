@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pipeline.engine.windows import balanced_chunks, plan_axis, window_grid
 from pipeline.errors import SettingsError
+from pipeline.segment.domain import PlanInputs
 
 #: Resident memory of one worker process with torch, MONAI and a small model loaded, and of the driver.
 WORKER_BASE = 450 * 2**20
@@ -68,15 +69,25 @@ def clip_chunks(chunks: Sequence[int] | None, shape: Sequence[int]) -> tuple[int
     return tuple(min(int(c), int(s)) for c, s in zip(chunks, shape, strict=True))
 
 
-def estimate_plan(shape: Sequence[int], *, roi: Sequence[int], overlap: Sequence[float], chunks: Sequence[int] | None,
-                  default: Sequence[int], in_channels: int, itemsize: int, classes: int, workers: int,
-                  probabilities: bool = False, valid_mask: bool = False, processes: int = 0) -> PlanEstimate:
+@dataclass(frozen=True, slots=True)
+class Tiling:
+    """How the engine will cut the image: the model's window, its overlap and the blocks."""
+
+    roi: Sequence[int]  #: the window in the image's pixels or voxels
+    overlap: Sequence[float]  #: per axis
+    chunks: Sequence[int] | None  #: the blocks asked for; None: ``default`` balanced over the workers
+    default: Sequence[int]  #: the engine's default blocks for this window
+
+
+def estimate_plan(shape: Sequence[int], tiling: Tiling, inputs: PlanInputs, *, classes: int, workers: int,
+                  processes: int = 0, probabilities: bool = False) -> PlanEstimate:
     """Estimate a run's plan (pure). ``workers``: task slots (worker threads in all); ``processes``: local
-    worker processes (0: the in-process runtime). ``chunks`` None: the engine's default blocks, balanced."""
+    worker processes (0: the in-process runtime); ``probabilities``: the work store also holds them."""
     shape = tuple(int(n) for n in shape)
+    in_channels, itemsize, valid_mask = inputs.in_channels, inputs.itemsize, inputs.valid_mask
     slots = max(1, workers)
-    grid = window_grid(shape, tuple(roi), tuple(overlap))
-    block = tuple(chunks) if chunks else balanced_chunks(grid, default, TASKS_PER_WORKER * slots)
+    grid = window_grid(shape, tuple(tiling.roi), tuple(tiling.overlap))
+    block = tuple(tiling.chunks) if tiling.chunks else balanced_chunks(grid, tiling.default, TASKS_PER_WORKER * slots)
     plans = [plan_axis(axis, side) for axis, side in zip(grid.axes, block, strict=True)]
     blocks = math.prod(len(p.blocks) for p in plans)
     span = math.prod(max(g.hi - g.lo for g in p.groups) for p in plans)

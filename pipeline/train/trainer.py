@@ -101,13 +101,26 @@ def class_indices(labels: np.ndarray, n_classes: int) -> list[np.ndarray]:
 # ---------------------------------------------------------------- training
 
 
+@dataclass(frozen=True, slots=True)
+class TrainSettings:
+    """How a training run executes; ``seed`` also fixes what it produces (init, crops, flips)."""
+
+    seed: int = 0  #: seed for init, crops and flips
+    device: str = "auto"  #: auto (CUDA + AMP when present), cpu, cuda, cuda:1 ...
+    threads: int = 1  #: torch CPU threads (1: byte-reproducible)
+    progress: bool = False  #: draw a progress bar over each epoch's batches
+
+
+DEFAULT_SETTINGS = TrainSettings()
+
+
 def train(dataset: str, model_card: str | os.PathLike[str], epochs: int, *,
           catalog: str | os.PathLike[str] = "data_catalog.yaml", out_dir: str | os.PathLike[str] = "models",
-          seed: int = 0, device: str = "auto", threads: int = 1, progress: bool = False,
+          settings: TrainSettings = DEFAULT_SETTINGS,
           on_epoch: Callable[[int, float], None] | None = None) -> TrainResult:
     """Train ``model_card``'s network on ``dataset`` for ``epochs``; write ``<name>.pt`` and ``<name>.yaml``.
 
-    Resumes from ``<out_dir>/.<name>.ckpt.pt`` when it was written with the same arguments.
+    Resumes from ``<out_dir>/.<name>.ckpt.pt`` when it was written with the same arguments (``settings.seed`` included).
     ``on_epoch(epoch, mean_loss)`` is called after each epoch's checkpoint is saved.
 
     Raises
@@ -117,7 +130,7 @@ def train(dataset: str, model_card: str | os.PathLike[str], epochs: int, *,
     """
     import torch
     from monai.utils import set_determinism
-
+    seed, device, threads, progress = settings.seed, settings.device, settings.threads, settings.progress
     if epochs < 1:
         raise PipelineError(f"--epochs must be >= 1, got {epochs}")
     started = time.perf_counter()

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.io.dicom import open_series
-from pipeline.segment import segment_series, segment_volume
+from pipeline.segment import SeriesOptions, segment_series, segment_volume
 from tests.dicom.conftest import dciodvfy, reoriented
 from tests.dicom.series import INTERCEPT, write_non_image, write_series
 from tests.dicom.test_seg import decode
@@ -35,7 +35,7 @@ def study(sample_ct: nib.Nifti1Image, tmp_path: Path) -> tuple[Path, Path]:
 def test_series_segments_as_its_nifti(study: tuple[Path, Path], tiny_card: Path, tmp_path: Path) -> None:
     nifti, folder = study
     from_nifti = segment_volume(nifti, model=tiny_card, html=False)
-    result = segment_series(folder, model=tiny_card, dicom_seg="binary", html=False)
+    result = segment_series(folder, model=tiny_card, dicom=SeriesOptions(dicom_seg="binary"), html=False)
     assert result.mask == tmp_path / "CT_seg.nii.gz"
     ours, theirs = nib.load(result.mask), nib.load(from_nifti.mask)
     np.testing.assert_allclose(ours.affine, theirs.affine, atol=1e-4)

@@ -8,16 +8,18 @@ import nibabel as nib
 import pytest
 
 from pipeline.errors import SettingsError
-from pipeline.segment.plan_estimate import MAX_TASKS, check_plan, clip_chunks, estimate_plan
+from pipeline.segment.domain import PlanInputs
+from pipeline.segment.plan_estimate import MAX_TASKS, Tiling, check_plan, clip_chunks, estimate_plan
 
 GiB = 2**30
 
 
 def plan(shape: tuple[int, ...], chunks: tuple[int, ...] | None, *, roi: tuple[int, ...] = (16, 16, 16),
-         workers: int = 1, classes: int = 3, **extra: object):  # noqa: ANN201
-    return estimate_plan(shape, roi=roi, overlap=(0.25,) * len(shape), chunks=clip_chunks(chunks, shape),
-                         default=(128,) * len(shape) if len(shape) == 3 else (768, 768), in_channels=1, itemsize=2,
-                         classes=classes, workers=workers, **extra)  # type: ignore[arg-type]
+         workers: int = 1, classes: int = 3, valid_mask: bool = False, **extra: object):  # noqa: ANN201
+    tiling = Tiling(roi=roi, overlap=(0.25,) * len(shape), chunks=clip_chunks(chunks, shape),
+                    default=(128,) * len(shape) if len(shape) == 3 else (768, 768))
+    return estimate_plan(shape, tiling, PlanInputs(in_channels=1, itemsize=2, valid_mask=valid_mask), classes=classes,
+                         workers=workers, **extra)  # type: ignore[arg-type]
 
 
 def test_chunks_are_clipped_to_the_image() -> None:

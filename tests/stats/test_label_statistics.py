@@ -11,7 +11,7 @@ import pytest
 import rasterio
 import zarr
 
-from pipeline.evaluate.label_statistics import FLOAT_BITS, accumulate, bin_width, label_statistics
+from pipeline.evaluate.label_statistics import FLOAT_BITS, StatisticsUnits, accumulate, bin_width, label_statistics
 
 NAMES = ("mean", "std", "min", "max", "p5", "median", "p95")
 
@@ -33,8 +33,9 @@ def run(image: np.ndarray, labels: np.ndarray, valid: np.ndarray | None, n: int,
     zi = as_zarr(tmp, "image", image, (image.shape[0], *chunks))
     zl = as_zarr(tmp, "labels", labels, chunks)
     zv = None if valid is None else as_zarr(tmp, "valid", valid, chunks)
-    return label_statistics(zi, zl, zv, names={}, n_labels=n, unit_size=0.5, size_key="size",
-                            channel_names=[f"b{c}" for c in range(image.shape[0])], unit="u")
+    units = StatisticsUnits(unit="u", size_key="size", unit_size=0.5,
+                            channel_names=[f"b{c}" for c in range(image.shape[0])])
+    return label_statistics(zi, zl, zv, names={}, n_labels=n, units=units)
 
 
 def check(found: dict[str, Any], image: np.ndarray, labels: np.ndarray, valid: np.ndarray | None, n: int,

@@ -19,7 +19,7 @@ from pipeline.cli import app
 from pipeline.config.catalog import load_catalog
 from pipeline.errors import CatalogError, InputError
 from pipeline.io.hashing import sha256_file
-from pipeline.train.trainer import train
+from pipeline.train.trainer import TrainSettings, train
 from tests.factories import make_card, write_nifti
 
 RECIPE = {"batch_size": 2, "steps_per_epoch": 6, "lr": 0.01, "flip_axes": [0]}
@@ -66,7 +66,7 @@ def test_train_writes_card_and_weights_and_loss_falls(volume_setup: tuple[Path, 
     catalog, card = volume_setup
     out = tmp_path / "trained"
     out.mkdir()
-    result = train("blobs", card, epochs=2, catalog=catalog, out_dir=out, seed=1)
+    result = train("blobs", card, epochs=2, catalog=catalog, out_dir=out, settings=TrainSettings(seed=1))
     assert result.losses[1] < result.losses[0]
     written = yaml.safe_load(result.card.read_text())
     assert written["sha256"] == sha256_file(result.weights) == sha256_file(out / "blobs.pt")
@@ -115,7 +115,8 @@ def test_checkpoint_from_other_arguments_is_not_resumed(volume_setup: tuple[Path
     with pytest.raises(KeyboardInterrupt):
         train("blobs", card, epochs=2, catalog=catalog, out_dir=out, on_epoch=lambda e, v: (_ for _ in ()).throw(
             KeyboardInterrupt))
-    result = train("blobs", card, epochs=1, catalog=catalog, out_dir=out, seed=5)  # other seed and epochs
+    # other seed and epochs
+    result = train("blobs", card, epochs=1, catalog=catalog, out_dir=out, settings=TrainSettings(seed=5))
     assert result.resumed_from == 0
     assert len(result.losses) == 1
 
@@ -193,7 +194,7 @@ def test_cli_train_errors_are_one_line(volume_setup: tuple[Path, Path], tmp_path
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_train_on_cuda_with_amp(volume_setup: tuple[Path, Path], tmp_path: Path) -> None:
     catalog, card = volume_setup
-    result = train("blobs", card, epochs=2, catalog=catalog, out_dir=tmp_path, device="cuda")
+    result = train("blobs", card, epochs=2, catalog=catalog, out_dir=tmp_path, settings=TrainSettings(device="cuda"))
     assert result.losses[1] < result.losses[0]
     assert yaml.safe_load(result.card.read_text())["training"]["device"] == "cuda + AMP"
     assert load_model(result.card).sha256 == sha256_file(result.weights)
