@@ -66,10 +66,12 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class VolumeFlags:
-    """``segment-volume``'s options after SCAN, in ``--help`` order."""
+class _CommonFlags:
+    """The options both segment commands share. Each command's class redefines ``model``, ``chunk_size`` and
+    ``cutout_margin`` with its own help (a redefined field keeps its place in ``--help``) and adds its own
+    options after these."""
 
-    model: ModelOpt = None
+    model: str | None = None
     output: OutputOpt = None
     reference: ReferenceOpt = None
     overwrite: OverwriteOpt = False
@@ -77,19 +79,40 @@ class VolumeFlags:
     threads: ThreadsOpt = None
     memory_limit: MemoryOpt = "auto"
     dask_address: AddressOpt = None
-    chunk_size: ChunkOpt = None
+    chunk_size: str | None = None
     work_dir: WorkDirOpt = None
-    probabilities: ProbabilitiesOpt = False
     html: HtmlOpt = True
     ome_zarr: OmeZarrOpt = False
     instances: InstancesOpt = None
     statistics: StatisticsOpt = False
     labels: LabelsOpt = None
     cutout: CutoutOpt = None
-    cutout_margin: VolumeMarginOpt = 0.0
+    cutout_margin: float = 0.0
     tta: TtaOpt = "none"
     trust: TrustOpt = False
     backend: BackendOpt = None
+
+    def runtime(self) -> RunSettings:
+        return _runtime(self.work_dir, self.workers, self.threads, self.memory_limit, self.dask_address)
+
+    def _options(self, ndim: int, **domain: Any) -> SegmentOptions:
+        """The shared :class:`SegmentOptions`, plus the command's own (``domain``)."""
+        from pipeline.segment.options import SegmentOptions
+
+        return SegmentOptions(overwrite=self.overwrite, html=self.html, ome_zarr=self.ome_zarr,
+                              instances=self.instances, chunks=parse_chunks(self.chunk_size, ndim),
+                              backend=self.backend, trust=self.trust, statistics=self.statistics, labels=self.labels,
+                              cutout=self.cutout, cutout_margin=self.cutout_margin, tta=self.tta, **domain)
+
+
+@dataclass(frozen=True)
+class VolumeFlags(_CommonFlags):
+    """``segment-volume``'s options after SCAN, in ``--help`` order."""
+
+    model: ModelOpt = None
+    chunk_size: ChunkOpt = None
+    cutout_margin: VolumeMarginOpt = 0.0
+    probabilities: ProbabilitiesOpt = False
     level: LevelOpt = 0
     orientation: OrientationOpt = None
     array: ArrayOpt = None
@@ -100,55 +123,21 @@ class VolumeFlags:
     dicom_seg_type: DicomSegTypeOpt = "binary"
 
     def options(self) -> SegmentOptions:
-        from pipeline.segment.options import SegmentOptions
-
-        return SegmentOptions(overwrite=self.overwrite, html=self.html, ome_zarr=self.ome_zarr,
-                              instances=self.instances, chunks=parse_chunks(self.chunk_size, 3), backend=self.backend,
-                              trust=self.trust, probabilities=self.probabilities, statistics=self.statistics,
-                              labels=self.labels, cutout=self.cutout, cutout_margin=self.cutout_margin, tta=self.tta)
-
-    def runtime(self) -> RunSettings:
-        return _runtime(self.work_dir, self.workers, self.threads, self.memory_limit, self.dask_address)
+        return self._options(3, probabilities=self.probabilities)
 
 
 @dataclass(frozen=True)
-class RasterFlags:
+class RasterFlags(_CommonFlags):
     """``segment-raster``'s options after SCENE, in ``--help`` order."""
 
     model: RasterModelOpt = None
-    output: OutputOpt = None
-    reference: ReferenceOpt = None
-    overwrite: OverwriteOpt = False
-    workers: WorkersOpt = 0
-    threads: ThreadsOpt = None
-    memory_limit: MemoryOpt = "auto"
-    dask_address: AddressOpt = None
     chunk_size: RasterChunkOpt = None
-    work_dir: WorkDirOpt = None
+    cutout_margin: RasterMarginOpt = 0.0
     bands: BandsOpt = None
     vectors: VectorsOpt = None
-    html: HtmlOpt = True
-    ome_zarr: OmeZarrOpt = False
-    instances: InstancesOpt = None
-    statistics: StatisticsOpt = False
-    labels: LabelsOpt = None
-    cutout: CutoutOpt = None
-    cutout_margin: RasterMarginOpt = 0.0
-    tta: TtaOpt = "none"
-    trust: TrustOpt = False
-    backend: BackendOpt = None
 
     def options(self) -> SegmentOptions:
-        from pipeline.segment.options import SegmentOptions
-
-        return SegmentOptions(overwrite=self.overwrite, html=self.html, ome_zarr=self.ome_zarr,
-                              instances=self.instances, chunks=parse_chunks(self.chunk_size, 2), backend=self.backend,
-                              trust=self.trust, bands=parse_bands(self.bands), vectors=self.vectors,
-                              statistics=self.statistics, labels=self.labels, cutout=self.cutout,
-                              cutout_margin=self.cutout_margin, tta=self.tta)
-
-    def runtime(self) -> RunSettings:
-        return _runtime(self.work_dir, self.workers, self.threads, self.memory_limit, self.dask_address)
+        return self._options(2, bands=parse_bands(self.bands), vectors=self.vectors)
 
 
 @app.command("segment-volume")
