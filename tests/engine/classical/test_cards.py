@@ -11,7 +11,7 @@ from pipeline.config.cards import load_card
 from pipeline.errors import CardError
 from pipeline.io.hashing import sha256_file
 from pipeline.model.models import MODELS_DIR, available_models, load_model
-from tests.classical.helpers import classical_card
+from tests.engine.classical.helpers import classical_card
 
 SHIPPED = ("ct-body", "ct-body-edges", "ct-bone", "ct-bone-grow", "ct-bone-watershed", "ct-kmeans", "otsu-foreground")
 

@@ -17,7 +17,7 @@ import torch
 
 from pipeline import load_model
 from pipeline.errors import ModelError
-from tests.models.zoo import BUNDLES, monai_parser, zoo_bundle
+from tests.model.zoo import BUNDLES, monai_parser, zoo_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 CT = ROOT / "data" / "medical" / "example_ct_sm.nii.gz"

@@ -12,7 +12,7 @@ from skimage import filters, measure, morphology, segmentation
 
 from pipeline.config.classical import CLASSICAL_METHODS
 from pipeline.engine.classical import segment_array
-from tests.classical.helpers import blobs, classical_card, run_chunked
+from tests.engine.classical.helpers import blobs, classical_card, run_chunked
 
 SHAPE = (37, 29, 13)
 CHUNKS = ((10, 8, 5), (16, 29, 4), (37, 7, 13))
