@@ -124,10 +124,11 @@ def run_inference(image: zarr.Array | Any, model: Model, group: zarr.Group, *, c
     sink = BlockSink(store=store, spill_dir=str(Path(store).parent / "spill"), dtype=dtype.name,
                      out_channels=model.card.out_channels, probabilities=probabilities, ledger=ledger)
     task = functools.partial(run_block, source=source, network=model.ref, settings=settings, sink=sink)
-    finished, seconds = _run_blocks(client, jobs, task, ledger=ledger, in_flight=threads, progress=progress)
+    finished, seconds, spill_peak = _run_blocks(client, jobs, task, ledger=ledger, in_flight=threads,
+                                                progress=progress)
     return InferenceResult(labels=labels, probabilities=probs, seconds=seconds, windows=grid.n_windows,
                            blocks=len(jobs), chunks=block, blocks_resumed=len(finished),
-                           backend=_backend_used(settings.backend))
+                           spill_bytes_peak=spill_peak, backend=_backend_used(settings.backend))
 
 
 def _statistics(model: Model, image: Any, valid: zarr.Array | None, client: Any) -> Statistics:
@@ -180,8 +181,9 @@ def _output_arrays(group: zarr.Group, image: Any, out_channels: int, block: tupl
 
 
 def _run_blocks(client: Any, jobs: list[BlockJob], task: Callable[[BlockJob], Any], *, ledger: Ledger | None,
-                in_flight: int, progress: bool) -> tuple[set[Index], float]:
-    """Run every block task the ``ledger`` does not record as finished; (the finished ones, seconds taken)."""
+                in_flight: int, progress: bool) -> tuple[set[Index], float, int]:
+    """Run every block task the ``ledger`` does not record as finished; (the finished ones, seconds taken,
+    peak bytes of spills alive on disk)."""
     from tqdm import tqdm
 
     done_names = ledger.names() if ledger is not None else set()
@@ -189,11 +191,13 @@ def _run_blocks(client: Any, jobs: list[BlockJob], task: Callable[[BlockJob], An
     if finished:
         logger.info("resuming: %d of %d blocks already finished", len(finished), len(jobs))
     start = time.perf_counter()
+    spill_peak = 0
     with tqdm(total=len(jobs), initial=len(finished), desc="blocks", unit="block", disable=not progress,
               leave=False) as bar:
-        for _ in run_jobs(client, jobs, task, finished=finished, in_flight=in_flight):
+        for seen in run_jobs(client, jobs, task, finished=finished, in_flight=in_flight):
+            spill_peak = seen.spill_bytes_peak
             bar.update(1)
-    return finished, time.perf_counter() - start
+    return finished, time.perf_counter() - start, spill_peak
 
 
 def _backend_used(requested: str) -> str:

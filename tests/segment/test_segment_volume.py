@@ -56,6 +56,10 @@ def test_real_ct_matches_monai(tmp_path: Path, data_dir: Path, tiny_card: Path, 
     from pipeline.engine import count_windows
 
     assert n_windows == count_windows((122, 101, 30), (32, 32, 16), 0.25)
+    # several blocks: overlaps were spilled through the work directory, and the report says how much at most
+    # (never more than the whole scan's sums: 3 classes + the weight, float32)
+    assert report["run"]["blocks"] > 1
+    assert 0 < report["run"]["spill_peak_mb"] <= 4 * 4 * 122 * 101 * 30 / 2**20
     counts = np.bincount(mask.ravel(), minlength=3)
     assert [row["voxels"] for row in report["labels"]] == counts.tolist()
     assert report["labels"][1]["volume_ml"] == pytest.approx(counts[1] * 0.027, rel=1e-6)
