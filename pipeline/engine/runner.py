@@ -95,7 +95,10 @@ def _open_array(store: str, name: str, mode: str) -> Any:
     """Opened per task, never cached: a rerun may recreate the store at the same path with another shape."""
     import zarr
 
-    return zarr.open_array(zarr.storage.LocalStore(store, read_only=mode == "r"), path=name, mode=mode)
+    from pipeline.io.store import writable
+
+    array = zarr.open_array(zarr.storage.LocalStore(store, read_only=mode == "r"), path=name, mode=mode)
+    return array if mode == "r" else writable(array)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from pipeline.files import require_regular_file
 from pipeline.geometry import VolumeGeometry
 from pipeline.io.atomic import atomic_path
 from pipeline.io.outputs import is_gzip
+from pipeline.io.transpose import reversed_axes
 
 logger = logging.getLogger(__name__)
 
@@ -275,7 +276,7 @@ def write_volume(values: Any, geometry: VolumeGeometry, path: Path, *, header: A
         header.write_to(fh)  # header + empty extension flag
         fh.write(b"\x00" * (offset - fh.tell()))
         for k0 in range(0, geometry.shape[2], thickness):
-            fh.write(np.asarray(values[:, :, k0 : k0 + thickness]).tobytes(order="F"))
+            fh.write(reversed_axes(np.ascontiguousarray(values[:, :, k0 : k0 + thickness])).data)  # Fortran order
 
 
 @contextlib.contextmanager

@@ -47,6 +47,10 @@ logger = logging.getLogger(__name__)
 #: against 2.7x); labels compress 12x instead of 40x, but they are a small part of the store (measured
 #: with numcodecs' Blosc on the 11 Mvox benchmark CT, 2026-12-03).
 COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+#: Every chunk is written, even one holding only the fill value: zarr would otherwise compare each chunk with it
+#: before writing, which halved the write rate of label chunks (95 -> 198 MB/s for 128^3 uint8 on the 11 Mvox
+#: benchmark CT, 2026-12-03). A block is written once, so the comparison rarely saves anything here.
+WRITE_CONFIG = {"write_empty_chunks": True}
 SPATIAL_NAMES = {2: ("y", "x"), 3: ("i", "j", "k")}
 FINGERPRINT = "fingerprint.json"
 
@@ -209,12 +213,17 @@ def create_array(group: zarr.Group, name: str, *, shape: Sequence[int], chunks: 
     names = (("c",) if channel_axis else ()) + SPATIAL_NAMES.get(spatial, tuple(f"d{i}" for i in range(spatial)))
     return group.create_array(name, shape=tuple(shape), chunks=tuple(chunks), dtype=np.dtype(dtype),
                               compressors=COMPRESSOR, attributes=attributes or {}, dimension_names=names,
-                              fill_value=0, overwrite=True)
+                              fill_value=0, overwrite=True, config=WRITE_CONFIG)
+
+
+def writable(array: zarr.Array) -> zarr.Array:
+    """``array`` (just opened) with the work store's write settings: a reopened array has zarr's defaults."""
+    return array.with_config(WRITE_CONFIG)
 
 
 def write_region(store_path: str, name: str, region: tuple[slice, ...], values: np.ndarray) -> None:
     """Write ``values`` into ``region`` of array ``name``; runs inside a Dask task that owns those chunks."""
-    array = zarr.open_array(zarr.storage.LocalStore(store_path), path=name, mode="r+")
+    array = writable(zarr.open_array(zarr.storage.LocalStore(store_path), path=name, mode="r+"))
     array[region] = values
 
 
