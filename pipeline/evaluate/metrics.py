@@ -162,3 +162,31 @@ def _per_label(values: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> np
     known[known] = values[where[known]] == labels[known]
     np.add.at(total, where[known], counts[known])
     return total
+
+
+#: Up to this many labels, :func:`label_counts` compares once per label (one vectorised pass each) instead of
+#: ``np.bincount``, which first widens every uint8 voxel to int64: 0.11 s against 0.30 s for 6 labels over a
+#: 488 x 505 x 128 slab (2026-12-03).
+COMPARE_LABELS = 16
+
+
+def label_counts(labels: object, n_labels: int, *, slab_bytes: int = 64 * 2**20) -> np.ndarray:
+    """Voxels holding each value 0..n_labels-1 of a label array (Zarr or NumPy, ``(..., k)``); values outside
+    that range are not counted.
+
+    Read in slabs along the last axis as thick as its chunks (a thinner slab would decode each chunk several
+    times), thinner when a slab would pass ``slab_bytes``.
+    """
+    shape = labels.shape  # type: ignore[attr-defined]
+    chunks = getattr(labels, "chunks", None)
+    chunk = chunks[-1] if chunks and isinstance(chunks[-1], int) else 16
+    plane = max(1, int(np.prod(shape[:-1])) * np.dtype(labels.dtype).itemsize)  # type: ignore[attr-defined]
+    step = max(1, min(chunk, slab_bytes // plane))
+    counts = np.zeros(n_labels, dtype=np.int64)
+    for k0 in range(0, shape[-1], step):
+        values = np.asarray(labels[..., k0 : k0 + step])  # type: ignore[index]
+        if n_labels <= COMPARE_LABELS:
+            counts += [np.count_nonzero(values == c) for c in range(n_labels)]
+        else:
+            counts += np.bincount(values.ravel(), minlength=n_labels)[:n_labels]
+    return counts

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.core.array_spec import ArrayConfigParams
 
 from pipeline.errors import (
     CardError,
@@ -50,7 +51,7 @@ COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 #: Every chunk is written, even one holding only the fill value: zarr would otherwise compare each chunk with it
 #: before writing, which halved the write rate of label chunks (95 -> 198 MB/s for 128^3 uint8 on the 11 Mvox
 #: benchmark CT, 2026-12-03). A block is written once, so the comparison rarely saves anything here.
-WRITE_CONFIG = {"write_empty_chunks": True}
+WRITE_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
 SPATIAL_NAMES = {2: ("y", "x"), 3: ("i", "j", "k")}
 FINGERPRINT = "fingerprint.json"
 

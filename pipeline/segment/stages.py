@@ -23,19 +23,29 @@ class Stages:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self._running: dict[str, float] = {}  #: stage -> when its current run began
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
+        start = self._running[name] = time.perf_counter()
         try:
             yield
         finally:
+            del self._running[name]
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
     def facts(self) -> dict[str, float]:
-        """``{"startup": ..., <stage>: ...}`` in seconds, start-up first, rounded to ms."""
-        named = {k: round(v, 3) for k, v in self.seconds.items()}
-        return {"startup": round(max(0.0, process_seconds() - sum(self.seconds.values())), 3), **named}
+        """``{"startup": ..., <stage>: ...}`` in seconds, start-up first, rounded to ms.
+
+        A stage still running counts up to now: the report is built inside its own stage, and its time so far
+        belongs to it, not to start-up (start-up is what no stage accounts for).
+        """
+        now = time.perf_counter()
+        seconds = dict(self.seconds)
+        for name, start in self._running.items():
+            seconds[name] = seconds.get(name, 0.0) + now - start
+        named = {k: round(v, 3) for k, v in seconds.items()}
+        return {"startup": round(max(0.0, process_seconds() - sum(seconds.values())), 3), **named}
 
 
 def describe(stages: dict[str, float]) -> str:

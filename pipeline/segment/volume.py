@@ -18,12 +18,13 @@ import zarr
 from pipeline.errors import CardError
 from pipeline.evaluate.instances import volume_instances
 from pipeline.evaluate.metrics import Scores
+from pipeline.evaluate.metrics import label_counts as count_labels
 from pipeline.geometry import VolumeGeometry
 from pipeline.io.nifti import NiftiScan, open_scan, stream_to_array, write_labels
 from pipeline.io.outputs import Output, default_volume_output, volume_outputs
 from pipeline.io.store import WorkStore, create_array
 from pipeline.model.models import Model
-from pipeline.report.compare import SLAB, check_reference_labels, confusion_against
+from pipeline.report.compare import check_reference_labels, confusion_against
 from pipeline.report.tables import label_rows
 from pipeline.segment.domain import PlanInputs
 from pipeline.segment.driver import PathArg, segment
@@ -113,11 +114,8 @@ class VolumeSource:
 
 def label_counts(labels: Any, n_labels: int) -> np.ndarray:
     """A confusion matrix with every voxel counted as reference 0: only its column sums are used."""
-    counts = np.zeros(n_labels, dtype=np.int64)
-    for k0 in range(0, labels.shape[-1], SLAB):
-        counts += np.bincount(np.asarray(labels[..., k0 : k0 + SLAB]).ravel(), minlength=n_labels)[:n_labels]
     total = np.zeros((n_labels, n_labels), dtype=np.int64)
-    total[0] = counts
+    total[0] = count_labels(labels, n_labels)
     return total
 
 

@@ -43,3 +43,19 @@ def test_valid_mask_and_range_check() -> None:
     assert confusion(ref, pred, 2, valid=np.array([True, False, True, False])).sum() == 2
     with pytest.raises(ValueError, match="outside 0..1"):
         confusion(np.array([2]), np.array([0]), 2)
+
+
+@pytest.mark.parametrize("n_labels", [1, 6, 17, 40])
+@pytest.mark.parametrize("slab_bytes", [1, 700, 64 * 2**20])
+def test_label_counts_equal_bincount_on_zarr_and_numpy(n_labels: int, slab_bytes: int) -> None:
+    import zarr
+
+    from pipeline.evaluate.metrics import label_counts
+
+    values = np.random.default_rng(n_labels).integers(0, 45, size=(13, 11, 37)).astype(np.uint8)
+    expected = np.bincount(values.ravel(), minlength=45)[:n_labels]  # values >= n_labels are not counted
+    stored = zarr.create_array(store=zarr.storage.MemoryStore(), shape=values.shape, chunks=(8, 8, 5), dtype="u1")
+    stored[...] = values
+    for labels in (values, stored):
+        counts = label_counts(labels, n_labels, slab_bytes=slab_bytes)
+        assert counts.dtype == np.int64 and counts.tolist() == expected.tolist()

@@ -60,6 +60,10 @@ def test_real_ct_matches_monai(tmp_path: Path, data_dir: Path, tiny_card: Path, 
     # (never more than the whole scan's sums: 3 classes + the weight, float32)
     assert report["run"]["blocks"] > 1
     assert 0 < report["run"]["spill_peak_mb"] <= 4 * 4 * 122 * 101 * 30 / 2**20
+    stages = report["run"]["stages"]
+    assert list(stages) == ["startup", "tile", "inference", "write", "report"]
+    named = {k: v for k, v in stages.items() if k != "startup"}  # start-up began with the process, not the call
+    assert all(v > 0 for v in named.values()) and sum(named.values()) <= report["run"]["seconds_total"]
     counts = np.bincount(mask.ravel(), minlength=3)
     assert [row["voxels"] for row in report["labels"]] == counts.tolist()
     assert report["labels"][1]["volume_ml"] == pytest.approx(counts[1] * 0.027, rel=1e-6)
