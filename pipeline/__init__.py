@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import importlib
 import logging
+import time
 from typing import Any
 
-from pipeline.engine import sliding_window
-from pipeline.model.models import load_model
+#: When this package was first imported: the start of a run's clock (see pipeline.segment.stages). Not the
+#: process's creation time, which is the launching shell's when a script ``exec``s the CLI after other work.
+IMPORTED_AT = time.time()
+
+from pipeline.engine import sliding_window  # noqa: E402  (after the clock starts)
+from pipeline.model.models import load_model  # noqa: E402
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

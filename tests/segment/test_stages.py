@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -29,3 +32,11 @@ def test_a_stage_entered_twice_adds_up() -> None:
             time.sleep(0.03)
     assert stages.facts()["write"] >= 0.06
     assert describe({"startup": 1.04, "write": 0.06}) == "startup 1.0 s, write 0.1 s"
+
+
+def test_startup_starts_at_python_not_at_the_shell_that_execs_it() -> None:
+    """``scripts/demo`` sets up the venv, then ``exec``s the CLI: the process is as old as that shell."""
+    code = "from pipeline.segment.stages import process_seconds; print(process_seconds())"
+    out = subprocess.run(["bash", "-c", f'sleep 3; exec "{sys.executable}" -c "{code}"'],
+                         capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2])
+    assert float(out.stdout) < 2.5
