@@ -115,6 +115,96 @@ def importance_map(roi_size: tuple[int, ...], mode: str, sigma_scale: float | tu
     return np.maximum(weight, max(float(weight.min()), 1e-3)).astype(np.float32)
 
 
+def stream_axis(roi_size: tuple[int, ...], span: tuple[int, ...]) -> int:
+    """The axis to blend along row by row: the one whose roi is the smallest part of the span (the last
+    on ties), so the ring of sums kept alive (``roi`` deep on it, the whole span on the others) is smallest."""
+    return min(range(len(roi_size)), key=lambda a: (roi_size[a] / max(span[a], 1), -a))
+
+
+def window_corners(lo: tuple[int, ...], starts: tuple[tuple[int, ...], ...], roi_size: tuple[int, ...],
+                   axis: int, valid: np.ndarray | None = None) -> list[tuple[int, ...]]:
+    """The windows whose starts are the product of ``starts`` (padded coords), in rows along ``axis``; with
+    ``valid`` (the span's mask from ``lo``, False where padded), only those holding a valid pixel."""
+    order = [axis, *(a for a in range(len(starts)) if a != axis)]
+    corners = [tuple(c[order.index(a)] for a in range(len(starts)))
+               for c in itertools.product(*(starts[a] for a in order))]
+    if valid is None:
+        return corners
+    return [c for c, keep in zip(corners, windows_with_data(valid, lo, corners, roi_size), strict=True) if keep]
+
+
+def blend_slabs(
+    region: np.ndarray,
+    lo: tuple[int, ...],
+    corners: list[tuple[int, ...]],
+    network: Any,
+    settings: InferenceSettings,
+    axis: int,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Blend the windows starting at ``corners`` (padded coords, in rows along ``axis``: :func:`window_corners`).
+
+    Yields ``(start, sums)``: the finished ``(C_out + 1, *span)`` sums (``Σ w·f(x)`` per channel, then
+    ``Σ w``) of consecutive slabs along ``axis``, from ``lo[axis]`` to the span's end, ``start`` in padded
+    coordinates. Windows are evaluated in rows along ``axis``; once a row is blended, the slab before the next
+    row's start receives nothing more and is yielded. Only a ring ``roi[axis]`` deep is alive, not the whole
+    span. Each yielded array is a view into that ring, valid until the next item is requested.
+
+    ``region`` is the preprocessed input (C, *span) for the padded span starting at ``lo``, zeros where
+    MONAI would pad. Slabs no window reaches (every window there held only nodata and was left out of
+    ``corners``) are zeros: neither output nor weight.
+    """
+    weight = importance_map(settings.roi_size, settings.mode, settings.sigma_scale)
+    span = region.shape[1:]
+    depth = min(settings.roi_size[axis], span[axis])
+    end = lo[axis] + span[axis]
+
+    def ring_of(channels: int) -> np.ndarray:
+        return np.zeros((channels, *span[:axis], depth, *span[axis + 1:]), dtype=np.float32)
+
+    def along(a: int, b: int) -> tuple[slice, ...]:
+        return (slice(None),) * (axis + 1) + (slice(a, b),)
+
+    def zeros_until(base: int, stop: int, channels: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Slabs no window reached (their windows held only nodata), at most ``depth`` thick each (fresh
+        zeros each time: a consumer may add into what it is given)."""
+        for first in range(base, stop, depth):
+            yield first, ring_of(channels)[along(0, min(depth, stop - first))]
+
+    _windows_evaluated[0] += len(corners)
+    if not corners:
+        assert settings.out_channels is not None, "skipping windows needs settings.out_channels"
+        yield from zeros_until(lo[axis], end, settings.out_channels + 1)
+        return
+    source = np.ascontiguousarray(region, dtype=np.float32)
+    forward = window_forward(network, settings, in_channels=int(source.shape[0]))
+    forward = mirrored(forward, scan_axes(settings.mirror_axes, settings.alignment))
+    boxes = [tuple(slice(c - o, c - o + r) for c, o, r in zip(corner, lo, settings.roi_size, strict=True))
+             for corner in corners]
+    batches = [boxes[first : first + settings.sw_batch_size] for first in range(0, len(boxes), settings.sw_batch_size)]
+    ring: np.ndarray | None = None
+    base = lo[axis]  #: the ring holds padded coordinates [base, base + depth) along ``axis``
+    for batch, outputs in _pipelined(forward, source, batches):
+        if ring is None:
+            ring = ring_of(outputs.shape[1] + 1)
+        for box, out in zip(batch, outputs, strict=True):
+            start = box[axis].start + lo[axis]
+            if start + settings.roi_size[axis] > base + depth:  # a new row: the slab before it is finished
+                done = min(start, base + depth) - base
+                yield base, ring[along(0, done)]
+                ring[along(0, depth - done)] = ring[along(done, depth)]
+                ring[along(depth - done, depth)] = 0
+                yield from zeros_until(base + depth, start, ring.shape[0])
+                base = start
+            target = ring[(slice(None), *box[:axis], slice(start - base, start - base + settings.roi_size[axis]),
+                           *box[axis + 1:])]
+            out = np.multiply(out, weight, out=out if out.flags.writeable else None)
+            target[:-1] += out
+            target[-1] += weight
+    assert ring is not None
+    yield base, ring[along(0, min(depth, end - base))]
+    yield from zeros_until(base + depth, end, ring.shape[0])
+
+
 def predict_group(
     region: np.ndarray,
     lo: tuple[int, ...],
@@ -123,36 +213,19 @@ def predict_group(
     settings: InferenceSettings,
     valid: np.ndarray | None = None,
 ) -> Partial:
-    """Evaluate every window whose start is in the product of ``starts`` (padded coords).
+    """Evaluate every window whose start is in the product of ``starts`` (padded coords): the whole span's
+    sums at once (:func:`blend_slabs`, gathered), for callers that keep partials in memory.
 
-    ``region`` is the preprocessed input (C, *span) for padded span starting at ``lo``,
-    with zeros where MONAI would pad. With ``valid`` (*span, False where padded), windows
-    holding no valid pixel are skipped: they add neither output nor weight.
+    With ``valid`` (*span, False where padded), windows holding no valid pixel are skipped.
     """
-    weight = importance_map(settings.roi_size, settings.mode, settings.sigma_scale)
     span = region.shape[1:]
+    axis = stream_axis(settings.roi_size, span)
+    corners = window_corners(lo, starts, settings.roi_size, axis, valid)
     sums: np.ndarray | None = None
-    corners = list(itertools.product(*starts))
-    if valid is not None:
-        corners = [c for c, keep in zip(corners, windows_with_data(valid, lo, corners, settings.roi_size),
-                                        strict=True) if keep]
-        if not corners:
-            assert settings.out_channels is not None, "skipping windows needs settings.out_channels"
-            return Partial(lo=lo, sums=np.zeros((settings.out_channels + 1, *span), dtype=np.float32), n_windows=0)
-    source = np.ascontiguousarray(region, dtype=np.float32)
-    forward = window_forward(network, settings, in_channels=int(source.shape[0]))
-    forward = mirrored(forward, scan_axes(settings.mirror_axes, settings.alignment))
-    batches = [[tuple(slice(c - o, c - o + r) for c, o, r in zip(corner, lo, settings.roi_size, strict=True))
-                for corner in corners[first : first + settings.sw_batch_size]]
-               for first in range(0, len(corners), settings.sw_batch_size)]
-    for boxes, outputs in _pipelined(forward, source, batches):
+    for start, slab in blend_slabs(region, lo, corners, network, settings, axis):
         if sums is None:
-            sums = np.zeros((outputs.shape[1] + 1, *span), dtype=np.float32)
-        for box, out in zip(boxes, outputs, strict=True):
-            target = sums[(slice(None), *box)]
-            out = np.multiply(out, weight, out=out if out.flags.writeable else None)
-            target[:-1] += out
-            target[-1] += weight
-    assert sums is not None  # every task owns at least one window
-    _windows_evaluated[0] += len(corners)
+            sums = np.empty((slab.shape[0], *span), dtype=np.float32)
+        at = start - lo[axis]
+        sums[(slice(None),) * (axis + 1) + (slice(at, at + slab.shape[axis + 1]),)] = slab
+    assert sums is not None
     return Partial(lo=lo, sums=sums, n_windows=len(corners))
