@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.engine.merger import Span, labels_from_sums, normalise, overlap_slices
-from pipeline.engine.predictor import InferenceSettings, predict_group
+from pipeline.engine.predictor import InferenceSettings, blend_slabs, stream_axis, window_corners
+from pipeline.engine.spills import SpillWriter, read_rows
 from pipeline.engine.windows import BlockPlan, padded_index
 
 Index = tuple[int, ...]
@@ -50,6 +51,7 @@ class BlockJob:
     windows: tuple[Span, tuple[tuple[int, ...], ...]] | None  #: owned windows: their span and starts per axis
     sources: tuple[tuple[Index, Span], ...]  #: blocks whose windows spill into this one, with their spans
     targets: tuple[tuple[Index, Span], ...]  #: forward blocks this one's windows spill into, with their spans
+    axis: int = 0  #: the axis every task blends along, row by row (the same for the whole plan: spill files' layout)
 
 
 def block_jobs(plan: BlockPlan) -> list[BlockJob]:
@@ -71,6 +73,8 @@ def block_jobs(plan: BlockPlan) -> list[BlockJob]:
         pad = pads[axis]
         return [j for j, (lo, hi) in enumerate(plan.axes[axis].blocks) if lo + pad < group.hi and hi + pad > group.lo]
 
+    axis = stream_axis(tuple(a.grid.roi for a in plan.axes),
+                       tuple(max(hi - lo for lo, hi in a.blocks) for a in plan.axes))
     jobs = []
     for index in plan.block_keys():
         has_windows = all(i in o for o, i in zip(owned, index, strict=True))
@@ -87,7 +91,8 @@ def block_jobs(plan: BlockPlan) -> list[BlockJob]:
             windows = (window_span(index), tuple(g.starts for g in groups))
         jobs.append(BlockJob(index=index, region=tuple(slice(lo - p, hi - p) for lo, hi, p in
                                                         zip(*block_span(index), pads, strict=True)),
-                             span=block_span(index), windows=windows, sources=sources, targets=targets))
+                             span=block_span(index), windows=windows, sources=sources, targets=targets,
+                             axis=axis))
     return jobs
 
 
@@ -147,17 +152,11 @@ class BlockSink:
     def spill_path(self, target: Index, source: Index) -> str:
         return os.path.join(self.spill_dir, _name(target), _name(source) + ".npy")
 
-    def save_spill(self, target: Index, source: Index, piece: np.ndarray) -> int:
-        path = self.spill_path(target, source)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.{id(piece)}.tmp"
-        with open(tmp, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(piece), allow_pickle=False)
-        os.replace(tmp, path)
-        return piece.nbytes
+    def spill_writer(self, target: Index, source: Index, shape: tuple[int, ...], axis: int) -> SpillWriter:
+        return SpillWriter(self.spill_path(target, source), shape, axis)
 
-    def load_spill(self, target: Index, source: Index) -> np.ndarray:
-        return np.load(self.spill_path(target, source), allow_pickle=False)
+    def spill_rows(self, target: Index, source: Index, axis: int, first: int, stop: int) -> np.ndarray:
+        return read_rows(self.spill_path(target, source), axis, first, stop)
 
     def drop_spills(self, target: Index) -> None:
         folder = os.path.join(self.spill_dir, _name(target))
@@ -170,14 +169,25 @@ class BlockSink:
         """Whether this block's record exists (written after its chunks, by rename)."""
         return self.ledger is not None and self.ledger.has_block(region)
 
-    def write(self, region: tuple[slice, ...], sums: np.ndarray) -> None:
-        """The block's labels (and probabilities) from its complete ``(classes + 1, *block)`` sums."""
-        _open_array(self.store, "labels", "r+")[region] = labels_from_sums(sums, self.dtype)
-        if self.probabilities:
+    def outputs(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Empty label (and probability) arrays for one block, filled slab by slab by :meth:`fill`."""
+        labels = np.zeros(shape, dtype=self.dtype)
+        return labels, (np.zeros((self.out_channels, *shape), np.float16) if self.probabilities else None)
+
+    def fill(self, where: tuple[slice, ...], sums: np.ndarray, labels: np.ndarray,
+             probabilities: np.ndarray | None) -> None:
+        """The labels (and probabilities) at ``where`` in the block from their complete ``(classes + 1, ...)`` sums."""
+        labels[where] = labels_from_sums(sums, self.dtype)
+        if probabilities is not None:
             logits = normalise(sums)
             shifted = np.exp(logits - logits.max(axis=0, keepdims=True))
-            probs = (shifted / shifted.sum(axis=0)).astype(np.float16)
-            _open_array(self.store, "probabilities", "r+")[(slice(None), *region)] = probs
+            probabilities[(slice(None), *where)] = (shifted / shifted.sum(axis=0)).astype(np.float16)
+
+    def write(self, region: tuple[slice, ...], labels: np.ndarray, probabilities: np.ndarray | None) -> None:
+        """The block's label (and probability) chunks, then its record."""
+        _open_array(self.store, "labels", "r+")[region] = labels
+        if probabilities is not None:
+            _open_array(self.store, "probabilities", "r+")[(slice(None), *region)] = probabilities
         if self.ledger is not None:
             self.ledger.mark_block(region)
 
@@ -196,6 +206,11 @@ def run_block(job: BlockJob, source: ImageSource, network: Any, settings: Infere
               sink: BlockSink) -> BlockDone:
     """The task for one block: predict its windows, spill forward, gather backward spills, write it.
 
+    Streamed along ``job.axis``: each slab the blender finishes goes at once to the spill files of the
+    forward neighbours it lies in, and its part in this block, plus the backward spills' rows there, is
+    divided and argmaxed into the block's labels; so neither the span's sums nor the spills are ever
+    whole in memory.
+
     Idempotent: Dask reruns a task whose result was lost with a killed worker, possibly after the task had
     written and recorded its block and deleted the spills it consumed. A recorded block is therefore not
     computed again (its forward spills, written before its record, stay for their consumers).
@@ -203,36 +218,107 @@ def run_block(job: BlockJob, source: ImageSource, network: Any, settings: Infere
     if sink.done(job.region):
         sink.drop_spills(job.index)
         return BlockDone(windows=0, spill_bytes=0)
-    sums: np.ndarray | None = None
+    block = _BlockOutput(job, sink)
     windows = spilled = 0
-    shape = tuple(h - l for l, h in zip(*job.span, strict=True))
     if job.windows is not None:
         span, starts = job.windows
         region, valid = source.read(span)
-        part = predict_group(region, span[0], starts, network, settings, valid)
-        del region
-        windows = part.n_windows
+        corners = window_corners(span[0], starts, settings.roi_size, job.axis, valid)
+        del valid
+        windows = len(corners)
+        writers = []
         for target, target_span in job.targets:
             where = overlap_slices(span, target_span)
             if where is not None:
-                spilled += sink.save_spill(target, job.index, part.sums[(slice(None), *where[0])])
-        own = overlap_slices(span, job.span)
-        assert own is not None  # a block's windows start inside it
-        sums = part.sums[(slice(None), *own[0])]  # a view: the backward spills add into the span's own sums
-        if sums.shape[1:] != shape:
-            full = np.zeros((sums.shape[0], *shape), dtype=np.float32)
-            full[(slice(None), *own[1])] = sums
-            sums = full
-        del part
-    if sums is None:
-        sums = np.zeros((sink.out_channels + 1, *shape), dtype=np.float32)
-    for source_index, source_span in job.sources:
-        where = overlap_slices(source_span, job.span)
-        if where is not None:
-            sums[(slice(None), *where[1])] += sink.load_spill(job.index, source_index)
-    sink.write(job.region, sums)
+                shape = (sink.out_channels + 1, *(w.stop - w.start for w in where[0]))
+                writers.append((_lo_hi(span, where[0]), sink.spill_writer(target, job.index, shape, job.axis)))
+        try:
+            for start, slab in blend_slabs(region, span[0], corners, network, settings, job.axis):
+                slab_span = _along(span, job.axis, start, start + slab.shape[job.axis + 1])
+                for piece_span, writer in writers:
+                    where = overlap_slices(slab_span, piece_span)
+                    if where is not None:
+                        writer.append(slab[(slice(None), *where[0])])
+                block.add(slab_span, slab)
+            for _, writer in writers:
+                writer.close()
+                spilled += writer.nbytes
+        except BaseException:
+            for _, writer in writers:
+                writer.abort()
+            raise
+        del region
+    block.finish()
     sink.drop_spills(job.index)
     return BlockDone(windows=windows, spill_bytes=spilled)
+
+
+def _along(span: Span, axis: int, lo: int, hi: int) -> Span:
+    """``span`` cut to ``[lo, hi)`` on ``axis``."""
+    return (tuple(lo if a == axis else x for a, x in enumerate(span[0])),
+            tuple(hi if a == axis else x for a, x in enumerate(span[1])))
+
+
+def _lo_hi(span: Span, where: tuple[slice, ...]) -> Span:
+    """The part ``where`` (slices relative to ``span``) as a span of its own."""
+    return (tuple(lo + w.start for lo, w in zip(span[0], where, strict=True)),
+            tuple(lo + w.stop for lo, w in zip(span[0], where, strict=True)))
+
+
+class _BlockOutput:
+    """One block's labels, assembled in rows along ``job.axis``: its own sums plus its backward spills."""
+
+    def __init__(self, job: BlockJob, sink: BlockSink) -> None:
+        self.job, self.sink, self.axis = job, sink, job.axis
+        self.shape = tuple(h - l for l, h in zip(*job.span, strict=True))
+        self.labels, self.probabilities = sink.outputs(self.shape)
+        self.row = 0  #: rows of the block (along ``axis``) done
+        self.spills = [(s, where[1]) for s, source_span in job.sources
+                       if (where := overlap_slices(source_span, job.span)) is not None]
+
+    def add(self, slab_span: Span, slab: np.ndarray) -> None:
+        """A finished slab of the task's own sums (padded coordinates ``slab_span``)."""
+        where = overlap_slices(slab_span, self.job.span)
+        if where is None:
+            return
+        rows = where[1][self.axis]
+        self._blank_until(rows.start)
+        own = slab[(slice(None), *where[0])]
+        if any(w.start != 0 or w.stop != n for a, (w, n) in enumerate(zip(where[1], self.shape, strict=True))
+               if a != self.axis):  # the span does not cover the block's cross-section: place it in zeros
+            full = np.zeros((own.shape[0], *_with(self.shape, self.axis, rows.stop - rows.start)), np.float32)
+            full[(slice(None), *_with(where[1], self.axis, slice(None)))] = own
+            own = full
+        self._rows(rows.start, rows.stop, own)
+
+    def finish(self) -> None:
+        """The rows no own slab reached, then the chunks and the record."""
+        self._blank_until(self.shape[self.axis])
+        self.sink.write(self.job.region, self.labels, self.probabilities)
+
+    def _blank_until(self, stop: int) -> None:
+        """Rows ``[row, stop)`` hold no own windows: their sums are the backward spills alone."""
+        if stop > self.row:
+            sums = np.zeros((self.sink.out_channels + 1, *_with(self.shape, self.axis, stop - self.row)), np.float32)
+            self._rows(self.row, stop, sums)
+
+    def _rows(self, first: int, stop: int, sums: np.ndarray) -> None:
+        """Rows ``[first, stop)`` of the block from ``sums`` (the own part, added into in place)."""
+        assert first == self.row, "rows arrive in order"
+        for source, box in self.spills:
+            lo, hi = max(first, box[self.axis].start), min(stop, box[self.axis].stop)
+            if lo < hi:
+                rows = self.sink.spill_rows(self.job.index, source, self.axis,
+                                            lo - box[self.axis].start, hi - box[self.axis].start)
+                sums[(slice(None), *_with(box, self.axis, slice(lo - first, hi - first)))] += rows
+        where = _with(tuple(slice(None) for _ in self.shape), self.axis, slice(first, stop))
+        self.sink.fill(where, sums, self.labels, self.probabilities)
+        self.row = stop
+
+
+def _with(items: tuple[Any, ...], axis: int, value: Any) -> tuple[Any, ...]:
+    """``items`` with ``items[axis]`` replaced by ``value``."""
+    return tuple(value if a == axis else x for a, x in enumerate(items))
 
 
 @dataclass
