@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 #: Files an NVIDIA driver creates; without any of them torch cannot see a CUDA device either.
 _NVIDIA_MARKERS = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0")
@@ -89,3 +90,29 @@ def return_freed_memory() -> bool:
         ok = False
     _freed_memory_returned[0] = ok
     return ok
+
+
+_libc: list[Any] = []
+
+
+def trim_freed_memory() -> None:
+    """Give the pages of freed small blocks back to the system (glibc's ``malloc_trim(0)``), e.g. after a
+    block task.
+
+    Blocks under the mmap threshold are carved from the heap and the threads' arenas; once freed they stay
+    resident unless they sit at a heap's top. After a run's first block tasks that was ~60 MB (``mallinfo2``:
+    free bytes in arenas, 11 Mvox CT), counted in the run's peak. ``malloc_trim(0)`` releases free pages
+    anywhere in every arena. Once per block, not per window: the next block faults a few MB in again.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    if not _libc:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _libc.append(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim)
+        except (OSError, AttributeError):  # not glibc
+            _libc.append(None)
+    if _libc[0] is not None:
+        _libc[0](0)

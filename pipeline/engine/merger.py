@@ -7,6 +7,7 @@ every window touching the block has been added: no seams.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -62,6 +63,12 @@ def labels_from_sums(sums: np.ndarray, dtype: np.dtype | str) -> np.ndarray:
     cache-sized steps, class after class. NumPy's ``argmax`` over the outer axis of a C-order array
     walks it with a stride of the whole span and costs about as much again as the division.
     """
+    if sums.ndim > 2 and not sums[0].flags.c_contiguous:  # a strided view (a streamed slab's own part):
+        pieces: np.ndarray = np.empty(sums.shape[1:], dtype=dtype)  # copy it in pieces, never whole
+        rows = max(1, _LABEL_STEP // max(1, math.prod(sums.shape[2:])))
+        for first in range(0, sums.shape[1], rows):
+            pieces[first:first + rows] = labels_from_sums(np.ascontiguousarray(sums[:, first:first + rows]), dtype)
+        return pieces
     classes = sums.shape[0] - 1
     flat = sums.reshape(sums.shape[0], -1)
     size = flat.shape[1]

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.device import trim_freed_memory
 from pipeline.engine.merger import Span, labels_from_sums, normalise, overlap_slices
 from pipeline.engine.predictor import InferenceSettings, blend_slabs, stream_axis, window_corners
 from pipeline.engine.spills import SpillWriter, read_rows
@@ -218,6 +219,7 @@ def run_block(job: BlockJob, source: ImageSource, network: Any, settings: Infere
     if sink.done(job.region):
         sink.drop_spills(job.index)
         return BlockDone(windows=0, spill_bytes=0)
+    trim_freed_memory()  # what tiling, model loading or the last task freed is not this task's peak
     block = _BlockOutput(job, sink)
     windows = spilled = 0
     if job.windows is not None:

@@ -35,3 +35,13 @@ def test_labels_from_sums_across_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     sums = _sums(np.random.default_rng(1), 5, (31, 39, 36))
     sums[-1, 10:20] = 0  # unevaluated voxels in some steps only
     np.testing.assert_array_equal(labels_from_sums(sums, np.uint8), np.argmax(normalise(sums), axis=0))
+
+
+@pytest.mark.parametrize("step", [1000, 1 << 15])
+def test_labels_from_sums_of_a_strided_slab(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """A streamed slab's own part is a strided view of the ring: labelled in contiguous pieces, same labels."""
+    monkeypatch.setattr(merger, "_LABEL_STEP", step)
+    ring = _sums(np.random.default_rng(2), 6, (40, 44, 32))
+    view = ring[:, 3:37, 5:41, 0:24]
+    assert not view[0].flags.c_contiguous
+    np.testing.assert_array_equal(labels_from_sums(view, np.uint8), np.argmax(normalise(view), axis=0))
