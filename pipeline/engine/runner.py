@@ -36,7 +36,7 @@ import numpy as np
 from pipeline.device import trim_freed_memory
 from pipeline.engine.merger import Span, labels_from_sums, normalise, overlap_slices
 from pipeline.engine.predictor import InferenceSettings, blend_slabs, stream_axis, window_corners
-from pipeline.engine.spills import SpillWriter, read_rows
+from pipeline.engine.spills import SpillRows, save_slab
 from pipeline.engine.windows import BlockPlan, padded_index
 
 Index = tuple[int, ...]
@@ -153,14 +153,15 @@ class BlockSink:
     def spill_path(self, target: Index, source: Index) -> str:
         return os.path.join(self.spill_dir, _name(target), _name(source) + ".npy")
 
-    def spill_writer(self, target: Index, source: Index, shape: tuple[int, ...], axis: int) -> SpillWriter:
-        return SpillWriter(self.spill_path(target, source), shape, axis)
+    def spill_folder(self, target: Index) -> str:
+        return os.path.join(self.spill_dir, _name(target))
 
-    def spill_rows(self, target: Index, source: Index, axis: int, first: int, stop: int) -> np.ndarray:
-        return read_rows(self.spill_path(target, source), axis, first, stop)
+    def save_spill(self, target: Index, source: Index, first: int, stop: int, piece: np.ndarray) -> int:
+        """Rows ``[first, stop)`` (padded coordinates on the streamed axis) of ``source``'s spill into ``target``."""
+        return save_slab(self.spill_folder(target), _name(source), first, stop, piece)
 
     def drop_spills(self, target: Index) -> None:
-        folder = os.path.join(self.spill_dir, _name(target))
+        folder = self.spill_folder(target)
         if os.path.isdir(folder):
             for entry in os.scandir(folder):
                 os.unlink(entry.path)
@@ -228,27 +229,17 @@ def run_block(job: BlockJob, source: ImageSource, network: Any, settings: Infere
         corners = window_corners(span[0], starts, settings.roi_size, job.axis, valid)
         del valid
         windows = len(corners)
-        writers = []
-        for target, target_span in job.targets:
-            where = overlap_slices(span, target_span)
-            if where is not None:
-                shape = (sink.out_channels + 1, *(w.stop - w.start for w in where[0]))
-                writers.append((_lo_hi(span, where[0]), sink.spill_writer(target, job.index, shape, job.axis)))
-        try:
-            for start, slab in blend_slabs(region, span[0], corners, network, settings, job.axis):
-                slab_span = _along(span, job.axis, start, start + slab.shape[job.axis + 1])
-                for piece_span, writer in writers:
-                    where = overlap_slices(slab_span, piece_span)
-                    if where is not None:
-                        writer.append(slab[(slice(None), *where[0])])
-                block.add(slab_span, slab)
-            for _, writer in writers:
-                writer.close()
-                spilled += writer.nbytes
-        except BaseException:
-            for _, writer in writers:
-                writer.abort()
-            raise
+        pieces = [(target, _lo_hi(span, where[0])) for target, target_span in job.targets  # spans spilled
+                  if (where := overlap_slices(span, target_span)) is not None]
+        for start, slab in blend_slabs(region, span[0], corners, network, settings, job.axis):
+            slab_span = _along(span, job.axis, start, start + slab.shape[job.axis + 1])
+            for target, piece_span in pieces:
+                cut = overlap_slices(slab_span, piece_span)
+                if cut is not None:
+                    rows = cut[0][job.axis]
+                    spilled += sink.save_spill(target, job.index, start + rows.start, start + rows.stop,
+                                               slab[(slice(None), *cut[0])])
+            block.add(slab_span, slab)
         del region
     block.finish()
     sink.drop_spills(job.index)
@@ -275,8 +266,9 @@ class _BlockOutput:
         self.shape = tuple(h - l for l, h in zip(*job.span, strict=True))
         self.labels, self.probabilities = sink.outputs(self.shape)
         self.row = 0  #: rows of the block (along ``axis``) done
-        self.spills = [(s, where[1]) for s, source_span in job.sources
+        self.spills = [(_name(s), where[1]) for s, source_span in job.sources
                        if (where := overlap_slices(source_span, job.span)) is not None]
+        self.waiting = SpillRows(sink.spill_folder(job.index)) if self.spills else None
 
     def add(self, slab_span: Span, slab: np.ndarray) -> None:
         """A finished slab of the task's own sums (padded coordinates ``slab_span``)."""
@@ -307,12 +299,13 @@ class _BlockOutput:
     def _rows(self, first: int, stop: int, sums: np.ndarray) -> None:
         """Rows ``[first, stop)`` of the block from ``sums`` (the own part, added into in place)."""
         assert first == self.row, "rows arrive in order"
+        origin = self.job.span[0][self.axis]  # padded coordinate of the block's first row
         for source, box in self.spills:
             lo, hi = max(first, box[self.axis].start), min(stop, box[self.axis].stop)
             if lo < hi:
-                rows = self.sink.spill_rows(self.job.index, source, self.axis,
-                                            lo - box[self.axis].start, hi - box[self.axis].start)
-                sums[(slice(None), *_with(box, self.axis, slice(lo - first, hi - first)))] += rows
+                assert self.waiting is not None
+                into = sums[(slice(None), *_with(box, self.axis, slice(lo - first, hi - first)))]
+                self.waiting.add(source, self.axis, origin + lo, origin + hi, into)
         where = _with(tuple(slice(None) for _ in self.shape), self.axis, slice(first, stop))
         self.sink.fill(where, sums, self.labels, self.probabilities)
         self.row = stop
