@@ -64,6 +64,13 @@ def resolve_card_path(name_or_path: str | os.PathLike[str] | None) -> Path:
         if not candidate.is_file():
             raise CardError(f"{candidate}: model card not found")
         return candidate.resolve()
+    named = models_dir() / f"{name_or_path}.yaml"  # the usual case: parse one card, not every card (0.3 s)
+    if named.is_file() and candidate.name == str(name_or_path):
+        try:
+            if load_card(named).name == str(name_or_path):
+                return named
+        except CardError:
+            pass  # reported below, as the scan skips it
     cards = available_models()
     if str(name_or_path) in cards:
         return cards[str(name_or_path)]
