@@ -133,6 +133,40 @@ def window_corners(lo: tuple[int, ...], starts: tuple[tuple[int, ...], ...], roi
     return [c for c, keep in zip(corners, windows_with_data(valid, lo, corners, roi_size), strict=True) if keep]
 
 
+class _Ring:
+    """A task's sums on ``depth`` rows of ``axis`` from ``base`` (padded coordinates), all of the span on the
+    other axes: blended into, and handed out a finished slab at a time."""
+
+    def __init__(self, channels: int, span: tuple[int, ...], axis: int, depth: int, base: int) -> None:
+        self.span, self.axis, self.depth, self.base = span, axis, depth, base
+        self.sums = self.zeros(channels)
+
+    def zeros(self, channels: int) -> np.ndarray:
+        return np.zeros((channels, *self.span[:self.axis], self.depth, *self.span[self.axis + 1:]), np.float32)
+
+    def rows(self, first: int, stop: int) -> tuple[slice, ...]:
+        return (slice(None),) * (self.axis + 1) + (slice(first, stop),)
+
+    def advance(self, start: int) -> Iterator[tuple[int, np.ndarray]]:
+        """A row of windows starts at ``start``: hand out the slab before it (finished), then move on."""
+        done = min(start, self.base + self.depth) - self.base
+        yield self.base, self.sums[self.rows(0, done)]
+        self.sums[self.rows(0, self.depth - done)] = self.sums[self.rows(done, self.depth)]
+        self.sums[self.rows(self.depth - done, self.depth)] = 0
+        yield from self.blank(self.base + self.depth, start, self.sums.shape[0])
+        self.base = start
+
+    def finish(self, end: int) -> Iterator[tuple[int, np.ndarray]]:
+        yield self.base, self.sums[self.rows(0, min(self.depth, end - self.base))]
+        yield from self.blank(self.base + self.depth, end, self.sums.shape[0])
+
+    def blank(self, first: int, stop: int, channels: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Slabs no window reached (their windows held only nodata), at most ``depth`` thick each (fresh
+        zeros each time: a consumer may add into what it is given)."""
+        for at in range(first, stop, self.depth):
+            yield at, self.zeros(channels)[self.rows(0, min(self.depth, stop - at))]
+
+
 def blend_slabs(
     region: np.ndarray,
     lo: tuple[int, ...],
@@ -154,26 +188,13 @@ def blend_slabs(
     ``corners``) are zeros: neither output nor weight.
     """
     weight = importance_map(settings.roi_size, settings.mode, settings.sigma_scale)
-    span = region.shape[1:]
-    depth = min(settings.roi_size[axis], span[axis])
+    span, roi = region.shape[1:], settings.roi_size[axis]
     end = lo[axis] + span[axis]
-
-    def ring_of(channels: int) -> np.ndarray:
-        return np.zeros((channels, *span[:axis], depth, *span[axis + 1:]), dtype=np.float32)
-
-    def along(a: int, b: int) -> tuple[slice, ...]:
-        return (slice(None),) * (axis + 1) + (slice(a, b),)
-
-    def zeros_until(base: int, stop: int, channels: int) -> Iterator[tuple[int, np.ndarray]]:
-        """Slabs no window reached (their windows held only nodata), at most ``depth`` thick each (fresh
-        zeros each time: a consumer may add into what it is given)."""
-        for first in range(base, stop, depth):
-            yield first, ring_of(channels)[along(0, min(depth, stop - first))]
-
     _windows_evaluated[0] += len(corners)
     if not corners:
         assert settings.out_channels is not None, "skipping windows needs settings.out_channels"
-        yield from zeros_until(lo[axis], end, settings.out_channels + 1)
+        empty = _Ring(0, span, axis, min(roi, span[axis]), lo[axis])
+        yield from empty.blank(lo[axis], end, settings.out_channels + 1)
         return
     source = np.ascontiguousarray(region, dtype=np.float32)
     forward = window_forward(network, settings, in_channels=int(source.shape[0]))
@@ -181,28 +202,20 @@ def blend_slabs(
     boxes = [tuple(slice(c - o, c - o + r) for c, o, r in zip(corner, lo, settings.roi_size, strict=True))
              for corner in corners]
     batches = [boxes[first : first + settings.sw_batch_size] for first in range(0, len(boxes), settings.sw_batch_size)]
-    ring: np.ndarray | None = None
-    base = lo[axis]  #: the ring holds padded coordinates [base, base + depth) along ``axis``
+    ring: _Ring | None = None
     for batch, outputs in _pipelined(forward, source, batches):
-        if ring is None:
-            ring = ring_of(outputs.shape[1] + 1)
+        ring = ring or _Ring(outputs.shape[1] + 1, span, axis, min(roi, span[axis]), lo[axis])
         for box, out in zip(batch, outputs, strict=True):
             start = box[axis].start + lo[axis]
-            if start + settings.roi_size[axis] > base + depth:  # a new row: the slab before it is finished
-                done = min(start, base + depth) - base
-                yield base, ring[along(0, done)]
-                ring[along(0, depth - done)] = ring[along(done, depth)]
-                ring[along(depth - done, depth)] = 0
-                yield from zeros_until(base + depth, start, ring.shape[0])
-                base = start
-            target = ring[(slice(None), *box[:axis], slice(start - base, start - base + settings.roi_size[axis]),
-                           *box[axis + 1:])]
+            if start + roi > ring.base + ring.depth:  # a new row: the slab before it is finished
+                yield from ring.advance(start)
+            at = start - ring.base
+            target = ring.sums[(slice(None), *box[:axis], slice(at, at + roi), *box[axis + 1:])]
             out = np.multiply(out, weight, out=out if out.flags.writeable else None)
             target[:-1] += out
             target[-1] += weight
     assert ring is not None
-    yield base, ring[along(0, min(depth, end - base))]
-    yield from zeros_until(base + depth, end, ring.shape[0])
+    yield from ring.finish(end)
 
 
 def predict_group(

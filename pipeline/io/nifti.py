@@ -18,14 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
-from nibabel.volumeutils import apply_read_scaling
 
 from pipeline.errors import InputError, InputNotFoundError
 from pipeline.files import require_regular_file
 from pipeline.geometry import VolumeGeometry
 from pipeline.io.atomic import atomic_path
+from pipeline.io.nibabel_without_pydicom import apply_read_scaling, nib
 from pipeline.io.outputs import is_gzip
 from pipeline.io.transpose import reversed_axes
 
