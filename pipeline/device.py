@@ -8,6 +8,7 @@ already imported or a GPU may exist.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -77,22 +78,13 @@ def return_freed_memory() -> bool:
     ran 2x slower (see :func:`pipeline.cluster.worker_environ`); on the torch-free OpenVINO route the
     network's memory is the plugin's own, allocated at compile time.
     """
-    if _freed_memory_returned[0] or "torch" in sys.modules or not sys.platform.startswith("linux"):
+    if _freed_memory_returned[0] or "torch" in sys.modules:
         return _freed_memory_returned[0]
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, _FREED_MEMORY_BYTES)) and bool(
-            libc.mallopt(_M_TRIM_THRESHOLD, _FREED_MEMORY_BYTES))
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt): nothing to tune
-        ok = False
+    mallopt = _glibc("mallopt")
+    ok = mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, _FREED_MEMORY_BYTES)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, _FREED_MEMORY_BYTES))
     _freed_memory_returned[0] = ok
     return ok
-
-
-_libc: list[Any] = []
 
 
 def trim_freed_memory() -> None:
@@ -104,15 +96,20 @@ def trim_freed_memory() -> None:
     free bytes in arenas, 11 Mvox CT), counted in the run's peak. ``malloc_trim(0)`` releases free pages
     anywhere in every arena. Once per block, not per window: the next block faults a few MB in again.
     """
-    if not sys.platform.startswith("linux"):
-        return
-    if not _libc:
-        import ctypes
-        import ctypes.util
+    malloc_trim = _glibc("malloc_trim")
+    if malloc_trim is not None:
+        malloc_trim(0)
 
-        try:
-            _libc.append(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim)
-        except (OSError, AttributeError):  # not glibc
-            _libc.append(None)
-    if _libc[0] is not None:
-        _libc[0](0)
+
+@functools.cache
+def _glibc(name: str) -> Any:
+    """glibc's function ``name``, or None off Linux or without glibc (musl has no mallopt / malloc_trim)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import ctypes.util
+
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None

@@ -133,6 +133,11 @@ def window_corners(lo: tuple[int, ...], starts: tuple[tuple[int, ...], ...], roi
     return [c for c, keep in zip(corners, windows_with_data(valid, lo, corners, roi_size), strict=True) if keep]
 
 
+def rows_along(axis: int, first: int, stop: int) -> tuple[slice, ...]:
+    """The index of rows ``[first, stop)`` on spatial ``axis`` of a ``(C, *spatial)`` array."""
+    return (slice(None),) * (axis + 1) + (slice(first, stop),)
+
+
 class _Ring:
     """A task's sums on ``depth`` rows of ``axis`` from ``base`` (padded coordinates), all of the span on the
     other axes: blended into, and handed out a finished slab at a time."""
@@ -145,7 +150,7 @@ class _Ring:
         return np.zeros((channels, *self.span[:self.axis], self.depth, *self.span[self.axis + 1:]), np.float32)
 
     def rows(self, first: int, stop: int) -> tuple[slice, ...]:
-        return (slice(None),) * (self.axis + 1) + (slice(first, stop),)
+        return rows_along(self.axis, first, stop)
 
     def advance(self, start: int) -> Iterator[tuple[int, np.ndarray]]:
         """A row of windows starts at ``start``: hand out the slab before it (finished), then move on."""
@@ -239,6 +244,6 @@ def predict_group(
         if sums is None:
             sums = np.empty((slab.shape[0], *span), dtype=np.float32)
         at = start - lo[axis]
-        sums[(slice(None),) * (axis + 1) + (slice(at, at + slab.shape[axis + 1]),)] = slab
+        sums[rows_along(axis, at, at + slab.shape[axis + 1])] = slab
     assert sums is not None
     return Partial(lo=lo, sums=sums, n_windows=len(corners))

@@ -5,14 +5,19 @@ holding their start), and only forward. So block ``b``'s task evaluates its own 
 and blends them over its span (block + forward halo), then:
 
 1. writes the *spills* (the parts of that span lying in forward neighbours ``d``) as small
-   files ``spill/<d>/<b>.npy`` in the work directory;
+   files ``spill/<d>/<b>@<first>-<stop>.npy`` in the work directory, one per finished slab
+   (:mod:`pipeline.engine.spills`);
 2. adds the spills its backward neighbours wrote for it, divides by the weights, argmaxes
    and writes its label chunk (one writer per chunk), records the block as done, and
    deletes the spills it consumed.
 
+Both happen slab by slab: the task blends its windows in rows along one axis
+(:func:`pipeline.engine.predictor.blend_slabs`), so only a ring of sums ``roi`` deep on that
+axis is alive.
+
 A block is started only when every block that spills into it is done, so its sums are
 complete when it divides: no seams, and every window is evaluated exactly once. Memory
-holds only the tasks in flight (each: one span of ``(classes + 1)`` float32 sums), never a
+holds only the tasks in flight (each: that ring of ``(classes + 1)`` float32 sums and its input), never a
 front of the volume: the front lives on disk as spills, and spills are deleted as soon as
 they are consumed. See DESIGN.md ("Memory") for the bound.
 
@@ -150,9 +155,6 @@ class BlockSink:
     probabilities: bool = False
     ledger: Any = None  #: has ``mark_block(region)`` (a :class:`pipeline.io.store.Ledger`), or None
 
-    def spill_path(self, target: Index, source: Index) -> str:
-        return os.path.join(self.spill_dir, _name(target), _name(source) + ".npy")
-
     def spill_folder(self, target: Index) -> str:
         return os.path.join(self.spill_dir, _name(target))
 
@@ -229,12 +231,10 @@ def run_block(job: BlockJob, source: ImageSource, network: Any, settings: Infere
         corners = window_corners(span[0], starts, settings.roi_size, job.axis, valid)
         del valid
         windows = len(corners)
-        pieces = [(target, _lo_hi(span, where[0])) for target, target_span in job.targets  # spans spilled
-                  if (where := overlap_slices(span, target_span)) is not None]
         for start, slab in blend_slabs(region, span[0], corners, network, settings, job.axis):
             slab_span = _along(span, job.axis, start, start + slab.shape[job.axis + 1])
-            for target, piece_span in pieces:
-                cut = overlap_slices(slab_span, piece_span)
+            for target, target_span in job.targets:
+                cut = overlap_slices(slab_span, target_span)
                 if cut is not None:
                     rows = cut[0][job.axis]
                     spilled += sink.save_spill(target, job.index, start + rows.start, start + rows.stop,
@@ -248,14 +248,7 @@ def run_block(job: BlockJob, source: ImageSource, network: Any, settings: Infere
 
 def _along(span: Span, axis: int, lo: int, hi: int) -> Span:
     """``span`` cut to ``[lo, hi)`` on ``axis``."""
-    return (tuple(lo if a == axis else x for a, x in enumerate(span[0])),
-            tuple(hi if a == axis else x for a, x in enumerate(span[1])))
-
-
-def _lo_hi(span: Span, where: tuple[slice, ...]) -> Span:
-    """The part ``where`` (slices relative to ``span``) as a span of its own."""
-    return (tuple(lo + w.start for lo, w in zip(span[0], where, strict=True)),
-            tuple(lo + w.stop for lo, w in zip(span[0], where, strict=True)))
+    return _with(span[0], axis, lo), _with(span[1], axis, hi)
 
 
 class _BlockOutput:

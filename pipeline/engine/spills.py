@@ -18,6 +18,8 @@ import os
 
 import numpy as np
 
+from pipeline.engine.predictor import rows_along
+
 
 def save_slab(folder: str, source: str, first: int, stop: int, piece: np.ndarray) -> int:
     """Rows ``[first, stop)`` of ``source``'s spill into the block that owns ``folder``; its bytes."""
@@ -55,11 +57,8 @@ class SpillRows:
             piece = np.load(path, allow_pickle=False)
             if piece.shape[axis + 1] != hi - lo or piece.shape[0] != into.shape[0]:
                 raise ValueError(f"{path}: holds {piece.shape}, not rows {lo}:{hi} of {into.shape[0]} channels")
-            into[_rows(axis, a - first, b - first)] += piece[_rows(axis, a - lo, b - lo)]
+            into[rows_along(axis, a - first, b - first)] += piece[rows_along(axis, a - lo, b - lo)]
             covered += b - a
         if covered != stop - first:
             raise FileNotFoundError(f"spills of block {source}: rows {first}:{stop} incomplete ({covered} found)")
 
-
-def _rows(axis: int, first: int, stop: int) -> tuple[slice, ...]:
-    return (slice(None),) * (axis + 1) + (slice(first, stop),)
