@@ -21,6 +21,16 @@ from pipeline.engine import backends
 
 WindowForward = Callable[[np.ndarray], np.ndarray]
 
+#: Windows per OpenVINO call. It keeps buffers for the largest batch it has seen: 4 windows of 64x64x32 cost
+#: ~57 MB more resident memory than 1, at the same time per window (``bench/BACKENDS.md``, "Batch"). The card's
+#: ``sw_batch_size`` (MONAI's, sized for GPUs) still applies on the torch route; batching changes no output.
+OPENVINO_BATCH = 1
+
+
+def forward_batch(forward: WindowForward, requested: int) -> int:
+    """How many windows to pass ``forward`` at a time: its own preference, else ``requested`` (the card's)."""
+    return int(getattr(forward, "batch", None) or requested)
+
 
 def window_forward(network: Any, settings: Any, in_channels: int) -> WindowForward:
     """The forward for this task's windows, on the backend the settings and device resolve to.
@@ -47,14 +57,23 @@ def resolve_network(network: Any) -> Any:
     return network.network() if hasattr(network, "network") and callable(network.network) else network
 
 
+class _NumpyForward:
+    """Windows straight from NumPy to the compiled network and back, :data:`OPENVINO_BATCH` at a time."""
+
+    batch = OPENVINO_BATCH
+
+    def __init__(self, compiled: backends.OpenVINOForward, align: Any) -> None:
+        self.compiled, self.align = compiled, align
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        shown = self.align.to_model_array(windows) if self.align else windows
+        out = self.compiled.run(shown)
+        return np.ascontiguousarray(self.align.to_scan_array(out)) if self.align else out
+
+
 def _numpy_route(compiled: backends.OpenVINOForward, align: Any) -> WindowForward:
     return_freed_memory()  # no torch in this process: freed block temporaries can go back to the system
-    def forward(windows: np.ndarray) -> np.ndarray:
-        shown = align.to_model_array(windows) if align else windows
-        out = compiled.run(shown)
-        return np.ascontiguousarray(align.to_scan_array(out)) if align else out
-
-    return forward
+    return _NumpyForward(compiled, align)
 
 
 def _torch_route(network: Any, settings: Any, backend: str, key: str | None, in_channels: int,

@@ -23,7 +23,16 @@ from pipeline.engine.alignment import alignment_for
 from pipeline.engine.api import default_chunks
 from pipeline.engine.predictor import InferenceSettings
 from pipeline.engine.result import InferenceResult
-from pipeline.engine.runner import BlockJob, BlockSink, ImageSource, Index, block_jobs, run_block, run_jobs
+from pipeline.engine.runner import (
+    BlockJob,
+    BlockSink,
+    ImageSource,
+    Index,
+    block_jobs,
+    run_block,
+    run_jobs,
+    warm_forward,
+)
 from pipeline.engine.tta import mirror_axes
 from pipeline.engine.windows import balanced_chunks, parse_overlap, plan_blocks, window_grid
 from pipeline.errors import InputError
@@ -124,6 +133,8 @@ def run_inference(image: zarr.Array | Any, model: Model, group: zarr.Group, *, c
     sink = BlockSink(store=store, spill_dir=str(Path(store).parent / "spill"), dtype=dtype.name,
                      out_channels=model.card.out_channels, probabilities=probabilities, ledger=ledger)
     task = functools.partial(run_block, source=source, network=model.ref, settings=settings, sink=sink)
+    if any(job.windows is not None for job in jobs):  # compile before the first task, not inside it
+        client.run(warm_forward, model.ref, settings, int(image.shape[0]), on_error="ignore")
     finished, seconds, spill_peak = _run_blocks(client, jobs, task, ledger=ledger, in_flight=threads,
                                                 progress=progress)
     return InferenceResult(labels=labels, probabilities=probs, seconds=seconds, windows=grid.n_windows,

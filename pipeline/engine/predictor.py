@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.engine.alignment import WindowAlignment
-from pipeline.engine.forward import window_forward
+from pipeline.engine.forward import forward_batch, window_forward
 from pipeline.engine.tta import mirrored, scan_axes
 from pipeline.engine.validity import windows_with_data
 
@@ -156,7 +156,8 @@ class _Ring:
         """A row of windows starts at ``start``: hand out the slab before it (finished), then move on."""
         done = min(start, self.base + self.depth) - self.base
         yield self.base, self.sums[self.rows(0, done)]
-        self.sums[self.rows(0, self.depth - done)] = self.sums[self.rows(done, self.depth)]
+        for channel in self.sums:  # overlapping: NumPy copies through a temporary, a channel's only this way
+            channel[self.rows(0, self.depth - done)[1:]] = channel[self.rows(done, self.depth)[1:]]
         self.sums[self.rows(self.depth - done, self.depth)] = 0
         yield from self.blank(self.base + self.depth, start, self.sums.shape[0])
         self.base = start
@@ -203,10 +204,11 @@ def blend_slabs(
         return
     source = np.ascontiguousarray(region, dtype=np.float32)
     forward = window_forward(network, settings, in_channels=int(source.shape[0]))
+    size = forward_batch(forward, settings.sw_batch_size)
     forward = mirrored(forward, scan_axes(settings.mirror_axes, settings.alignment))
     boxes = [tuple(slice(c - o, c - o + r) for c, o, r in zip(corner, lo, settings.roi_size, strict=True))
              for corner in corners]
-    batches = [boxes[first : first + settings.sw_batch_size] for first in range(0, len(boxes), settings.sw_batch_size)]
+    batches = [boxes[first : first + size] for first in range(0, len(boxes), size)]
     ring: _Ring | None = None
     for batch, outputs in _pipelined(forward, source, batches):
         ring = ring or _Ring(outputs.shape[1] + 1, span, axis, min(roi, span[axis]), lo[axis])

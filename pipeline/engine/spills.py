@@ -14,11 +14,15 @@ plain one, paid on every spilled voxel twice.
 
 from __future__ import annotations
 
+import math
 import os
+from typing import BinaryIO
 
 import numpy as np
 
 from pipeline.engine.predictor import rows_along
+
+_FLOAT = np.dtype(np.float32)
 
 
 def save_slab(folder: str, source: str, first: int, stop: int, piece: np.ndarray) -> int:
@@ -27,9 +31,31 @@ def save_slab(folder: str, source: str, first: int, stop: int, piece: np.ndarray
     path = os.path.join(folder, f"{source}@{first}-{stop}.npy")
     tmp = f"{path}.{os.getpid()}.{id(piece)}.tmp"
     with open(tmp, "wb") as fh:
-        np.save(fh, np.ascontiguousarray(piece, dtype=np.float32), allow_pickle=False)
+        np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(_FLOAT),
+                                                  "fortran_order": False, "shape": tuple(piece.shape)})
+        for channel in piece:  # a channel at a time: a slab along the last axis is strided, so each is a copy
+            fh.write(np.ascontiguousarray(channel, dtype=_FLOAT).data)
     os.replace(tmp, path)
     return int(piece.size) * 4
+
+
+def _header(fh: BinaryIO, path: str) -> tuple[int, ...]:
+    """The shape in a spill file's header (float32, C order, as :func:`save_slab` writes it)."""
+    version = np.lib.format.read_magic(fh)
+    if version != (1, 0):
+        raise ValueError(f"{path}: not a spill file (npy version {version})")
+    shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+    if fortran or dtype != _FLOAT or not shape:
+        raise ValueError(f"{path}: holds {dtype} {shape}, not float32 channels in C order")
+    return tuple(int(n) for n in shape)
+
+
+def _channel(fh: BinaryIO, shape: tuple[int, ...], path: str) -> np.ndarray:
+    """The next channel of a spill file: one at a time, never the whole file in memory."""
+    channel = np.fromfile(fh, dtype=_FLOAT, count=math.prod(shape))
+    if channel.size != math.prod(shape):
+        raise ValueError(f"{path}: truncated")
+    return channel.reshape(shape)
 
 
 class SpillRows:
@@ -54,10 +80,13 @@ class SpillRows:
             a, b = max(lo, first), min(hi, stop)
             if a >= b:
                 continue
-            piece = np.load(path, allow_pickle=False)
-            if piece.shape[axis + 1] != hi - lo or piece.shape[0] != into.shape[0]:
-                raise ValueError(f"{path}: holds {piece.shape}, not rows {lo}:{hi} of {into.shape[0]} channels")
-            into[rows_along(axis, a - first, b - first)] += piece[rows_along(axis, a - lo, b - lo)]
+            rows, there = rows_along(axis, a - first, b - first)[1:], rows_along(axis, a - lo, b - lo)[1:]
+            with open(path, "rb") as fh:
+                shape = _header(fh, path)
+                if shape[axis + 1] != hi - lo or shape[0] != into.shape[0]:
+                    raise ValueError(f"{path}: holds {shape}, not rows {lo}:{hi} of {into.shape[0]} channels")
+                for target in into:
+                    target[rows] += _channel(fh, shape[1:], path)[there]
             covered += b - a
         if covered != stop - first:
             raise FileNotFoundError(f"spills of block {source}: rows {first}:{stop} incomplete ({covered} found)")

@@ -171,12 +171,30 @@ def apply_step(step: Any, data: np.ndarray, values: dict[str, list[float]]) -> n
 
 def apply(preprocess: Any, block: Any, stats: Statistics) -> np.ndarray:
     """All steps on one chunk (C, *spatial) -> float32 (invalid pixels: see ``models.apply_preprocess``)."""
-    data = np.asarray(block, dtype=np.float32)
+    data = np.array(block, dtype=np.float32)  # a copy, always: the steps may work in it in place
     steps = preprocess_steps(preprocess)
     per_step = stats.get("steps") or [{}] * len(steps)
     for step, values in zip(steps, per_step, strict=True):
-        data = apply_step(step, data, values).astype(np.float32, copy=False)
+        if not _in_place(step, data, values):
+            data = apply_step(step, data, values).astype(np.float32, copy=False)
     return data
+
+
+def _in_place(step: Any, data: np.ndarray, values: dict[str, list[float]]) -> bool:
+    """:func:`apply_step` for the pointwise steps, computed in ``data`` itself: the same float32 operations in
+    the same order (so the same bits), without the two or three block-sized temporaries. False: not done."""
+    if isinstance(step, WindowScale):
+        if step.clip:
+            np.clip(data, step.a_min, step.a_max, out=data)
+        data -= np.float32(step.a_min)
+        data *= np.float32((step.b_max - step.b_min) / (step.a_max - step.a_min))
+        data += np.float32(step.b_min)
+        return True
+    if isinstance(step, ZScore) and not step.nonzero:
+        data -= _column(values["mean"], data.ndim)
+        data /= _column(values["std"], data.ndim)
+        return True
+    return False
 
 
 def needs_statistics(preprocess: Any) -> bool:

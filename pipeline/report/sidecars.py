@@ -14,6 +14,7 @@ from typing import Any
 
 from pipeline.geometry import RasterGeometry, VolumeGeometry
 from pipeline.io.outputs import html_report_path, ome_zarr_path
+from pipeline.io.store import one_chunk_at_a_time
 from pipeline.model.models import Model
 from pipeline.report.html_report import raster_report, volume_report
 from pipeline.report.viewer_files import write_viewer_files
@@ -50,12 +51,13 @@ def write_sidecars(report: dict[str, Any], group: Any, model: Model, mask: Path,
     page = None
     if html:
         page = html_report_path(mask)
-        if isinstance(geometry, RasterGeometry):
-            raster_report(report, group, model.labels, spacing=geometry.pixel_size, window=_window(model),
-                          reference=reference, path=page)
-        else:
-            volume_report(report, group, model.labels, geometry=geometry, window=_window(model), reference=reference,
-                          path=page)
+        with one_chunk_at_a_time():
+            if isinstance(geometry, RasterGeometry):
+                raster_report(report, group, model.labels, spacing=geometry.pixel_size, window=_window(model),
+                              reference=reference, path=page)
+            else:
+                volume_report(report, group, model.labels, geometry=geometry, window=_window(model),
+                              reference=reference, path=page)
     store = None
     if ome_zarr:
         from pipeline.io.omezarr import write_ome_zarr

@@ -42,3 +42,20 @@ def test_missing_rows_are_an_error_not_zeros(tmp_path: Path) -> None:
 def test_a_folder_never_written_holds_nothing(tmp_path: Path) -> None:
     assert SpillRows(str(tmp_path / "absent")).files == {}
     assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_a_damaged_spill_file_is_an_error(tmp_path: Path) -> None:
+    save_slab(str(tmp_path), "0-0", 0, 2, np.ones((3, 2, 5), np.float32))
+    path = tmp_path / "0-0@0-2.npy"
+    path.write_bytes(path.read_bytes()[:-4])
+    with pytest.raises(ValueError, match="truncated"):
+        SpillRows(str(tmp_path)).add("0-0", 0, 0, 2, np.zeros((3, 2, 5), np.float32))
+    np.save(path, np.ones((3, 2, 5), np.float64))
+    with pytest.raises(ValueError, match="not float32"):
+        SpillRows(str(tmp_path)).add("0-0", 0, 0, 2, np.zeros((3, 2, 5), np.float32))
+
+
+def test_a_strided_slab_is_written_as_its_values(tmp_path: Path) -> None:
+    sums = np.random.default_rng(5).random((4, 6, 7, 9), dtype=np.float32)
+    save_slab(str(tmp_path), "0-0-0", 3, 6, sums[..., 3:6])  # rows on the last axis: not contiguous
+    np.testing.assert_array_equal(np.load(tmp_path / "0-0-0@3-6.npy"), sums[..., 3:6])

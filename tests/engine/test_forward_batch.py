@@ -1,0 +1,62 @@
+"""A forward may ask for its own windows per call (OpenVINO on a CPU: one, for a quarter of the buffers), and
+the sums do not depend on it; the warm-up before the first block runs one blank window, not counted."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.engine import forward as forward_module
+from pipeline.engine import predictor, runner
+from pipeline.engine.predictor import InferenceSettings, predict_group, windows_evaluated
+
+
+class _Recording:
+    """A fixed per-voxel function of each window, recording the batch sizes it was called with."""
+
+    def __init__(self, batch: int | None) -> None:
+        self.batch = batch
+        self.calls: list[tuple[int, ...]] = []
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.calls.append(tuple(x.shape))
+        return np.concatenate([x, np.sin(x)], axis=1).astype(np.float32)
+
+
+@pytest.mark.parametrize("batch", [None, 1, 2])
+def test_sums_do_not_depend_on_the_forwards_batch(monkeypatch: pytest.MonkeyPatch, batch: int | None) -> None:
+    settings = InferenceSettings(roi_size=(6, 5, 4), overlap=(0.5, 0.25, 0.25), sw_batch_size=3, out_channels=2)
+    region = np.random.default_rng(0).random((1, 14, 13, 10), dtype=np.float32)
+    starts = ((0, 3, 6, 8), (0, 4, 8), (0, 3, 6))
+    reference = _Recording(None)
+    monkeypatch.setattr(predictor, "window_forward", lambda network, settings, in_channels: reference)
+    expected = predict_group(region, (0, 0, 0), starts, None, settings).sums
+    asked = _Recording(batch)
+    monkeypatch.setattr(predictor, "window_forward", lambda network, settings, in_channels: asked)
+    got = predict_group(region, (0, 0, 0), starts, None, settings).sums
+    np.testing.assert_array_equal(got, expected)
+    sizes = [c[0] for c in asked.calls]
+    assert sum(sizes) == 36 and max(sizes) == (batch or settings.sw_batch_size)
+    assert {c[0] for c in reference.calls} == {3}
+
+
+def test_forward_batch_prefers_the_forwards_own() -> None:
+    assert forward_module.forward_batch(_Recording(1), 4) == 1
+    assert forward_module.forward_batch(_Recording(None), 4) == 4
+    assert forward_module.forward_batch(lambda x: x, 2) == 2
+    assert forward_module._NumpyForward.batch == forward_module.OPENVINO_BATCH == 1
+
+
+def test_warm_forward_runs_one_blank_window_uncounted(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _Recording(None)
+    built: list[int] = []
+
+    def build(network: object, settings: InferenceSettings, in_channels: int) -> _Recording:
+        built.append(in_channels)
+        return seen
+
+    monkeypatch.setattr(runner, "window_forward", build)
+    before = windows_evaluated()
+    runner.warm_forward(None, InferenceSettings(roi_size=(8, 4), overlap=(0.25, 0.25)), 3)
+    assert built == [3] and seen.calls == [(1, 3, 8, 4)]
+    assert windows_evaluated() == before
