@@ -11,6 +11,7 @@ Two routes give the same numbers (within the backends' parity tolerance):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -21,15 +22,18 @@ from pipeline.engine import backends
 
 WindowForward = Callable[[np.ndarray], np.ndarray]
 
-#: Windows per OpenVINO call. It keeps buffers for the largest batch it has seen: 4 windows of 64x64x32 cost
-#: ~57 MB more resident memory than 1, at the same time per window (``bench/BACKENDS.md``, "Batch"). The card's
-#: ``sw_batch_size`` (MONAI's, sized for GPUs) still applies on the torch route; batching changes no output.
-OPENVINO_BATCH = 1
+#: Voxels per OpenVINO call. It keeps buffers for the largest batch it has seen: four 64x64x32 windows cost
+#: ~57 MB more resident memory than one, at the same time per window (``bench/BACKENDS.md``, "Windows per
+#: call"). So a call takes at most this many voxels (one such 3D window; four 128x128 2D ones, as the card
+#: asks), whatever the card's ``sw_batch_size`` (MONAI's, sized for GPUs; kept on the torch route).
+#: Batching changes no output.
+OPENVINO_BATCH_VOXELS = 1 << 16
 
 
 def forward_batch(forward: WindowForward, requested: int) -> int:
-    """How many windows to pass ``forward`` at a time: its own preference, else ``requested`` (the card's)."""
-    return int(getattr(forward, "batch", None) or requested)
+    """How many windows to pass ``forward`` at a time: the card's ``requested``, capped by the forward's own
+    ``max_batch`` when it has one."""
+    return max(1, min(int(requested), int(getattr(forward, "max_batch", requested))))
 
 
 def window_forward(network: Any, settings: Any, in_channels: int) -> WindowForward:
@@ -58,12 +62,11 @@ def resolve_network(network: Any) -> Any:
 
 
 class _NumpyForward:
-    """Windows straight from NumPy to the compiled network and back, :data:`OPENVINO_BATCH` at a time."""
-
-    batch = OPENVINO_BATCH
+    """Windows straight from NumPy to the compiled network and back, at most :data:`OPENVINO_BATCH_VOXELS` a call."""
 
     def __init__(self, compiled: backends.OpenVINOForward, align: Any) -> None:
         self.compiled, self.align = compiled, align
+        self.max_batch = max(1, OPENVINO_BATCH_VOXELS // math.prod(compiled.shape[1:]))
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         shown = self.align.to_model_array(windows) if self.align else windows

@@ -1,4 +1,4 @@
-"""A forward may ask for its own windows per call (OpenVINO on a CPU: one, for a quarter of the buffers), and
+"""A forward may cap the windows per call (OpenVINO on a CPU: one 3D window, for a quarter of the buffers), and
 the sums do not depend on it; the warm-up before the first block runs one blank window, not counted."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ class _Recording:
     """A fixed per-voxel function of each window, recording the batch sizes it was called with."""
 
     def __init__(self, batch: int | None) -> None:
-        self.batch = batch
+        if batch is not None:
+            self.max_batch = batch
         self.calls: list[tuple[int, ...]] = []
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -36,15 +37,24 @@ def test_sums_do_not_depend_on_the_forwards_batch(monkeypatch: pytest.MonkeyPatc
     got = predict_group(region, (0, 0, 0), starts, None, settings).sums
     np.testing.assert_array_equal(got, expected)
     sizes = [c[0] for c in asked.calls]
-    assert sum(sizes) == 36 and max(sizes) == (batch or settings.sw_batch_size)
+    assert sum(sizes) == 36
+    assert max(sizes) == min(batch or 3, settings.sw_batch_size)
     assert {c[0] for c in reference.calls} == {3}
 
 
-def test_forward_batch_prefers_the_forwards_own() -> None:
+def test_the_forwards_cap_applies_to_the_cards_batch() -> None:
     assert forward_module.forward_batch(_Recording(1), 4) == 1
+    assert forward_module.forward_batch(_Recording(8), 4) == 4
     assert forward_module.forward_batch(_Recording(None), 4) == 4
     assert forward_module.forward_batch(lambda x: x, 2) == 2
-    assert forward_module._NumpyForward.batch == forward_module.OPENVINO_BATCH == 1
+
+
+@pytest.mark.parametrize(("window", "cap"), [((64, 64, 32), 1), ((96, 96, 96), 1), ((128, 128), 4), ((64, 64), 16)])
+def test_openvino_calls_hold_about_one_3d_window(window: tuple[int, ...], cap: int) -> None:
+    class Compiled:
+        shape = (1, *window)
+
+    assert forward_module._NumpyForward(Compiled(), None).max_batch == cap  # type: ignore[arg-type]
 
 
 def test_warm_forward_runs_one_blank_window_uncounted(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -58,5 +68,6 @@ def test_warm_forward_runs_one_blank_window_uncounted(monkeypatch: pytest.Monkey
     monkeypatch.setattr(runner, "window_forward", build)
     before = windows_evaluated()
     runner.warm_forward(None, InferenceSettings(roi_size=(8, 4), overlap=(0.25, 0.25)), 3)
-    assert built == [3] and seen.calls == [(1, 3, 8, 4)]
+    assert built == [3]
+    assert seen.calls == [(1, 3, 8, 4)]
     assert windows_evaluated() == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ def test_rows_read_across_slab_boundaries(tmp_path: Path, axis: int) -> None:
     origin = 40  # padded coordinate of the piece's first row
     cuts = [0, 2, 3, piece.shape[axis + 1]]
     written = sum(save_slab(str(tmp_path), "0-1-0", origin + lo, origin + hi, piece[_rows(axis, lo, hi)])
-                  for lo, hi in zip(cuts, cuts[1:], strict=False))
+                  for lo, hi in itertools.pairwise(cuts))
     assert written == piece.nbytes
     save_slab(str(tmp_path), "1-0-0", origin, origin + piece.shape[axis + 1], -piece)  # another source
     spills = SpillRows(str(tmp_path))

@@ -35,5 +35,8 @@ def test_apply_never_modifies_its_input() -> None:
     block = np.linspace(-2000, 2000, 2 * 6 * 7, dtype=np.float32).reshape(2, 6, 7)
     before = block.copy()
     out = apply(STEPS[0][0], block, {})
-    assert out is not block and np.array_equal(block, before)
-    assert out.dtype == np.float32 and out.min() == 0 and out.max() == pytest.approx(1, abs=1e-6)
+    assert out is not block
+    assert np.array_equal(block, before)
+    assert out.dtype == np.float32
+    assert out.min() == 0
+    assert out.max() == pytest.approx(1, abs=1e-6)
