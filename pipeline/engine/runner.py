@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.device import trim_freed_memory
-from pipeline.engine.forward import window_forward
+from pipeline.engine.forward import forward_batch, window_forward
 from pipeline.engine.merger import Span, labels_from_sums, normalise, overlap_slices
 from pipeline.engine.predictor import InferenceSettings, blend_slabs, stream_axis, window_corners
 from pipeline.engine.spills import SpillRows, save_slab
@@ -249,14 +249,16 @@ def run_block(job: BlockJob, source: ImageSource, network: Any, settings: Infere
 
 
 def warm_forward(network: Any, settings: InferenceSettings, in_channels: int) -> None:
-    """Build this process's forward now and run one blank window through it, then trim.
+    """Build this process's forward now and run one blank call through it (as many windows as a task's calls
+    take), then trim.
 
     Compiling (OpenVINO packs weights on its first call) leaves ~40 MB of freed but resident memory; inside
-    the first block task that sat on top of the task's own peak and made it the run's. One window of zeros
-    is not counted as evaluated (the counter is the blender's).
+    the first block task that sat on top of the task's own peak and made it the run's. The blank windows are
+    not counted as evaluated (the counter is the blender's).
     """
     forward = window_forward(network, settings, in_channels=in_channels)
-    forward(np.zeros((1, in_channels, *settings.roi_size), np.float32))
+    windows = forward_batch(forward, settings.sw_batch_size)
+    forward(np.zeros((windows, in_channels, *settings.roi_size), np.float32))
     trim_freed_memory()
 
 

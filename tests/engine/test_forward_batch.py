@@ -1,5 +1,5 @@
 """A forward may cap the windows per call (OpenVINO on a CPU: one 3D window, for a quarter of the buffers), and
-the sums do not depend on it; the warm-up before the first block runs one blank window, not counted."""
+the sums do not depend on it; the warm-up before the first block runs one blank call of that size, not counted."""
 
 from __future__ import annotations
 
@@ -57,8 +57,10 @@ def test_openvino_calls_hold_about_one_3d_window(window: tuple[int, ...], cap: i
     assert forward_module._NumpyForward(Compiled(), None).max_batch == cap  # type: ignore[arg-type]
 
 
-def test_warm_forward_runs_one_blank_window_uncounted(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen = _Recording(None)
+@pytest.mark.parametrize(("cap", "windows"), [(None, 2), (1, 1)])
+def test_warm_forward_runs_one_blank_call_uncounted(monkeypatch: pytest.MonkeyPatch, cap: int | None,
+                                                     windows: int) -> None:
+    seen = _Recording(cap)
     built: list[int] = []
 
     def build(network: object, settings: InferenceSettings, in_channels: int) -> _Recording:
@@ -67,7 +69,7 @@ def test_warm_forward_runs_one_blank_window_uncounted(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(runner, "window_forward", build)
     before = windows_evaluated()
-    runner.warm_forward(None, InferenceSettings(roi_size=(8, 4), overlap=(0.25, 0.25)), 3)
+    runner.warm_forward(None, InferenceSettings(roi_size=(8, 4), overlap=(0.25, 0.25), sw_batch_size=2), 3)
     assert built == [3]
-    assert seen.calls == [(1, 3, 8, 4)]
+    assert seen.calls == [(windows, 3, 8, 4)]
     assert windows_evaluated() == before
