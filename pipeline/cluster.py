@@ -213,10 +213,15 @@ def dashboard_link(client: Any) -> str | None:
 
 
 def worker_peak_rss(client: Any) -> int:
-    """Sum over workers of each worker process's peak resident memory, in bytes."""
+    """Sum over worker processes of each one's peak resident memory, in bytes; 0 for in-process workers.
+
+    Workers in this very process (the default runtime) are the driver, whose peak the caller counts: adding
+    them again doubled the "driver + workers" figure. A worker lost meanwhile is left out.
+    """
     import resource
 
-    def peak() -> int:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    def peak() -> tuple[int, int]:
+        return os.getpid(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
-    return int(sum(client.run(peak, on_error="ignore").values()))  # a worker lost meanwhile is left out
+    per_process = dict(client.run(peak, on_error="ignore").values())  # several workers in one process: once
+    return int(sum(rss for pid, rss in per_process.items() if pid != os.getpid()))
