@@ -85,7 +85,8 @@ class ModelCard(BaseModel):
     labels: dict[int, Label]
     roi_size: tuple[int, ...] = ()
     overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
-    sw_batch_size: int = Field(default=4, ge=1)
+    sw_batch_size: int = Field(default=4, ge=1, description="windows per network call (MONAI's); OpenVINO "
+                               "calls hold at most 2^16 voxels (engine/forward.py): one 3D window")
     backend: str = Field(default="auto", description="CPU inference backend (pipeline.config.choices.BACKENDS): "
                          "auto = OpenVINO on CPU when it converts the network faithfully, else torch")
     preprocess: Preprocess | None = None
