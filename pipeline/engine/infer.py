@@ -26,13 +26,13 @@ from pipeline.engine.result import InferenceResult
 from pipeline.engine.runner import (
     BlockJob,
     BlockSink,
-    ImageSource,
     Index,
     block_jobs,
     run_block,
     run_jobs,
     warm_forward,
 )
+from pipeline.engine.span_input import ImageSource
 from pipeline.engine.tta import mirror_axes
 from pipeline.engine.windows import balanced_chunks, parse_overlap, plan_blocks, window_grid
 from pipeline.errors import InputError

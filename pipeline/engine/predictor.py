@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -73,8 +73,14 @@ class Partial:
         return self.sums[-1]
 
 
-def _pipelined(forward: Any, source: np.ndarray,
-               batches: list[list[tuple[slice, ...]]]) -> Iterator[tuple[list[tuple[slice, ...]], np.ndarray]]:
+#: Turns a batch of windows cut from a span as read (B, C, *roi) into the network's float32 input, given the
+#: windows' boxes in the span: preprocessing per window, for a span kept in its stored type
+#: (:class:`pipeline.engine.span_input.ImageSource`).
+Prepare = Callable[[np.ndarray, list[tuple[slice, ...]]], np.ndarray]
+
+
+def _pipelined(forward: Any, source: np.ndarray, batches: list[list[tuple[slice, ...]]],
+               prepare: Prepare | None = None) -> Iterator[tuple[list[tuple[slice, ...]], np.ndarray]]:
     """Each batch's boxes and network outputs, in order, with the next batch's forward already running.
 
     The forward (OpenVINO or torch) releases the GIL, so blending one batch overlaps the network's
@@ -82,7 +88,8 @@ def _pipelined(forward: Any, source: np.ndarray,
     blending. At most two batches of outputs are alive at once.
     """
     def run(boxes: list[tuple[slice, ...]]) -> np.ndarray:
-        return forward(np.stack([source[(slice(None), *box)] for box in boxes]))
+        windows = np.stack([source[(slice(None), *box)] for box in boxes])
+        return forward(prepare(windows, boxes) if prepare is not None else windows)
 
     if len(batches) == 1:
         yield batches[0], run(batches[0])
@@ -180,6 +187,7 @@ def blend_slabs(
     network: Any,
     settings: InferenceSettings,
     axis: int,
+    prepare: Prepare | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Blend the windows starting at ``corners`` (padded coords, in rows along ``axis``: :func:`window_corners`).
 
@@ -190,8 +198,9 @@ def blend_slabs(
     span. Each yielded array is a view into that ring, valid until the next item is requested.
 
     ``region`` is the preprocessed input (C, *span) for the padded span starting at ``lo``, zeros where
-    MONAI would pad. Slabs no window reaches (every window there held only nodata and was left out of
-    ``corners``) are zeros: neither output nor weight.
+    MONAI would pad; or, with ``prepare``, the input as stored, each batch of windows cut from it prepared.
+    Slabs no window reaches (every window there held only nodata and was left out of ``corners``) are zeros:
+    neither output nor weight.
     """
     weight = importance_map(settings.roi_size, settings.mode, settings.sigma_scale)
     span, roi = region.shape[1:], settings.roi_size[axis]
@@ -202,7 +211,7 @@ def blend_slabs(
         empty = _Ring(0, span, axis, min(roi, span[axis]), lo[axis])
         yield from empty.blank(lo[axis], end, settings.out_channels + 1)
         return
-    source = np.ascontiguousarray(region, dtype=np.float32)
+    source = region if prepare is not None else np.ascontiguousarray(region, dtype=np.float32)
     forward = window_forward(network, settings, in_channels=int(source.shape[0]))
     size = forward_batch(forward, settings.sw_batch_size)
     forward = mirrored(forward, scan_axes(settings.mirror_axes, settings.alignment))
@@ -210,7 +219,7 @@ def blend_slabs(
              for corner in corners]
     batches = [boxes[first : first + size] for first in range(0, len(boxes), size)]
     ring: _Ring | None = None
-    for batch, outputs in _pipelined(forward, source, batches):
+    for batch, outputs in _pipelined(forward, source, batches, prepare):
         ring = ring or _Ring(outputs.shape[1] + 1, span, axis, min(roi, span[axis]), lo[axis])
         for box, out in zip(batch, outputs, strict=True):
             start = box[axis].start + lo[axis]

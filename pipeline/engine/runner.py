@@ -42,8 +42,9 @@ from pipeline.device import trim_freed_memory
 from pipeline.engine.forward import forward_batch, window_forward
 from pipeline.engine.merger import Span, labels_from_sums, normalise, overlap_slices
 from pipeline.engine.predictor import InferenceSettings, blend_slabs, stream_axis, window_corners
+from pipeline.engine.span_input import ImageSource, open_array
 from pipeline.engine.spills import SpillRows, save_slab
-from pipeline.engine.windows import BlockPlan, padded_index
+from pipeline.engine.windows import BlockPlan
 
 Index = tuple[int, ...]
 
@@ -103,48 +104,6 @@ def block_jobs(plan: BlockPlan) -> list[BlockJob]:
     return jobs
 
 
-def _open_array(store: str, name: str, mode: str) -> Any:
-    """Opened per task, never cached: a rerun may recreate the store at the same path with another shape."""
-    import zarr
-
-    from pipeline.io.store import writable
-
-    array = zarr.open_array(zarr.storage.LocalStore(store, read_only=mode == "r"), path=name, mode=mode)
-    return array if mode == "r" else writable(array)
-
-
-@dataclass(frozen=True)
-class ImageSource:
-    """Reads a preprocessed, zero-padded span of the work store's image (picklable: paths, no handles)."""
-
-    store: str
-    name: str
-    pads: tuple[int, ...]
-    preprocess: Callable[..., np.ndarray]  #: (block, statistics[, valid]) -> float32 block
-    statistics: Any
-    valid: str | None = None  #: name of a boolean (*spatial) validity array; invalid pixels skip windows
-    array: Any = None  #: a picklable (C, *spatial) array read in place of ``store/name`` (an input read without a copy)
-
-    def read(self, span: Span) -> tuple[np.ndarray, np.ndarray | None]:
-        """The preprocessed span and, with a validity array, its mask (False where padded)."""
-        array = self.array if self.array is not None else _open_array(self.store, self.name, "r")
-        spatial, pad = padded_index(array.shape[1:], *span, self.pads)
-        index, padding = (slice(None), *spatial), [(0, 0), *pad]
-        raw = np.asarray(array[index])
-        valid = None
-        if self.valid is not None:
-            valid = np.asarray(_open_array(self.store, self.valid, "r")[spatial], dtype=bool)
-            region = self.preprocess(raw, self.statistics, valid)
-        else:
-            region = self.preprocess(raw, self.statistics)
-        region = np.asarray(region, dtype=np.float32)
-        if any(p != (0, 0) for p in pad):
-            region = np.pad(region, padding, mode="constant", constant_values=0)
-            if valid is not None:
-                valid = np.pad(valid, pad, mode="constant", constant_values=False)
-        return region, valid
-
-
 @dataclass(frozen=True)
 class BlockSink:
     """Where block results go: label (and probability) chunks, spills, completion records."""
@@ -190,9 +149,9 @@ class BlockSink:
 
     def write(self, region: tuple[slice, ...], labels: np.ndarray, probabilities: np.ndarray | None) -> None:
         """The block's label (and probability) chunks, then its record."""
-        _open_array(self.store, "labels", "r+")[region] = labels
+        open_array(self.store, "labels", "r+")[region] = labels
         if probabilities is not None:
-            _open_array(self.store, "probabilities", "r+")[(slice(None), *region)] = probabilities
+            open_array(self.store, "probabilities", "r+")[(slice(None), *region)] = probabilities
         if self.ledger is not None:
             self.ledger.mark_block(region)
 
@@ -228,12 +187,12 @@ def run_block(job: BlockJob, source: ImageSource, network: Any, settings: Infere
     windows = spilled = 0
     if job.windows is not None:
         span, starts = job.windows
-        region, valid = source.read(span)
+        region, valid, prepare = source.read(span)
         trim_freed_memory()  # the store's decoders free ~20 MB in their threads' arenas (11 Mvox CT, 128^3 blocks)
         corners = window_corners(span[0], starts, settings.roi_size, job.axis, valid)
         del valid
         windows = len(corners)
-        for start, slab in blend_slabs(region, span[0], corners, network, settings, job.axis):
+        for start, slab in blend_slabs(region, span[0], corners, network, settings, job.axis, prepare):
             slab_span = _along(span, job.axis, start, start + slab.shape[job.axis + 1])
             for target, target_span in job.targets:
                 cut = overlap_slices(slab_span, target_span)

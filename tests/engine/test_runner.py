@@ -13,7 +13,8 @@ import pytest
 import zarr
 
 from pipeline.engine.predictor import InferenceSettings
-from pipeline.engine.runner import BlockSink, ImageSource, block_jobs, run_block, run_jobs
+from pipeline.engine.runner import BlockSink, block_jobs, run_block, run_jobs
+from pipeline.engine.span_input import ImageSource
 from pipeline.engine.windows import parse_overlap, parse_roi_size, plan_blocks, window_grid
 from pipeline.io.store import Ledger, block_name
 from tests.engine.test_equivalence import CASES, monai, softmax, unet
