@@ -7,6 +7,7 @@ voxel near a block border also receives windows from neighbouring tasks.
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import logging
@@ -73,6 +74,9 @@ class Partial:
         return self.sums[-1]
 
 
+#: Network calls queued ahead of the one being blended (one OpenVINO call is one 3D window, ~3 MB of outputs).
+CALLS_AHEAD = 3
+
 #: Turns a batch of windows cut from a span as read (B, C, *roi) into the network's float32 input, given the
 #: windows' boxes in the span: preprocessing per window, for a span kept in its stored type
 #: (:class:`pipeline.engine.span_input.ImageSource`).
@@ -81,11 +85,13 @@ Prepare = Callable[[np.ndarray, list[tuple[slice, ...]]], np.ndarray]
 
 def _pipelined(forward: Any, source: np.ndarray, batches: list[list[tuple[slice, ...]]],
                prepare: Prepare | None = None) -> Iterator[tuple[list[tuple[slice, ...]], np.ndarray]]:
-    """Each batch's boxes and network outputs, in order, with the next batch's forward already running.
+    """Each batch's boxes and network outputs, in order, with the next :data:`CALLS_AHEAD` calls queued.
 
     The forward (OpenVINO or torch) releases the GIL, so blending one batch overlaps the network's
-    next call instead of waiting for it; the cores the network leaves idle between its layers do the
-    blending. At most two batches of outputs are alive at once.
+    next calls instead of waiting for them; the cores the network leaves idle between its layers do the
+    blending. Queued calls keep the network busy through the consumer's pauses at a row's end (spills,
+    labels): with one call ahead, a 138 Mvox CT's inference took ~10 % longer (bench/RESULTS.md). At most
+    ``CALLS_AHEAD + 1`` calls' outputs are alive at once.
     """
     def run(boxes: list[tuple[slice, ...]]) -> np.ndarray:
         windows = np.stack([source[(slice(None), *box)] for box in boxes])
@@ -95,11 +101,11 @@ def _pipelined(forward: Any, source: np.ndarray, batches: list[list[tuple[slice,
         yield batches[0], run(batches[0])
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="volseg-forward") as pool:
-        pending = pool.submit(run, batches[0])
+        queued = collections.deque(pool.submit(run, boxes) for boxes in batches[:CALLS_AHEAD])
         for n, boxes in enumerate(batches):
-            outputs = pending.result()
-            if n + 1 < len(batches):
-                pending = pool.submit(run, batches[n + 1])
+            outputs = queued.popleft().result()
+            if n + CALLS_AHEAD < len(batches):
+                queued.append(pool.submit(run, batches[n + CALLS_AHEAD]))
             yield boxes, outputs
 
 

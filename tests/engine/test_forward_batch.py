@@ -73,3 +73,19 @@ def test_warm_forward_runs_one_blank_call_uncounted(monkeypatch: pytest.MonkeyPa
     assert built == [3]
     assert seen.calls == [(windows, 3, 8, 4)]
     assert windows_evaluated() == before
+
+
+def test_calls_queue_ahead_in_order_and_no_further() -> None:
+    calls: list[int] = []
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        calls.append(int(x.ravel()[0]))
+        return x * 2
+
+    source = np.arange(10, dtype=np.float32).reshape(1, 10, 1)
+    batches = [[(slice(i, i + 1), slice(0, 1))] for i in range(10)]
+    for n, (boxes, outputs) in enumerate(predictor._pipelined(forward, source, batches)):
+        assert boxes == batches[n]
+        assert outputs[0, 0, 0, 0] == 2 * n
+        assert len(calls) <= n + 1 + predictor.CALLS_AHEAD
+    assert calls == list(range(10))
