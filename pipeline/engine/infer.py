@@ -50,19 +50,6 @@ def label_dtype(n_labels: int) -> np.dtype:
     return np.dtype(np.uint8 if n_labels <= 256 else np.uint16)
 
 
-def _load_network(ref: Any) -> str:
-    ref.load()
-    return ref.sha256
-
-
-def preload_model(client: Any, model: Model) -> None:
-    """Load the model once in every worker now (cached per process), instead of inside the first block.
-
-    Only a head start: a worker lost meanwhile (or added later) loads it in its first task instead.
-    """
-    client.run(_load_network, model.ref, on_error="ignore")
-
-
 def engine_fingerprint(model: Model, *, chunks: Sequence[int] | None, probabilities: bool,
                        tta: str = "none") -> dict[str, Any]:
     """Everything besides the input that decides a block's labels: a work store made with another
@@ -133,7 +120,7 @@ def run_inference(image: zarr.Array | Any, model: Model, group: zarr.Group, *, c
     sink = BlockSink(store=store, spill_dir=str(Path(store).parent / "spill"), dtype=dtype.name,
                      out_channels=model.card.out_channels, probabilities=probabilities, ledger=ledger)
     task = functools.partial(run_block, source=source, network=model.ref, settings=settings, sink=sink)
-    if any(job.windows is not None for job in jobs):  # compile before the first task, not inside it
+    if any(job.windows is not None for job in jobs):  # load and compile in every worker before the first task
         client.run(warm_forward, model.ref, settings, int(image.shape[0]), on_error="ignore")
     finished, seconds, spill_peak = _run_blocks(client, jobs, task, ledger=ledger, in_flight=threads,
                                                 progress=progress)

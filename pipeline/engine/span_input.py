@@ -57,22 +57,21 @@ class ImageSource:
         if self.valid is not None:
             valid = np.asarray(open_array(self.store, self.valid, "r")[spatial], dtype=bool)
         padded = any(p != (0, 0) for p in pad)
-        if raw.dtype.itemsize < 4:
-            region = np.pad(raw, padding, mode="constant", constant_values=0) if padded else raw
-            if valid is not None and padded:
-                valid = np.pad(valid, pad, mode="constant", constant_values=False)
-            inside = tuple(slice(before, n - after) for (before, after), n in zip(pad, region.shape[1:], strict=True))
-            return region, valid, WindowPrep(self.preprocess, self.statistics, valid, inside if padded else None)
-        if valid is not None:
-            region = self.preprocess(raw, self.statistics, valid)
+        narrow = raw.dtype.itemsize < 4
+        if narrow:
+            region = raw
+        elif valid is not None:
+            region = np.asarray(self.preprocess(raw, self.statistics, valid), dtype=np.float32)
         else:
-            region = self.preprocess(raw, self.statistics)
-        region = np.asarray(region, dtype=np.float32)
+            region = np.asarray(self.preprocess(raw, self.statistics), dtype=np.float32)
         if padded:
             region = np.pad(region, padding, mode="constant", constant_values=0)
             if valid is not None:
                 valid = np.pad(valid, pad, mode="constant", constant_values=False)
-        return region, valid, None
+        if not narrow:
+            return region, valid, None
+        inside = tuple(slice(before, n - after) for (before, after), n in zip(pad, region.shape[1:], strict=True))
+        return region, valid, WindowPrep(self.preprocess, self.statistics, valid, inside if padded else None)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import numpy as np
 from pipeline.cluster import ClusterSettings, lost_worker, worker_peak_rss
 from pipeline.engine.alignment import alignment_for
 from pipeline.engine.api import default_chunks
-from pipeline.engine.infer import InferenceOptions, InferenceResult, engine_fingerprint, preload_model, run_inference
+from pipeline.engine.infer import InferenceOptions, InferenceResult, engine_fingerprint, run_inference
 from pipeline.engine.windows import parse_overlap
 from pipeline.errors import InputError, SettingsError
 from pipeline.evaluate.instances import check_instances, parse_classes
@@ -151,8 +151,6 @@ def _execute(run: Prepared, work: WorkStore, sha256: str, reference: PathArg | N
         with stages("tile"):
             tiling = run.chunks or source.tile_chunks(default_chunks(run.window))
             image, valid, n_valid = _tile(source, work, tiling, sha256, client)
-        if n_valid != 0:
-            preload_model(client, mdl)
         with stages("inference"):
             result = _infer(source, image, valid, n_valid, mdl, work, client, run.chunks, runtime.progress,
                             options)

@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline.cluster import ClusterSettings, lost_worker, worker_peak_rss
 from pipeline.engine.api import default_chunks
-from pipeline.engine.infer import InferenceOptions, engine_fingerprint, preload_model, run_inference
+from pipeline.engine.infer import InferenceOptions, engine_fingerprint, run_inference
 from pipeline.engine.windows import parse_overlap
 from pipeline.errors import CardError, InputError, SettingsError
 from pipeline.evaluate.metrics import scores
@@ -192,12 +192,11 @@ def _plan(source: ZarrInput, geometry: Any, mdl: Model, chunks: Sequence[int] | 
 
 def _infer(view: Any, mdl: Model, work: Any, *, aligned: Sequence[int], block: Sequence[int] | None,
            cluster: ClusterSettings | None, client: Any, progress: bool, stages: Stages) -> tuple[Any, int]:
-    """Inference on the cluster (the model preloaded in every worker); the result and the workers' peak RSS.
-    A classical model without explicit blocks runs on the network default's blocks."""
+    """Inference on the cluster (the model loaded and warmed in every worker first); the result and the workers'
+    peak RSS. A classical model without explicit blocks runs on the network default's blocks."""
     classical = mdl.card.kind == "classical" and not block
     chunks = default_chunks(aligned) if classical else block
     with client_scope(client, cluster or ClusterSettings()) as active:
-        preload_model(active, mdl)
         with stages("inference"):
             result = run_inference(view, mdl, work.group, client=active, ledger=work.ledger,
                                    options=InferenceOptions(chunks=chunks, progress=progress))
