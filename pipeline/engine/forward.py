@@ -69,9 +69,14 @@ class _NumpyForward:
         self.max_batch = max(1, OPENVINO_BATCH_VOXELS // math.prod(compiled.shape[1:]))
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:
-        shown = self.align.to_model_array(windows) if self.align else windows
-        out = self.compiled.run(shown)
-        return np.ascontiguousarray(self.align.to_scan_array(out)) if self.align else out
+        return self.into(windows, None)
+
+    def into(self, windows: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        """The outputs, written into ``out`` when it has their shape (a buffer the caller reuses), else new."""
+        if self.align:
+            return np.ascontiguousarray(self.align.to_scan_array(self.compiled.run(
+                self.align.to_model_array(windows))))
+        return self.compiled.run(windows, out=out)
 
 
 def _numpy_route(compiled: backends.OpenVINOForward, align: Any) -> WindowForward:

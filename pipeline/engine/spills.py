@@ -14,8 +14,10 @@ plain one, paid on every spilled voxel twice.
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import threading
 from typing import BinaryIO
 
 import numpy as np
@@ -23,6 +25,20 @@ import numpy as np
 from pipeline.engine.predictor import rows_along
 
 _FLOAT = np.dtype(np.float32)
+
+#: One float32 buffer per thread that channels are copied through on their way to and from a file. A
+#: fresh array per channel (1-3 MB, so mmap'd) is faulted in page by page every time; every spilled
+#: voxel of a run passes through here twice (written, read back).
+_scratch = threading.local()
+
+
+def _buffer(shape: tuple[int, ...]) -> np.ndarray:
+    """This thread's scratch buffer as a float32 array of ``shape``, grown when too small (valid until the
+    thread's next call)."""
+    size = math.prod(shape)
+    if getattr(_scratch, "array", None) is None or _scratch.array.size < size:
+        _scratch.array = np.empty(size, _FLOAT)
+    return _scratch.array[:size].reshape(shape)
 
 
 def save_slab(folder: str, source: str, first: int, stop: int, piece: np.ndarray) -> int:
@@ -34,7 +50,12 @@ def save_slab(folder: str, source: str, first: int, stop: int, piece: np.ndarray
         np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(_FLOAT),
                                                   "fortran_order": False, "shape": tuple(piece.shape)})
         for channel in piece:  # a channel at a time: a slab along the last axis is strided, so each is a copy
-            fh.write(np.ascontiguousarray(channel, dtype=_FLOAT).data)
+            if channel.flags.c_contiguous and channel.dtype == _FLOAT:
+                fh.write(channel.data)
+                continue
+            contiguous = _buffer(channel.shape)
+            np.copyto(contiguous, channel, casting="same_kind")
+            fh.write(contiguous.data)
     os.replace(tmp, path)
     return int(piece.size) * 4
 
@@ -50,12 +71,18 @@ def _header(fh: BinaryIO, path: str) -> tuple[int, ...]:
     return tuple(int(n) for n in shape)
 
 
-def _channel(fh: BinaryIO, shape: tuple[int, ...], path: str) -> np.ndarray:
-    """The next channel of a spill file: one at a time, never the whole file in memory."""
-    channel = np.fromfile(fh, dtype=_FLOAT, count=math.prod(shape))
-    if channel.size != math.prod(shape):
-        raise ValueError(f"{path}: truncated")
-    return channel.reshape(shape)
+def _channel(fh: io.BufferedReader, shape: tuple[int, ...], path: str) -> np.ndarray:
+    """The next channel of a spill file: one at a time, never the whole file in memory, in this thread's
+    scratch buffer (valid until its next use)."""
+    channel = _buffer(shape)
+    view = channel.reshape(-1).view(np.uint8).data
+    got = 0
+    while got < len(view):
+        n = fh.readinto(view[got:])
+        if not n:
+            raise ValueError(f"{path}: truncated")
+        got += n
+    return channel
 
 
 class SpillRows:

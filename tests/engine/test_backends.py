@@ -305,3 +305,23 @@ def test_two_threads_at_once_get_their_own_results() -> None:
     for w in workers:
         w.join()
     assert all(all(r) for r in results.values()) and len(results) == 3
+
+
+def test_outputs_go_into_a_buffer_of_their_shape_and_a_new_array_otherwise() -> None:
+    network = tiny_network(seed=6)
+    forward = forward_for(network, "into", 1, (16, 16, 16), threads=2)
+    windows = ct_windows((16, 16, 16))[:2].numpy()
+    expected = forward.run(windows)
+    buffer = np.full_like(expected, np.nan)
+    assert forward.run(windows, out=buffer) is buffer
+    np.testing.assert_array_equal(buffer, expected)
+    wrong = np.zeros((1, *expected.shape[1:]), np.float32)
+    got = forward.run(windows, out=wrong)
+    assert got is not wrong and not wrong.any()
+    np.testing.assert_array_equal(got, expected)
+    first = forward.run(windows[:1])
+    kept = first.copy()
+    forward.run(windows[1:])  # the request's own buffer now holds another window's outputs
+    np.testing.assert_array_equal(first, kept)
+    assert not np.array_equal(first, forward.run(windows[1:]))
+

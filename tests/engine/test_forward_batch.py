@@ -89,3 +89,29 @@ def test_calls_queue_ahead_in_order_and_no_further() -> None:
         assert outputs[0, 0, 0, 0] == 2 * n
         assert len(calls) <= n + 1 + predictor.CALLS_AHEAD
     assert calls == list(range(10))
+
+
+def test_outputs_are_written_into_arrays_the_consumer_has_finished_with() -> None:
+    class Forward:
+        def __init__(self) -> None:
+            self.given: list[np.ndarray | None] = []
+
+        def __call__(self, x: np.ndarray) -> np.ndarray:
+            raise AssertionError("a forward with into() is called through it")
+
+        def into(self, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+            self.given.append(out)
+            out = np.empty_like(x) if out is None or out.shape != x.shape else out
+            return np.multiply(x, 2, out=out)
+
+    forward = Forward()
+    source = np.arange(8, dtype=np.float32).reshape(1, 8, 1)
+    batches = [[(slice(i, i + 1), slice(0, 1))] for i in range(8)]
+    yielded: list[int] = []
+    for n, (_, outputs) in enumerate(predictor._pipelined(forward, source, batches)):
+        assert float(outputs.ravel()[0]) == 2.0 * n
+        yielded.append(id(outputs))
+        # not one of the arrays still queued or in the consumer's hands is handed to the network
+        assert all(given is None or id(given) in yielded[:-1] for given in forward.given)
+    reused = [given for given in forward.given if given is not None]
+    assert reused and len({id(a) for a in reused}) <= predictor.CALLS_AHEAD + 1
