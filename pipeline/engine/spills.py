@@ -76,12 +76,8 @@ def _channel(fh: io.BufferedReader, shape: tuple[int, ...], path: str) -> np.nda
     scratch buffer (valid until its next use)."""
     channel = _buffer(shape)
     view = channel.reshape(-1).view(np.uint8).data
-    got = 0
-    while got < len(view):
-        n = fh.readinto(view[got:])
-        if not n:
-            raise ValueError(f"{path}: truncated")
-        got += n
+    if fh.readinto(view) != len(view):  # a buffered reader fills the view unless the file ends first
+        raise ValueError(f"{path}: truncated")
     return channel
 
 
