@@ -19,7 +19,7 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from pipeline.config.cluster import ClusterSettings
+from pipeline.config.cluster import ADAPTIVE_RESOURCE, ADAPTIVE_TASKS, ClusterSettings, adaptive
 from pipeline.errors import PipelineError
 
 logger = logging.getLogger(__name__)
@@ -84,6 +84,11 @@ def _dashboard() -> dict[str, Any]:
 def resolved_threads(settings: ClusterSettings) -> int:
     """Threads per worker: as given, else 1."""
     return settings.threads_per_worker if settings.threads_per_worker is not None else 1
+
+
+def adaptive_tasks() -> int:
+    """Threads of the default runtime's worker: :data:`~pipeline.config.cluster.ADAPTIVE_TASKS`, at most the cores."""
+    return max(1, min(ADAPTIVE_TASKS, os.cpu_count() or 1))
 
 
 def _local_torch_threads(settings: ClusterSettings) -> int:
@@ -183,13 +188,22 @@ def _driver_logs_restored() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _in_process_client(settings: ClusterSettings) -> Iterator[Any]:
-    """One worker whose threads run in this process: tasks share the driver's loaded model."""
+    """One worker whose threads run in this process: tasks share the driver's loaded model.
+
+    With no thread count asked for, the worker has :data:`~pipeline.config.cluster.ADAPTIVE_TASKS` threads (at
+    most the cores) and carries :data:`~pipeline.config.cluster.ADAPTIVE_RESOURCE`: the engine uses one of them
+    on a small plan and all of them on a large one."""
     from distributed import Client, LocalCluster
 
+    extra: dict[str, Any] = {}
+    threads = resolved_threads(settings)
+    if adaptive(settings):
+        threads = adaptive_tasks()
+        extra["resources"] = {ADAPTIVE_RESOURCE: threads}
     with _driver_logs_restored(), LocalCluster(
-            n_workers=1, threads_per_worker=resolved_threads(settings), processes=False,
+            n_workers=1, threads_per_worker=threads, processes=False,
             memory_limit=settings.memory_limit, **_dashboard(),
-            silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+            silence_logs=logging.ERROR, **extra) as cluster, Client(cluster) as client:
         client.register_plugin(TorchThreads(_local_torch_threads(settings)))
         try:
             yield client

@@ -28,14 +28,26 @@ class ClusterSettings:
 
     address: str | None = None
     workers: int = 0  #: 0: threads in this process; N >= 1: N local worker processes
-    #: None: 1 (in process, one block task at a time uses every core for the network: measured as fast as two
-    #: tasks sharing them, with half the task memory)
+    #: None: in process, the engine picks per plan (:func:`adaptive`); else the block tasks each worker runs at once
     threads_per_worker: int | None = None
     memory_limit: str = "auto"
     torch_threads: int | None = None  #: None: cores / (workers x threads) locally, 1 on a remote cluster
 
     def __post_init__(self) -> None:
         check_settings(self)
+
+
+#: Dask resource that the default runtime's in-process worker carries: the engine then picks per plan how many
+#: of its :data:`ADAPTIVE_TASKS` threads run block tasks (:func:`pipeline.engine.infer.tasks_at_once`).
+ADAPTIVE_RESOURCE = "volseg-adaptive"
+#: The most block tasks the default runtime runs at once.
+ADAPTIVE_TASKS = 2
+
+
+def adaptive(settings: ClusterSettings) -> bool:
+    """Whether these settings are the default runtime, which sizes its concurrency per plan: threads in this
+    process, no thread count asked for."""
+    return settings.address is None and settings.workers == 0 and settings.threads_per_worker is None
 
 
 def max_local_workers() -> int:

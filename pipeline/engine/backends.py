@@ -46,9 +46,9 @@ Forward = Callable[[Any], Any]
 conversions = [0]
 
 _models: dict[tuple[Any, ...], Any] = {}  # checked OpenVINO models; None: that network stays on torch
-_compiled: dict[tuple[Any, ...], OpenVINOForward | None] = {}  # per model and thread count
+_compiled: dict[tuple[Any, ...], OpenVINOForward | None] = {}  # per model, thread count and streams
 _by_network: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()  # fast path
-_compiled_by_card: dict[tuple[Path, int], OpenVINOForward] = {}  # card index + threads: no network needed
+_compiled_by_card: dict[tuple[Path, int, int], OpenVINOForward] = {}  # card index, threads, streams: no network
 _build_lock = threading.Lock()
 
 
@@ -79,14 +79,16 @@ def resolve_backend(requested: str, device: Any) -> str:
 
 
 def compiled_forward(network: Any, *, backend: str, key: str, in_channels: int, window: tuple[int, ...],
-                     batch: int, threads: int | None = None, identity: str | None = None) -> Forward:
+                     batch: int, threads: int | None = None, identity: str | None = None,
+                     streams: int = 1) -> Forward:
     """A forward for ``(B <= batch, in_channels, *window)`` float32 tensors on ``backend``.
 
     ``key`` identifies the weights (their sha256). ``threads`` defaults to
     :func:`pipeline.device.inference_threads`, which the cluster sets per worker. The result is cached
     per process; it is safe to call from several threads at once (one OpenVINO infer request per concurrent
-    call), but such calls queue on the compiled network's one stream: give one caller all the threads,
-    not two callers one each (bench/BACKENDS.md). ``torch`` returns ``network`` itself; a network OpenVINO
+    call). Such calls queue on the compiled network's ``streams``: with one stream give one caller all the
+    threads; ``streams`` callers at once get the threads shared out, one stream each (bench/BACKENDS.md,
+    "Streams"). ``torch`` returns ``network`` itself; a network OpenVINO
     cannot convert faithfully returns ``network`` too, after one warning. With ``identity`` (a card's
     :func:`pipeline.model.models.card_identity`), a checked conversion is also recorded under it, so later
     processes find it with :func:`card_forward` without building the network (no torch import).
@@ -98,27 +100,28 @@ def compiled_forward(network: Any, *, backend: str, key: str, in_channels: int, 
     if backend != "openvino":
         raise SettingsError(unknown_choice("backend", str(backend), BACKENDS))
     args = (key, int(in_channels), tuple(int(s) for s in window), int(batch))
-    threads = int(threads or inference_threads())
+    placement = _placement(threads, streams)
     with _build_lock:  # one conversion at a time; a second caller of the same network waits and reuses it
         per_network = _by_network.setdefault(network, {})
-        if (*args, threads) not in per_network:
+        if (*args, *placement) not in per_network:
             entry = (_structure(network), *args)
             if entry not in _models:  # converted (or found on disk) and checked once per process
-                _models[entry], first = _checked_model(network, *args, threads)
-                _compiled[(*entry, threads)] = first
+                _models[entry], first = _checked_model(network, *args, placement)
+                _compiled[(*entry, *placement)] = first
             model = _models[entry]
-            if model is not None and (*entry, threads) not in _compiled:
-                _compiled[(*entry, threads)] = _compile(network, model, in_channels, args[2], threads)
-            per_network[(*args, threads)] = None if model is None else _compiled[(*entry, threads)]
+            if model is not None and (*entry, *placement) not in _compiled:
+                _compiled[(*entry, *placement)] = _compile(network, model, in_channels, args[2], placement)
+            per_network[(*args, *placement)] = None if model is None else _compiled[(*entry, *placement)]
             if model is not None and identity is not None:
                 _remember_card(identity, _entry_name(network, key, in_channels, args[2]), in_channels, args[2])
-        forward = per_network[(*args, threads)]
+        forward = per_network[(*args, *placement)]
     return network if forward is None else forward
 
 
 def card_forward(identity: str, *, in_channels: int, window: tuple[int, ...],
-                 threads: int | None = None) -> OpenVINOForward | None:
-    """The checked conversion recorded for this card identity and window, compiled on ``threads``; None
+                 threads: int | None = None, streams: int = 1) -> OpenVINOForward | None:
+    """The checked conversion recorded for this card identity and window, compiled on ``threads`` shared
+    out over ``streams``; None
     when there is none (or it cannot be read), and the caller takes the torch route, which records one.
 
     Sound because a card identity fixes the network exactly: architecture, its arguments, the weights'
@@ -127,22 +130,22 @@ def card_forward(identity: str, *, in_channels: int, window: tuple[int, ...],
     import openvino as ov
 
     window = tuple(int(s) for s in window)
-    threads = int(threads or inference_threads())
+    placement = _placement(threads, streams)
     index = card_index(identity, in_channels, window)
     with _build_lock:
-        if (index, threads) in _compiled_by_card:
-            return _compiled_by_card[(index, threads)]
+        if (index, *placement) in _compiled_by_card:
+            return _compiled_by_card[(index, *placement)]
         try:
             name = index.read_text().strip()
             model = ov.Core().read_model(cache_dir() / name / "model.xml")
             if not model.has_rt_info("volseg_checked"):
                 return None
-            forward = OpenVINOForward(ov.Core().compile_model(model, "CPU", _compile_config(threads)), window,
+            forward = OpenVINOForward(ov.Core().compile_model(model, "CPU", _compile_config(*placement)), window,
                                       int(in_channels))
         except Exception as e:  # no entry, or a damaged one: the torch route converts (and records) again
             logger.debug("no usable openvino entry for this card (%s)", _first_line(e))
             return None
-        _compiled_by_card[(index, threads)] = forward
+        _compiled_by_card[(index, *placement)] = forward
         return forward
 
 
@@ -213,9 +216,9 @@ class OpenVINOForward:
 
 
 def _checked_model(network: Any, key: str, in_channels: int, window: tuple[int, ...], batch: int,
-                   threads: int) -> tuple[Any, OpenVINOForward | None]:
-    """Load or convert, compile and check: the model and its forward on ``threads``, or ``(None, None)`` (after
-    one warning) when the network must stay on torch.
+                   placement: tuple[int, int]) -> tuple[Any, OpenVINOForward | None]:
+    """Load or convert, compile and check: the model and its forward on ``placement`` (threads, streams), or
+    ``(None, None)`` (after one warning) when the network must stay on torch.
 
     The entry's lock is held throughout, so processes starting together convert once: the others wait and load.
     """
@@ -225,7 +228,7 @@ def _checked_model(network: Any, key: str, in_channels: int, window: tuple[int, 
     with _cache_lock(cache_dir(), name):
         try:
             model = _load_or_convert(network, name, in_channels, window, batch)
-            forward = OpenVINOForward(ov.Core().compile_model(model, "CPU", _compile_config(threads)), window,
+            forward = OpenVINOForward(ov.Core().compile_model(model, "CPU", _compile_config(*placement)), window,
                                       in_channels)
             if not model.has_rt_info("volseg_checked"):
                 _check_parity(network, forward, in_channels, window, batch)
@@ -240,12 +243,12 @@ def _checked_model(network: Any, key: str, in_channels: int, window: tuple[int, 
 
 
 def _compile(network: Any, model: Any, in_channels: int, window: tuple[int, ...],
-             threads: int) -> OpenVINOForward | None:
-    """A checked model compiled for another thread count."""
+             placement: tuple[int, int]) -> OpenVINOForward | None:
+    """A checked model compiled for another (threads, streams)."""
     import openvino as ov
 
     try:
-        return OpenVINOForward(ov.Core().compile_model(model, "CPU", _compile_config(threads)), window, in_channels)
+        return OpenVINOForward(ov.Core().compile_model(model, "CPU", _compile_config(*placement)), window, in_channels)
     except Exception as e:  # as in _checked_model: any failure leaves the network on torch
         _warn_fallback(network, e)
         return None
@@ -257,12 +260,18 @@ def _warn_fallback(network: Any, error: BaseException) -> str:
     return reason
 
 
-def _compile_config(threads: int) -> dict[str, Any]:
-    """fp32 everywhere (the CPU plugin would pick bf16 on CPUs that have it), ``threads`` intra-op threads,
-    one stream, no pinning: Dask worker processes share the cores and must not fight over the same ones.
-    Two streams of one thread each (OpenVINO's throughput hint on 2 threads) were no faster on a 138 Mvox
-    CT (39.6 and 42.6 s of inference against 41.0 and 40.5 s, alternating) and took ~12 MB more."""
-    return {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
+def _placement(threads: int | None, streams: int) -> tuple[int, int]:
+    """(intra-op threads, streams): threads default to the worker's; at most one stream per thread."""
+    threads = int(threads or inference_threads())
+    return threads, max(1, min(int(streams), threads))
+
+
+def _compile_config(threads: int, streams: int = 1) -> dict[str, Any]:
+    """fp32 everywhere (the CPU plugin would pick bf16 on CPUs that have it), ``threads`` intra-op threads
+    shared out over ``streams`` (one per block task that calls at once), no pinning: Dask worker processes
+    share the cores and must not fight over the same ones. One task's calls on two streams were no faster
+    (bench/BACKENDS.md, "Streams"); two tasks' calls are (:func:`pipeline.engine.infer.tasks_at_once`)."""
+    return {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": streams,
             "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
 
 

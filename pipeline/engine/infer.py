@@ -7,6 +7,7 @@ by the task that merged it, so one task writes each label chunk, once.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from pipeline.config.cluster import ADAPTIVE_RESOURCE
 from pipeline.device import device_type
 from pipeline.engine.alignment import alignment_for
 from pipeline.engine.api import default_chunks
@@ -44,6 +46,12 @@ logger = logging.getLogger(__name__)
 
 #: With default blocks, aim for at least this many block tasks per worker thread (load balance).
 TASKS_PER_WORKER = 4
+#: The default runtime runs several block tasks at once (each on its own OpenVINO stream, the cores shared
+#: out) from this many blocks on, and one task on every core below it. A task's network drains at its
+#: block's end (last spills, labels, writing, the next read): ~8 of 47 s at 138 Mvox, 80 blocks, which a
+#: second task fills. Its cost is a second ring and input, the same whatever the volume's size, which a
+#: small plan need not pay (bench/RESULTS.md, "Runtimes").
+ADAPTIVE_FROM_BLOCKS = 16
 
 
 def label_dtype(n_labels: int) -> np.dtype:
@@ -100,12 +108,13 @@ def run_inference(image: zarr.Array | Any, model: Model, group: zarr.Group, *, c
     settings = _settings(image, model, options.backend, options.tta)
     grid = window_grid(spatial, settings.roi_size, settings.overlap)
     threads = worker_threads(client)
+    adaptive = adaptive_slots(client)
     resuming = ledger is not None and "labels" in group
     if resuming:
         block = tuple(work_array(group, "labels").chunks)  # the interrupted run's plan, whatever the workers now
-    else:
+    else:  # the default runtime balances for one task at a time: its extra tasks are for large plans only
         block = tuple(chunks) if chunks else balanced_chunks(grid, default_chunks(settings.roi_size),
-                                                             TASKS_PER_WORKER * threads)
+                                                             TASKS_PER_WORKER * (1 if adaptive else threads))
     in_store = isinstance(image, zarr.Array)
     statistics = _statistics(model, image, valid, client)
     dtype = label_dtype(model.card.out_channels)
@@ -113,6 +122,10 @@ def run_inference(image: zarr.Array | Any, model: Model, group: zarr.Group, *, c
                                    resuming=resuming)
     store = store_root(group)
     jobs = block_jobs(plan_blocks(grid, block))
+    in_flight = threads if adaptive is None else tasks_at_once(len(jobs), adaptive, _backend_used(settings.backend))
+    settings = dataclasses.replace(settings, streams=min(in_flight, max_worker_threads(client)))
+    logger.debug("%d blocks, %d block task(s) at once, %d stream(s) per process", len(jobs), in_flight,
+                 settings.streams)
     source = ImageSource(store=store, name=image.path if in_store else "", array=None if in_store else image,
                          pads=tuple(a.pad_before for a in grid.axes),
                          preprocess=model.preprocess_block, statistics=statistics,
@@ -122,11 +135,12 @@ def run_inference(image: zarr.Array | Any, model: Model, group: zarr.Group, *, c
     task = functools.partial(run_block, source=source, network=model.ref, settings=settings, sink=sink)
     if any(job.windows is not None for job in jobs):  # load and compile in every worker before the first task
         client.run(warm_forward, model.ref, settings, int(image.shape[0]), on_error="ignore")
-    finished, seconds, spill_peak = _run_blocks(client, jobs, task, ledger=ledger, in_flight=threads,
+    finished, seconds, spill_peak = _run_blocks(client, jobs, task, ledger=ledger, in_flight=in_flight,
                                                 progress=progress)
     return InferenceResult(labels=labels, probabilities=probs, seconds=seconds, windows=grid.n_windows,
                            blocks=len(jobs), chunks=block, blocks_resumed=len(finished),
-                           spill_bytes_peak=spill_peak, backend=_backend_used(settings.backend))
+                           spill_bytes_peak=spill_peak, backend=_backend_used(settings.backend),
+                           tasks_at_once=in_flight)
 
 
 def _statistics(model: Model, image: Any, valid: zarr.Array | None, client: Any) -> Statistics:
@@ -203,6 +217,28 @@ def _backend_used(requested: str) -> str:
     from pipeline.engine.backends import resolve_backend
 
     return resolve_backend(requested, device_type(None))
+
+
+def tasks_at_once(blocks: int, slots: int, backend: str) -> int:
+    """Block tasks the default runtime runs at once on a plan of ``blocks`` with ``slots`` threads: all of them
+    from :data:`ADAPTIVE_FROM_BLOCKS` blocks on when the network runs on OpenVINO (whose streams split the cores
+    between concurrent calls; torch's threads would oversubscribe them), else one."""
+    return max(1, slots) if blocks >= ADAPTIVE_FROM_BLOCKS and backend == "openvino" else 1
+
+
+def adaptive_slots(client: Any) -> int | None:
+    """The default runtime's threads when ``client`` is its in-process cluster (one worker carrying
+    :data:`~pipeline.config.cluster.ADAPTIVE_RESOURCE`), else None: every slot of the cluster is used."""
+    workers = list(client.scheduler_info().get("workers", {}).values())
+    if len(workers) != 1 or ADAPTIVE_RESOURCE not in (workers[0].get("resources") or {}):
+        return None
+    return max(1, int(workers[0].get("nthreads", 1)))
+
+
+def max_worker_threads(client: Any) -> int:
+    """The most threads of any one worker: how many tasks one process may run at once."""
+    workers = client.scheduler_info().get("workers", {})
+    return max([int(w.get("nthreads", 1)) for w in workers.values()] or [1])
 
 
 def worker_threads(client: Any) -> int:

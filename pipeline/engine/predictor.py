@@ -56,6 +56,9 @@ class InferenceSettings:
     #: test-time mirroring (:mod:`pipeline.engine.tta`): the network's spatial axes whose 2^n mirrorings
     #: are averaged; () for none
     mirror_axes: tuple[int, ...] = ()
+    #: OpenVINO streams to compile the network for: the block tasks one process runs at once, each calling
+    #: on its own stream with the process's threads shared out (one task keeps every thread on one stream)
+    streams: int = 1
 
 
 @dataclass(frozen=True, slots=True)

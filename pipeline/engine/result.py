@@ -22,3 +22,4 @@ class InferenceResult:
     blocks_resumed: int = 0  #: blocks a previous, interrupted run had finished (not recomputed)
     spill_bytes_peak: int = 0  #: most bytes of block overlaps (spills) alive in the work directory at once
     backend: str = "torch"  #: what ran the network: torch, openvino, or "classical" (no network)
+    tasks_at_once: int = 1  #: block tasks the run kept in flight (the default runtime picks it per plan)

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.engine.infer import tasks_at_once
 from pipeline.engine.windows import balanced_chunks, plan_axis, window_grid
 from pipeline.errors import SettingsError
 from pipeline.segment.domain import PlanInputs
@@ -80,9 +81,11 @@ class Tiling:
 
 
 def estimate_plan(shape: Sequence[int], tiling: Tiling, inputs: PlanInputs, *, classes: int, workers: int,
-                  processes: int = 0, probabilities: bool = False) -> PlanEstimate:
+                  processes: int = 0, probabilities: bool = False, adaptive: int = 0) -> PlanEstimate:
     """Estimate a run's plan (pure). ``workers``: task slots (worker threads in all); ``processes``: local
-    worker processes (0: the in-process runtime); ``probabilities``: the work store also holds them."""
+    worker processes (0: the in-process runtime); ``probabilities``: the work store also holds them;
+    ``adaptive``: the default runtime's most tasks at once (0: another runtime), counted as if the network
+    ran on OpenVINO, the backend that runs them (an upper bound)."""
     shape = tuple(int(n) for n in shape)
     in_channels, itemsize, valid_mask = inputs.in_channels, inputs.itemsize, inputs.valid_mask
     slots = max(1, workers)
@@ -95,9 +98,10 @@ def estimate_plan(shape: Sequence[int], tiling: Tiling, inputs: PlanInputs, *, c
     sums = 4 * (classes + 1) * span
     own = 4 * (2 * classes + 1) * side + 2 * side  # own sums, quotient, labels
     task = sums + own + 4 * in_channels * span + max(sums - 4 * (classes + 1) * side, 0)  # + one spill piece
-    per_process = max(1, math.ceil(slots / max(processes, 1)))
+    in_flight = max(slots, tasks_at_once(blocks, adaptive, "openvino") if adaptive else 0)
+    per_process = max(1, math.ceil(in_flight / max(processes, 1)))
     worker = WORKER_BASE + per_process * task
-    peak = DRIVER_BASE + processes * WORKER_BASE + slots * task
+    peak = DRIVER_BASE + processes * WORKER_BASE + in_flight * task
     voxels = math.prod(shape)
     layer = blocks // max(1, len(plans[0].blocks))  # spills alive: about one layer of blocks
     spills = layer * max(sums - 4 * (classes + 1) * side, 0)

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.cluster import dashboard_link, dask_client, resolved_threads
-from pipeline.config.cluster import ClusterSettings, memory_limit_bytes
-from pipeline.engine.infer import worker_threads
+from pipeline.cluster import adaptive_tasks, dashboard_link, dask_client, resolved_threads
+from pipeline.config.cluster import ClusterSettings, adaptive, memory_limit_bytes
+from pipeline.engine.infer import adaptive_slots, worker_threads
 from pipeline.segment.plan_estimate import PlanEstimate, check_plan
 
 logger = logging.getLogger(__name__)
@@ -30,9 +30,17 @@ def planned_workers(cluster: ClusterSettings | None, client: Any) -> int:
     """Task slots the run will have (worker threads in all): the client's, the local cluster's, or 1 for a
     scheduler not yet reached."""
     if client is not None:
-        return worker_threads(client)
+        return 1 if adaptive_slots(client) else worker_threads(client)
     settings = cluster or ClusterSettings()
     return 1 if settings.address else max(1, settings.workers) * resolved_threads(settings)
+
+
+def planned_adaptive(cluster: ClusterSettings | None, client: Any) -> int:
+    """The most block tasks the default runtime may run at once (it picks per plan), 0 for other runtimes."""
+    if client is not None:
+        return adaptive_slots(client) or 0
+    settings = cluster or ClusterSettings()
+    return adaptive_tasks() if adaptive(settings) else 0
 
 
 def local_processes(cluster: ClusterSettings | None, client: Any) -> int:

@@ -63,6 +63,7 @@ def run_facts(result: InferenceResult, *, started: float, elements: int, workers
         "windows": result.windows,
         "blocks": result.blocks,
         "blocks_resumed": result.blocks_resumed,
+        "block_tasks_at_once": result.tasks_at_once,
         "chunks": list(result.chunks),
         "peak_rss_mb": round((peak_rss_bytes() + workers_rss) / 2**20, 1),
         "code_version": code_version(),

@@ -307,6 +307,25 @@ def test_two_threads_at_once_get_their_own_results() -> None:
     assert all(all(r) for r in results.values()) and len(results) == 3
 
 
+def test_streams_are_at_most_one_per_thread_and_reach_the_compile_config() -> None:
+    assert backends._placement(2, 5) == (2, 2) and backends._placement(4, 0) == (4, 1)
+    assert backends._compile_config(2, 2)["NUM_STREAMS"] == 2
+    assert backends._compile_config(2)["NUM_STREAMS"] == 1
+
+
+@pytest.mark.slow
+def test_two_streams_are_compiled_apart_and_give_the_same_outputs() -> None:
+    network = tiny_network(seed=7)
+    one = backends.compiled_forward(network, backend="openvino", key="streams", in_channels=1, window=(16, 16, 16),
+                                    batch=BATCH, threads=2, streams=1)
+    two = backends.compiled_forward(network, backend="openvino", key="streams", in_channels=1, window=(16, 16, 16),
+                                    batch=BATCH, threads=2, streams=2)
+    assert isinstance(two, backends.OpenVINOForward) and one is not two
+    assert int(two.compiled.get_property("NUM_STREAMS")) == 2 and int(one.compiled.get_property("NUM_STREAMS")) == 1
+    windows = ct_windows((16, 16, 16))[:BATCH].numpy()
+    np.testing.assert_allclose(two.run(windows), one.run(windows), rtol=0, atol=1e-4)
+
+
 def test_outputs_go_into_a_buffer_of_their_shape_and_a_new_array_otherwise() -> None:
     network = tiny_network(seed=6)
     forward = forward_for(network, "into", 1, (16, 16, 16), threads=2)

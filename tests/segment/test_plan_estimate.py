@@ -79,3 +79,17 @@ def test_more_tasks_than_the_ceiling_are_refused(tmp_path: Path) -> None:
     assert estimate.tasks > MAX_TASKS
     with pytest.raises(SettingsError, match=f"more than {MAX_TASKS} tasks"):
         check_plan(estimate, source=Path("scene.tif"), work_root=tmp_path, memory_limit=None, ram=None)
+
+
+def test_the_default_runtime_counts_its_second_task_on_large_plans_only() -> None:
+    """It runs two block tasks at once from ADAPTIVE_FROM_BLOCKS blocks on: the estimate holds both."""
+    from pipeline.engine.infer import ADAPTIVE_FROM_BLOCKS
+
+    small, large = (64, 64, 32), (32 * 8, 32 * 4, 32)  # 4 and 32 blocks of 32^3
+    assert plan(small, (32, 32, 32)).blocks < ADAPTIVE_FROM_BLOCKS <= plan(large, (32, 32, 32)).blocks
+    assert plan(small, (32, 32, 32), adaptive=2) == plan(small, (32, 32, 32))
+    one, two = plan(large, (32, 32, 32)), plan(large, (32, 32, 32), adaptive=2)
+    task = two.peak_bytes - one.peak_bytes
+    assert task > 0 and two.worker_bytes - one.worker_bytes == task
+    assert two.peak_bytes == plan(large, (32, 32, 32), workers=2).peak_bytes  # as two slots would
+    assert two.chunks == one.chunks and two.blocks == one.blocks  # blocks still balanced for one task
