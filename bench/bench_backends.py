@@ -83,16 +83,16 @@ def bench_model(name: str, thread_counts: list[int], rounds: int, batch: int) ->
     x = grid_windows(model, ROOT / SAMPLES[name])[:batch].contiguous()
     kwargs = dict(backend="openvino", key=model.sha256, in_channels=channels, window=window, batch=batch)
     converted_before = backends.conversions[0]
-    convert_s = timed(lambda: backends.compiled_forward(network, threads=1, **kwargs))
+    convert_s = timed(lambda: backends.compiled_forward(network, placement=backends.Placement(1), **kwargs))
     assert backends.conversions[0] == converted_before + 1, "the disk cache was not empty"
     backends.clear_cache()
-    load_s = timed(lambda: backends.compiled_forward(network, threads=1, **kwargs))
+    load_s = timed(lambda: backends.compiled_forward(network, placement=backends.Placement(1), **kwargs))
     rows = []
     with torch.inference_mode():
         expected = network(x).numpy()
     for threads in thread_counts:
         torch.set_num_threads(threads)
-        ov = backends.compiled_forward(network, threads=threads, **kwargs)
+        ov = backends.compiled_forward(network, placement=backends.Placement(threads), **kwargs)
         assert isinstance(ov, backends.OpenVINOForward), "openvino fell back to torch"
         got = ov(x).numpy()
         diff = float(np.abs(backends.probabilities(got) - backends.probabilities(expected)).max())
@@ -113,8 +113,8 @@ def bench_model(name: str, thread_counts: list[int], rounds: int, batch: int) ->
         speedup = statistics.median(times["torch"]) / statistics.median(times["openvino"])
         rows.append(f"| {name} | {threads} | {' | '.join(cells)} | {speedup:.2f}x | {diff:.1e} | {same:.6f} |")
     torch.set_num_threads(2)
-    one = backends.compiled_forward(network, threads=1, **kwargs)
-    two = backends.compiled_forward(network, threads=2, **kwargs)
+    one = backends.compiled_forward(network, placement=backends.Placement(1), **kwargs)
+    two = backends.compiled_forward(network, placement=backends.Placement(2), **kwargs)
     calls = 2 * max(rounds // 2, 2)
     pair = concurrent(one, x, calls, 2)
     single = concurrent(two, x, calls, 1)

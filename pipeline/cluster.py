@@ -3,10 +3,11 @@ existing scheduler.
 
 On one machine the in-process runtime is the fastest and leanest: the model is loaded once,
 nothing is pickled between processes, and no second copy of torch is started (see
-bench/RESULTS.md). Worker processes (``workers >= 1``) isolate crashes and use several
-interpreters; workers are daemonic, so torch DataLoader workers are never used inside them.
-Either way torch's intra-op threads are set once by a plugin so that workers x threads does
-not oversubscribe the machine.
+bench/RESULTS.md, "Runtimes"). With no ``--threads`` its worker has two threads and the engine
+picks per plan how many block tasks run at once (:func:`pipeline.engine.infer.tasks_at_once`).
+Worker processes (``workers >= 1``) isolate crashes and use several interpreters; workers are
+daemonic, so torch DataLoader workers are never used inside them. Either way torch's intra-op
+threads are set once by a plugin so that workers x threads does not oversubscribe the machine.
 """
 
 from __future__ import annotations

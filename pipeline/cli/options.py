@@ -26,7 +26,7 @@ OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Output m
 ReferenceOpt = Annotated[Path | None, typer.Option("--reference", "-r", help="Reference mask on the same grid, for Dice/IoU.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", "-w", min=0, help="Local Dask worker processes (0: threads in this process, the fastest on one machine).")]
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="Threads per Dask worker (default 1; in process the network then uses every core).")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="Block tasks each Dask worker runs at once (default 1 per worker process; in process the engine picks 1 or 2 per plan).")]
 MemoryOpt = Annotated[str, typer.Option("--memory-limit", metavar="SIZE", help="Memory limit per local worker, e.g. 4GiB (auto: RAM / workers).")]
 AddressOpt = Annotated[str | None, typer.Option("--dask-address", metavar="ADDRESS", help="Use an existing Dask scheduler, e.g. tcp://host:8786.")]
 ChunkOpt = Annotated[str | None, typer.Option("--chunk-size", metavar="N[,N,N]", help="Block side in voxels: one int or one per axis (i,j,k), e.g. 128 or 160,160,64 (default: 128, at least 2 windows; clipped to the scan).")]

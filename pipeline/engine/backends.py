@@ -25,6 +25,7 @@ import threading
 import warnings
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,19 +80,16 @@ def resolve_backend(requested: str, device: Any) -> str:
 
 
 def compiled_forward(network: Any, *, backend: str, key: str, in_channels: int, window: tuple[int, ...],
-                     batch: int, threads: int | None = None, identity: str | None = None,
-                     streams: int = 1) -> Forward:
+                     batch: int, placement: Placement | None = None, identity: str | None = None) -> Forward:
     """A forward for ``(B <= batch, in_channels, *window)`` float32 tensors on ``backend``.
 
-    ``key`` identifies the weights (their sha256). ``threads`` defaults to
-    :func:`pipeline.device.inference_threads`, which the cluster sets per worker. The result is cached
-    per process; it is safe to call from several threads at once (one OpenVINO infer request per concurrent
-    call). Such calls queue on the compiled network's ``streams``: with one stream give one caller all the
-    threads; ``streams`` callers at once get the threads shared out, one stream each (bench/BACKENDS.md,
-    "Streams"). ``torch`` returns ``network`` itself; a network OpenVINO
-    cannot convert faithfully returns ``network`` too, after one warning. With ``identity`` (a card's
-    :func:`pipeline.model.models.card_identity`), a checked conversion is also recorded under it, so later
-    processes find it with :func:`card_forward` without building the network (no torch import).
+    ``key`` identifies the weights (their sha256). The result is cached per process and per
+    :class:`Placement`; it is safe to call from several threads at once (an infer request each), their calls
+    queued on its streams: give one caller all the threads on one stream, or each caller a stream.
+    ``torch`` returns ``network`` itself; so does a network OpenVINO cannot convert faithfully, after one
+    warning. With ``identity`` (a card's :func:`pipeline.model.models.card_identity`), a checked conversion
+    is also recorded under it, so later processes find it with :func:`card_forward` without building the
+    network (no torch import).
     """
     if backend == "auto":
         backend = resolve_backend(backend, "cpu")
@@ -100,52 +98,49 @@ def compiled_forward(network: Any, *, backend: str, key: str, in_channels: int, 
     if backend != "openvino":
         raise SettingsError(unknown_choice("backend", str(backend), BACKENDS))
     args = (key, int(in_channels), tuple(int(s) for s in window), int(batch))
-    placement = _placement(threads, streams)
+    placed = (placement or Placement()).resolved()
     with _build_lock:  # one conversion at a time; a second caller of the same network waits and reuses it
         per_network = _by_network.setdefault(network, {})
-        if (*args, *placement) not in per_network:
+        if (*args, *placed) not in per_network:
             entry = (_structure(network), *args)
             if entry not in _models:  # converted (or found on disk) and checked once per process
-                _models[entry], first = _checked_model(network, *args, placement)
-                _compiled[(*entry, *placement)] = first
+                _models[entry], first = _checked_model(network, *args, placed)
+                _compiled[(*entry, *placed)] = first
             model = _models[entry]
-            if model is not None and (*entry, *placement) not in _compiled:
-                _compiled[(*entry, *placement)] = _compile(network, model, in_channels, args[2], placement)
-            per_network[(*args, *placement)] = None if model is None else _compiled[(*entry, *placement)]
+            if model is not None and (*entry, *placed) not in _compiled:
+                _compiled[(*entry, *placed)] = _compile(network, model, in_channels, args[2], placed)
+            per_network[(*args, *placed)] = None if model is None else _compiled[(*entry, *placed)]
             if model is not None and identity is not None:
                 _remember_card(identity, _entry_name(network, key, in_channels, args[2]), in_channels, args[2])
-        forward = per_network[(*args, *placement)]
+        forward = per_network[(*args, *placed)]
     return network if forward is None else forward
 
 
 def card_forward(identity: str, *, in_channels: int, window: tuple[int, ...],
-                 threads: int | None = None, streams: int = 1) -> OpenVINOForward | None:
-    """The checked conversion recorded for this card identity and window, compiled on ``threads`` shared
-    out over ``streams``; None
+                 placement: Placement | None = None) -> OpenVINOForward | None:
+    """The checked conversion recorded for this card identity and window, compiled for ``placement``; None
     when there is none (or it cannot be read), and the caller takes the torch route, which records one.
-
-    Sound because a card identity fixes the network exactly: architecture, its arguments, the weights'
-    sha256 and the library versions (:func:`pipeline.model.models.card_identity`).
-    """
+    Sound because a card identity fixes the network exactly: architecture, arguments, the weights' sha256 and
+    the library versions (:func:`pipeline.model.models.card_identity`)."""
     import openvino as ov
 
     window = tuple(int(s) for s in window)
-    placement = _placement(threads, streams)
+    placed = (placement or Placement()).resolved()
     index = card_index(identity, in_channels, window)
     with _build_lock:
-        if (index, *placement) in _compiled_by_card:
-            return _compiled_by_card[(index, *placement)]
+        if (index, *placed) in _compiled_by_card:
+            return _compiled_by_card[(index, *placed)]
         try:
             name = index.read_text().strip()
             model = ov.Core().read_model(cache_dir() / name / "model.xml")
             if not model.has_rt_info("volseg_checked"):
                 return None
-            forward = OpenVINOForward(ov.Core().compile_model(model, "CPU", _compile_config(*placement)), window,
+            forward = OpenVINOForward(ov.Core().compile_model(model, "CPU", _compile_config(*placed)), window,
                                       int(in_channels))
         except Exception as e:  # no entry, or a damaged one: the torch route converts (and records) again
             logger.debug("no usable openvino entry for this card (%s)", _first_line(e))
             return None
-        _compiled_by_card[(index, *placement)] = forward
+        _compiled_by_card[(index, *placed)] = forward
         return forward
 
 
@@ -260,17 +255,23 @@ def _warn_fallback(network: Any, error: BaseException) -> str:
     return reason
 
 
-def _placement(threads: int | None, streams: int) -> tuple[int, int]:
-    """(intra-op threads, streams): threads default to the worker's; at most one stream per thread."""
-    threads = int(threads or inference_threads())
-    return threads, max(1, min(int(streams), threads))
+@dataclass(frozen=True)
+class Placement:
+    """What a network is compiled for: ``threads`` (None: the worker's, which the cluster sets) shared out
+    over ``streams``, one per caller that runs at once."""
+
+    threads: int | None = None
+    streams: int = 1
+
+    def resolved(self) -> tuple[int, int]:
+        """(threads, streams) as compiled: at most one stream per thread."""
+        threads = int(self.threads or inference_threads())
+        return threads, max(1, min(int(self.streams), threads))
 
 
 def _compile_config(threads: int, streams: int = 1) -> dict[str, Any]:
-    """fp32 everywhere (the CPU plugin would pick bf16 on CPUs that have it), ``threads`` intra-op threads
-    shared out over ``streams`` (one per block task that calls at once), no pinning: Dask worker processes
-    share the cores and must not fight over the same ones. One task's calls on two streams were no faster
-    (bench/BACKENDS.md, "Streams"); two tasks' calls are (:func:`pipeline.engine.infer.tasks_at_once`)."""
+    """fp32 everywhere (the CPU plugin would pick bf16 on CPUs that have it), no pinning: Dask worker processes
+    share the cores. One task's calls on two streams were no faster, two tasks' are (bench/BACKENDS.md)."""
     return {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": streams,
             "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
 

@@ -49,8 +49,9 @@ def window_forward(network: Any, settings: Any, in_channels: int) -> WindowForwa
     window = tuple(align.roi_model) if align else tuple(settings.roi_size)
     if backend == "openvino" and not (align and align.resamples) and hasattr(network, "identity"):
         identity = network.identity()
+        placement = backends.Placement(inference_threads(), settings.streams)
         compiled = identity and backends.card_forward(identity, in_channels=in_channels, window=window,
-                                                      threads=inference_threads(), streams=settings.streams)
+                                                      placement=placement)
         if compiled:
             return _numpy_route(compiled, align)
     return _torch_route(network, settings, backend, key, in_channels, window, device)
@@ -93,7 +94,8 @@ def _torch_route(network: Any, settings: Any, backend: str, key: str | None, in_
     align = settings.alignment
     run = net if backend == "torch" or key is None else backends.compiled_forward(
         net, backend=backend, key=key, in_channels=in_channels, window=window, batch=settings.sw_batch_size,
-        identity=network.identity() if hasattr(network, "identity") else None, streams=settings.streams)
+        identity=network.identity() if hasattr(network, "identity") else None,
+        placement=backends.Placement(streams=settings.streams))
 
     def forward(windows: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(windows).to(device)

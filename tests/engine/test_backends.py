@@ -72,7 +72,7 @@ def assert_parity(network: Any, windows: torch.Tensor, forward: Any) -> None:
 
 def forward_for(network: Any, key: str, channels: int, window: tuple[int, ...], threads: int = 1) -> Any:
     return backends.compiled_forward(network, backend="openvino", key=key, in_channels=channels, window=window,
-                                     batch=BATCH, threads=threads)
+                                     batch=BATCH, placement=backends.Placement(threads))
 
 
 def tiny_network(seed: int = 0, act: str = "PRELU") -> torch.nn.Module:
@@ -171,7 +171,7 @@ from monai.networks.nets import UNet
 torch.manual_seed(0)
 network = UNet(spatial_dims=3, in_channels=1, out_channels=3, channels=(8, 16), strides=(2,)).eval()
 forward = backends.compiled_forward(network, backend="openvino", key="tiny", in_channels=1, window=(16, 16, 16),
-                                    batch=4, threads=1)
+                                    batch=4, placement=backends.Placement(1))
 x = torch.linspace(-1, 1, 3 * 16 ** 3).reshape(3, 1, 16, 16, 16)
 print(json.dumps({"conversions": backends.conversions[0], "openvino": forward is not network,
                    "out": forward(x).flatten()[:50].tolist()}))
@@ -308,7 +308,8 @@ def test_two_threads_at_once_get_their_own_results() -> None:
 
 
 def test_streams_are_at_most_one_per_thread_and_reach_the_compile_config() -> None:
-    assert backends._placement(2, 5) == (2, 2) and backends._placement(4, 0) == (4, 1)
+    assert backends.Placement(2, 5).resolved() == (2, 2)
+    assert backends.Placement(4, 0).resolved() == (4, 1)
     assert backends._compile_config(2, 2)["NUM_STREAMS"] == 2
     assert backends._compile_config(2)["NUM_STREAMS"] == 1
 
@@ -317,11 +318,13 @@ def test_streams_are_at_most_one_per_thread_and_reach_the_compile_config() -> No
 def test_two_streams_are_compiled_apart_and_give_the_same_outputs() -> None:
     network = tiny_network(seed=7)
     one = backends.compiled_forward(network, backend="openvino", key="streams", in_channels=1, window=(16, 16, 16),
-                                    batch=BATCH, threads=2, streams=1)
+                                    batch=BATCH, placement=backends.Placement(2, 1))
     two = backends.compiled_forward(network, backend="openvino", key="streams", in_channels=1, window=(16, 16, 16),
-                                    batch=BATCH, threads=2, streams=2)
-    assert isinstance(two, backends.OpenVINOForward) and one is not two
-    assert int(two.compiled.get_property("NUM_STREAMS")) == 2 and int(one.compiled.get_property("NUM_STREAMS")) == 1
+                                    batch=BATCH, placement=backends.Placement(2, 2))
+    assert isinstance(two, backends.OpenVINOForward)
+    assert one is not two
+    assert int(two.compiled.get_property("NUM_STREAMS")) == 2
+    assert int(one.compiled.get_property("NUM_STREAMS")) == 1
     windows = ct_windows((16, 16, 16))[:BATCH].numpy()
     np.testing.assert_allclose(two.run(windows), one.run(windows), rtol=0, atol=1e-4)
 
