@@ -107,14 +107,13 @@ def run_inference(image: zarr.Array | Any, model: Model, group: zarr.Group, *, c
     spatial = tuple(int(n) for n in image.shape[1:])
     settings = _settings(image, model, options.backend, options.tta)
     grid = window_grid(spatial, settings.roi_size, settings.overlap)
-    threads = worker_threads(client)
-    adaptive = adaptive_slots(client)
+    slots = cluster_slots(client)
     resuming = ledger is not None and "labels" in group
     if resuming:
         block = tuple(work_array(group, "labels").chunks)  # the interrupted run's plan, whatever the workers now
-    else:  # the default runtime balances for one task at a time: its extra tasks are for large plans only
+    else:
         block = tuple(chunks) if chunks else balanced_chunks(grid, default_chunks(settings.roi_size),
-                                                             TASKS_PER_WORKER * (1 if adaptive else threads))
+                                                             TASKS_PER_WORKER * slots.balanced_for)
     in_store = isinstance(image, zarr.Array)
     statistics = _statistics(model, image, valid, client)
     dtype = label_dtype(model.card.out_channels)
@@ -122,8 +121,9 @@ def run_inference(image: zarr.Array | Any, model: Model, group: zarr.Group, *, c
                                    resuming=resuming)
     store = store_root(group)
     jobs = block_jobs(plan_blocks(grid, block))
-    in_flight = threads if adaptive is None else tasks_at_once(len(jobs), adaptive, _backend_used(settings.backend))
-    settings = dataclasses.replace(settings, streams=min(in_flight, max_worker_threads(client)))
+    backend = _backend_used(settings.backend)
+    in_flight = slots.total if slots.adaptive is None else tasks_at_once(len(jobs), slots.adaptive, backend)
+    settings = dataclasses.replace(settings, streams=min(in_flight, slots.per_process))
     logger.debug("%d blocks, %d block task(s) at once, %d stream(s) per process", len(jobs), in_flight,
                  settings.streams)
     source = ImageSource(store=store, name=image.path if in_store else "", array=None if in_store else image,
@@ -139,8 +139,7 @@ def run_inference(image: zarr.Array | Any, model: Model, group: zarr.Group, *, c
                                                 progress=progress)
     return InferenceResult(labels=labels, probabilities=probs, seconds=seconds, windows=grid.n_windows,
                            blocks=len(jobs), chunks=block, blocks_resumed=len(finished),
-                           spill_bytes_peak=spill_peak, backend=_backend_used(settings.backend),
-                           tasks_at_once=in_flight)
+                           spill_bytes_peak=spill_peak, backend=backend, tasks_at_once=in_flight)
 
 
 def _statistics(model: Model, image: Any, valid: zarr.Array | None, client: Any) -> Statistics:
@@ -226,22 +225,27 @@ def tasks_at_once(blocks: int, slots: int, backend: str) -> int:
     return max(1, slots) if blocks >= ADAPTIVE_FROM_BLOCKS and backend == "openvino" else 1
 
 
-def adaptive_slots(client: Any) -> int | None:
-    """The default runtime's threads when ``client`` is its in-process cluster (one worker carrying
-    :data:`~pipeline.config.cluster.ADAPTIVE_RESOURCE`), else None: every slot of the cluster is used."""
+@dataclass(frozen=True)
+class ClusterSlots:
+    """A cluster's task slots, read from the scheduler once (each read is a round trip to it)."""
+
+    total: int  #: every worker's threads
+    per_process: int  #: the most threads of one worker: the tasks one process may run at once
+    #: the default runtime's threads when this is its in-process cluster (one worker carrying
+    #: :data:`~pipeline.config.cluster.ADAPTIVE_RESOURCE`), else None: every slot is used
+    adaptive: int | None
+
+    @property
+    def balanced_for(self) -> int:
+        """The slots default blocks are balanced over: one for the default runtime, whose extra tasks are for
+        large plans only."""
+        return 1 if self.adaptive else self.total
+
+
+def cluster_slots(client: Any) -> ClusterSlots:
+    """``client``'s :class:`ClusterSlots`."""
     workers = list(client.scheduler_info().get("workers", {}).values())
-    if len(workers) != 1 or ADAPTIVE_RESOURCE not in (workers[0].get("resources") or {}):
-        return None
-    return max(1, int(workers[0].get("nthreads", 1)))
-
-
-def max_worker_threads(client: Any) -> int:
-    """The most threads of any one worker: how many tasks one process may run at once."""
-    workers = client.scheduler_info().get("workers", {})
-    return max([int(w.get("nthreads", 1)) for w in workers.values()] or [1])
-
-
-def worker_threads(client: Any) -> int:
-    """Task slots in the cluster: the sum of every worker's threads."""
-    workers = client.scheduler_info().get("workers", {})
-    return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+    threads = [max(1, int(w.get("nthreads", 1))) for w in workers]
+    marked = len(workers) == 1 and ADAPTIVE_RESOURCE in (workers[0].get("resources") or {})
+    return ClusterSlots(total=max(1, sum(threads)), per_process=max(threads, default=1),
+                        adaptive=threads[0] if marked else None)

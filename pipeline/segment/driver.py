@@ -56,7 +56,7 @@ from pipeline.segment.mask_options import (
 from pipeline.segment.mask_options import resolve as resolve_mask_options
 from pipeline.segment.options import RunSettings, SegmentOptions
 from pipeline.segment.plan_estimate import Tiling, clip_chunks, estimate_plan
-from pipeline.segment.resources import check_capacity, client_scope, local_processes, planned_adaptive, planned_workers
+from pipeline.segment.resources import check_capacity, client_scope, local_processes, planned_slots
 from pipeline.segment.result import RunRecord, SegmentationResult, build_report
 from pipeline.segment.stages import Stages
 
@@ -133,11 +133,10 @@ def prepare(path: PathArg, domain: Domain, *, model: PathArg | Model | None, out
     root = Path(runtime.work_dir) if runtime.work_dir else mask.parent
     tiling = Tiling(roi=window, overlap=parse_overlap(mdl.overlap, len(window)), chunks=chunks,
                     default=default_chunks(window))
+    slots, most = planned_slots(runtime.cluster, runtime.client)
     plan = estimate_plan(source.geometry.shape, tiling, source.plan_inputs(), classes=mdl.card.out_channels,
-                         workers=planned_workers(runtime.cluster, runtime.client),
-                         processes=local_processes(runtime.cluster, runtime.client),
-                         probabilities=options.probabilities,
-                         adaptive=planned_adaptive(runtime.cluster, runtime.client))
+                         workers=slots, processes=local_processes(runtime.cluster, runtime.client),
+                         probabilities=options.probabilities, adaptive=most)
     check_capacity(plan, source=source.path, work_root=root, cluster=runtime.cluster, client=runtime.client)
     truth = source.open_reference(reference, mdl) if reference else None  # fail before the expensive part
     return Prepared(source=source, model=mdl, mask=mask, writes=writes, guard=guard, chunks=chunks, window=window,

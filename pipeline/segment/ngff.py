@@ -36,7 +36,7 @@ from pipeline.segment.domain import PlanInputs
 from pipeline.segment.driver import aligned_windows
 from pipeline.segment.options import RunSettings, SegmentOptions, resolve_options
 from pipeline.segment.plan_estimate import Tiling, clip_chunks, estimate_plan
-from pipeline.segment.resources import check_capacity, client_scope, local_processes, planned_adaptive, planned_workers
+from pipeline.segment.resources import check_capacity, client_scope, local_processes, planned_slots
 from pipeline.segment.result import run_facts
 from pipeline.segment.stages import Stages
 from pipeline.segment.volume import label_counts
@@ -184,9 +184,9 @@ def _plan(source: ZarrInput, geometry: Any, mdl: Model, chunks: Sequence[int] | 
     block = clip_chunks(chunks, geometry.shape)
     tiling = Tiling(roi=aligned, overlap=parse_overlap(mdl.overlap, 3), chunks=block, default=default_chunks(aligned))
     inputs = PlanInputs(in_channels=0, itemsize=source.dtype.itemsize)
-    check_capacity(estimate_plan(geometry.shape, tiling, inputs, classes=mdl.card.out_channels,
-                                 workers=planned_workers(cluster, client), processes=local_processes(cluster, client),
-                                 adaptive=planned_adaptive(cluster, client)),
+    slots, most = planned_slots(cluster, client)
+    check_capacity(estimate_plan(geometry.shape, tiling, inputs, classes=mdl.card.out_channels, workers=slots,
+                                 processes=local_processes(cluster, client), adaptive=most),
                    source=Path(source.url), work_root=work_root, cluster=cluster, client=client)
     return aligned, block
 

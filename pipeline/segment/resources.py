@@ -15,7 +15,7 @@ from typing import Any
 
 from pipeline.cluster import adaptive_tasks, dashboard_link, dask_client, resolved_threads
 from pipeline.config.cluster import ClusterSettings, adaptive, memory_limit_bytes
-from pipeline.engine.infer import adaptive_slots, worker_threads
+from pipeline.engine.infer import cluster_slots
 from pipeline.segment.plan_estimate import PlanEstimate, check_plan
 
 logger = logging.getLogger(__name__)
@@ -26,21 +26,19 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def planned_workers(cluster: ClusterSettings | None, client: Any) -> int:
-    """Task slots the run will have (worker threads in all): the client's, the local cluster's, or 1 for a
-    scheduler not yet reached."""
+def planned_slots(cluster: ClusterSettings | None, client: Any) -> tuple[int, int]:
+    """The slots the run's blocks are balanced over (worker threads in all; 1 for the default runtime or a
+    scheduler not yet reached), and the most block tasks the default runtime may run at once (it picks per
+    plan; 0 for other runtimes)."""
     if client is not None:
-        return 1 if adaptive_slots(client) else worker_threads(client)
+        slots = cluster_slots(client)
+        return slots.balanced_for, slots.adaptive or 0
     settings = cluster or ClusterSettings()
-    return 1 if settings.address else max(1, settings.workers) * resolved_threads(settings)
-
-
-def planned_adaptive(cluster: ClusterSettings | None, client: Any) -> int:
-    """The most block tasks the default runtime may run at once (it picks per plan), 0 for other runtimes."""
-    if client is not None:
-        return adaptive_slots(client) or 0
-    settings = cluster or ClusterSettings()
-    return adaptive_tasks() if adaptive(settings) else 0
+    if settings.address:
+        return 1, 0
+    if adaptive(settings):
+        return 1, adaptive_tasks()
+    return max(1, settings.workers) * resolved_threads(settings), 0
 
 
 def local_processes(cluster: ClusterSettings | None, client: Any) -> int:

@@ -13,9 +13,9 @@ import pytest
 
 from pipeline.cluster import ClusterSettings, adaptive_tasks, dask_client
 from pipeline.config.cluster import adaptive
-from pipeline.engine.infer import ADAPTIVE_FROM_BLOCKS, adaptive_slots, tasks_at_once
+from pipeline.engine.infer import ADAPTIVE_FROM_BLOCKS, cluster_slots, tasks_at_once
 from pipeline.segment import segment_volume
-from pipeline.segment.resources import planned_adaptive, planned_workers
+from pipeline.segment.resources import planned_slots
 
 
 def test_two_tasks_only_on_large_plans_and_only_on_openvino() -> None:
@@ -30,9 +30,9 @@ def test_only_the_plain_in_process_runtime_is_adaptive() -> None:
     assert not adaptive(ClusterSettings(threads_per_worker=1))
     assert not adaptive(ClusterSettings(workers=1))
     assert not adaptive(ClusterSettings(address="tcp://127.0.0.1:8786"))
-    assert planned_adaptive(ClusterSettings(), None) == adaptive_tasks()
-    assert planned_adaptive(ClusterSettings(workers=2), None) == 0
-    assert planned_workers(ClusterSettings(), None) == 1  # blocks are balanced for one task
+    assert planned_slots(ClusterSettings(), None)[1] == adaptive_tasks()
+    assert planned_slots(ClusterSettings(workers=2), None)[1] == 0
+    assert planned_slots(ClusterSettings(), None)[0] == 1  # blocks are balanced for one task
 
 
 @pytest.mark.parametrize(("settings", "is_adaptive", "slots"), [(ClusterSettings(), True, 1),
@@ -42,9 +42,9 @@ def test_only_the_plain_in_process_runtime_is_adaptive() -> None:
 def test_the_cluster_says_whether_it_is_the_adaptive_one(settings: ClusterSettings, is_adaptive: bool,
                                                          slots: int) -> None:
     with dask_client(settings) as client:
-        assert adaptive_slots(client) == (adaptive_tasks() if is_adaptive else None)
-        assert planned_adaptive(settings, client) == (adaptive_tasks() if is_adaptive else 0)
-        assert planned_workers(settings, client) == slots
+        assert cluster_slots(client).adaptive == (adaptive_tasks() if is_adaptive else None)
+        assert planned_slots(settings, client)[1] == (adaptive_tasks() if is_adaptive else 0)
+        assert planned_slots(settings, client)[0] == slots
 
 
 def _segment(scan: Path, card: Path, out: Path, settings: ClusterSettings, chunks: tuple[int, ...]) -> dict[str, Any]:
