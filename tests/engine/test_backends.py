@@ -70,9 +70,10 @@ def assert_parity(network: Any, windows: torch.Tensor, forward: Any) -> None:
     assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.9999
 
 
-def forward_for(network: Any, key: str, channels: int, window: tuple[int, ...], threads: int = 1) -> Any:
+def forward_for(network: Any, key: str, channels: int, window: tuple[int, ...], threads: int = 1,
+                streams: int = 1) -> Any:
     return backends.compiled_forward(network, backend="openvino", key=key, in_channels=channels, window=window,
-                                     batch=BATCH, placement=backends.Placement(threads))
+                                     batch=BATCH, placement=backends.Placement(threads, streams))
 
 
 def tiny_network(seed: int = 0, act: str = "PRELU") -> torch.nn.Module:
@@ -317,10 +318,8 @@ def test_streams_are_at_most_one_per_thread_and_reach_the_compile_config() -> No
 @pytest.mark.slow
 def test_two_streams_are_compiled_apart_and_give_the_same_outputs() -> None:
     network = tiny_network(seed=7)
-    one = backends.compiled_forward(network, backend="openvino", key="streams", in_channels=1, window=(16, 16, 16),
-                                    batch=BATCH, placement=backends.Placement(2, 1))
-    two = backends.compiled_forward(network, backend="openvino", key="streams", in_channels=1, window=(16, 16, 16),
-                                    batch=BATCH, placement=backends.Placement(2, 2))
+    one = forward_for(network, "streams", 1, (16, 16, 16), threads=2, streams=1)
+    two = forward_for(network, "streams", 1, (16, 16, 16), threads=2, streams=2)
     assert isinstance(two, backends.OpenVINOForward)
     assert one is not two
     assert int(two.compiled.get_property("NUM_STREAMS")) == 2
